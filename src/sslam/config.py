@@ -1,0 +1,302 @@
+"""The typed, validated view of ``params.yaml``: the only module that knows key names.
+
+Every stage calls :func:`load_config` first, so an unknown key, a wrong type or an out-of-range
+value stops the run before any expensive work, with a message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]
+FloatPair = Annotated[list[float], Field(min_length=2, max_length=2)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file, the key and what is allowed."""
+
+
+class Section(BaseModel):
+    # strict: "3" is not 3 and 1 is not True; forbid: a misspelt key is an error, not a silent default
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_range(name: str, pair: list[int] | list[float]) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")
+
+
+# ----------------------------------------------------------------------------- data / download
+
+
+class DataConfig(Section):
+    sample_rate: Positive = 16000
+    corpus_dir: str = "data/corpus"
+
+
+class SplitSizes(Section):
+    unbalanced: NonNegative = 480
+    balanced: NonNegative = 160
+    eval: NonNegative = 160
+
+
+class MonoTaskConfig(Section):
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    clips_per_class_per_fold: Positive = 4
+
+
+class PolyTaskConfig(Section):
+    environments: Annotated[list[Name], Field(min_length=1)] = ["square", "park", "street"]
+    clips_train: Positive = 60
+    clips_eval: Positive = 40
+    events_per_clip: Pair = [2, 8]
+
+    @model_validator(mode="after")
+    def _check(self) -> "PolyTaskConfig":
+        _check_range("events_per_clip", self.events_per_clip)
+        if self.events_per_clip[0] < 1:
+            raise ValueError("events_per_clip must start at 1 or more")
+        if len(set(self.environments)) != len(self.environments):
+            raise ValueError(f"environments must be unique, got {self.environments}")
+        if "mono" in self.environments:
+            raise ValueError("'mono' is the monophonic task's name; pick another environment name")
+        return self
+
+
+class SyntheticTasksConfig(Section):
+    mono: MonoTaskConfig = MonoTaskConfig()
+    poly: PolyTaskConfig = PolyTaskConfig()
+
+
+class SyntheticConfig(Section):
+    seed: NonNegative = 20250612
+    num_classes: Annotated[int, Field(ge=8, le=40)] = 24
+    clip_seconds: Annotated[float, Field(gt=0.5, le=60.0)] = 3.0
+    clips: SplitSizes = SplitSizes()
+    events_per_clip: Pair = [1, 5]
+    ancestor_label_prob: Prob = 0.5
+    background_db: Annotated[float, Field(le=0.0)] = -45.0
+    tasks: SyntheticTasksConfig = SyntheticTasksConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticConfig":
+        _check_range("events_per_clip", self.events_per_clip)
+        if self.events_per_clip[0] < 1:
+            raise ValueError("events_per_clip must start at 1 or more")
+        if self.tasks.mono.num_classes > self.num_classes:
+            raise ValueError(
+                f"tasks.mono.num_classes ({self.tasks.mono.num_classes}) exceeds num_classes ({self.num_classes})"
+            )
+        return self
+
+
+class FolderConfig(Section):
+    audio_dir: str = ""
+    labels_csv: str = ""
+    ontology_json: str = ""
+    max_seconds: Annotated[float, Field(gt=0.0)] = 30.0
+    silence_dbfs: Annotated[float, Field(le=0.0)] = -70.0
+
+
+class DownloadConfig(Section):
+    source: Literal["synthetic", "folder", "audioset"] = "synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    folder: FolderConfig = FolderConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "DownloadConfig":
+        if self.source == "folder":
+            missing = [k for k in ("audio_dir", "labels_csv") if not getattr(self.folder, k)]
+            if missing:
+                raise ValueError(f"source 'folder' needs folder.{' and folder.'.join(missing)} set")
+        return self
+
+
+# ----------------------------------------------------------------------------- features / model
+
+
+class FeaturesConfig(Section):
+    num_mel_bins: Positive = 128
+    frame_shift_ms: Annotated[float, Field(gt=0.0)] = 10.0
+    frame_length_ms: Annotated[float, Field(gt=0.0)] = 25.0
+    target_frames: Positive = 304
+    norm_mean: float | None = None
+    norm_std: Annotated[float, Field(gt=0.0)] | None = None
+
+
+class ModelConfig(Section):
+    encoder: Literal["transformer", "mamba", "xlstm"] = "transformer"
+    embed_dim: Positive = 192
+    depth: Positive = 4
+    num_heads: Positive = 3
+    mlp_ratio: Annotated[float, Field(gt=0.0)] = 4.0
+    patch_size: Positive = 16
+    decoder_layers: NonNegative = 6
+    decoder_kernel: Positive = 3
+    decoder_groups: Positive = 16
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.embed_dim % self.decoder_groups:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by decoder_groups ({self.decoder_groups})"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- method
+
+
+class MaskConfig(Section):
+    ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    block_size: Positive = 5
+    clone_batch: Positive = 16
+
+
+class MixConfig(Section):
+    strategy: Literal["max", "average", "waveform"] = "max"
+    partial: bool = True
+    partial_mode: Literal["reference", "per_clip"] = "reference"
+    mixed_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.53
+
+
+class SrlConfig(Section):
+    enabled: bool = True
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+
+
+class StageConfig(Section):
+    steps: Positive = 200
+    batch_size: Positive = 8
+    lr: Annotated[float, Field(gt=0.0)] = 5e-4
+    warmup_steps: NonNegative = 20
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
+    betas: FloatPair = [0.9, 0.95]
+    grad_clip: Annotated[float, Field(ge=0.0)] = 4.0
+    grad_accum: Positive = 1
+    ema_decay: FloatPair = [0.9998, 0.99999]
+    ema_anneal_steps: NonNegative = 100000
+    top_k_layers: Positive = 4
+    cls_loss_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    checkpoint_every: Positive = 50
+    clone_batch: Positive | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "StageConfig":
+        for name in ("betas", "ema_decay"):
+            pair = getattr(self, name)
+            if not all(0.0 <= v < 1.0 for v in pair):
+                raise ValueError(f"{name} values must lie in [0, 1), got {pair}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        return self
+
+
+class PretrainConfig(Section):
+    seed: NonNegative = 0
+    num_processes: Positive = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    stage1: StageConfig = StageConfig()
+    stage2: StageConfig = StageConfig(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)
+
+
+class FinetuneConfig(Section):
+    epochs: Positive = 10
+    batch_size: Positive = 16
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.65
+    drop_path: Prob = 0.1
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
+    mixup_prob: Prob = 0.9
+    specaug_freq: Prob = 0.2
+    specaug_time: Prob = 0.2
+
+
+class LinearEvalConfig(Section):
+    epochs: Positive = 30
+    batch_size: Positive = 32
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    pooling: Literal["cls", "mean"] = "cls"
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    download: DownloadConfig = DownloadConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    mask: MaskConfig = MaskConfig()
+    mix: MixConfig = MixConfig()
+    srl: SrlConfig = SrlConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    linear_eval: LinearEvalConfig = LinearEvalConfig()
+    tasks: Annotated[list[Name], Field(min_length=1)] = ["mono", "square", "park", "street"]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: {err.error_count()} invalid value(s):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt? see src/sslam/config.py for the allowed keys)"
+        got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e['input']!r})"
+        lines.append(f"  - {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = PARAMS_FILE) -> Config:
+    """Validate an already-parsed params mapping."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a params file; ``overrides`` maps dotted keys to values (as ``dvc exp run -S``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for key, value in (overrides or {}).items():
+        raw = set_dotted(raw or {}, key, value)
+    return parse_config(raw, str(path))
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``tree`` with ``a.b.c`` set to ``value`` (intermediate mappings created)."""
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"override key {key!r} is not a dotted name like 'mix.strategy'")
+    out = dict(tree)
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out

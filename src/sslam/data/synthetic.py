@@ -1,0 +1,320 @@
+"""The built-in synthetic polyphonic corpus: AudioSet's formats, made from a seed, no internet.
+
+Every clip has its own random generator seeded from (seed, split, index), so a clip does not change
+when another split's size does, clips can be rendered in any order or process, and the same seed gives
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from sslam.config import SyntheticConfig
+from sslam.data import audioset_format as fmt
+from sslam.data.catalogue import Catalogue, build_catalogue
+from sslam.data.manifest import ManifestRow, write_manifest
+from sslam.data.sounds import pink_noise
+from sslam.io import write_flac_atomic, write_json_atomic
+
+AUDIOSET_SPLITS = ("unbalanced", "balanced", "eval")
+SEGMENT_FILES = {
+    "unbalanced": "unbalanced_train_segments.csv",
+    "balanced": "balanced_train_segments.csv",
+    "eval": "eval_segments.csv",
+}
+CREATED = "Sat Jun 14 00:00:00 2025"  # fixed, so the header line is reproducible
+YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+MONO_TASK = "mono"
+NUM_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class Event:
+    label: str  # a leaf id
+    onset: float  # seconds
+    offset: float
+    gain_db: float
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Everything needed to render and label one clip; rendering needs nothing else."""
+
+    clip_id: str
+    split: str
+    rel_path: str
+    seed: tuple[int, ...]
+    events: tuple[Event, ...]
+    labels: tuple[str, ...]
+    start_seconds: float
+
+
+def clip_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(stream.encode()), index])
+
+
+def make_ytid(rng: np.random.Generator) -> str:
+    return "".join(YTID_ALPHABET[i] for i in rng.integers(0, 64, size=11))
+
+
+def draw_events(
+    rng: np.random.Generator,
+    classes: Sequence[str],
+    weights: np.ndarray | None,
+    count: int,
+    clip_seconds: float,
+    min_dur: float,
+    max_frac: float,
+    gain_db: tuple[float, float],
+    first: str | None = None,
+) -> tuple[Event, ...]:
+    """Random events at random onsets; ``first`` forces one event's class (balanced splits)."""
+    events = []
+    for k in range(count):
+        label = first if (k == 0 and first is not None) else str(rng.choice(classes, p=weights))
+        dur = rng.uniform(min(min_dur, clip_seconds), max(min_dur, max_frac * clip_seconds))
+        dur = min(dur, clip_seconds)
+        onset = rng.uniform(0.0, clip_seconds - dur)
+        events.append(Event(label, round(onset, 3), round(onset + dur, 3), float(rng.uniform(*gain_db))))
+    return tuple(events)
+
+
+def weak_labels(
+    rng: np.random.Generator, cat: Catalogue, events: Iterable[Event], ancestor_prob: float
+) -> tuple[str, ...]:
+    """Event classes plus, like AudioSet annotators, some of their non-abstract ancestors."""
+    present = {e.label for e in events}
+    ancestors = sorted({a for lab in present for a in cat.ancestors(lab) if a not in cat.abstract} - present)
+    chosen = [a for a in ancestors if rng.random() < ancestor_prob]
+    order = {i: k for k, i in enumerate(cat.labelled_ids())}
+    return tuple(sorted(present | set(chosen), key=order.__getitem__))
+
+
+def render_clip(plan: ClipPlan, cat: Catalogue, sr: int, clip_seconds: float, background_db: float) -> np.ndarray:
+    """Sum the planned events and a pink background; peak-limited to 0.9 full scale."""
+    rng = np.random.default_rng(list(plan.seed) + [1])
+    n = int(round(clip_seconds * sr))
+    mix = np.zeros(n)
+    for ev in plan.events:
+        a, b = int(round(ev.onset * sr)), min(n, int(round(ev.offset * sr)))
+        if b - a < 2:
+            continue
+        mix[a:b] += 0.5 * 10 ** (ev.gain_db / 20) * cat.recipes[ev.label].render(rng, b - a, sr)
+    mix += 10 ** (background_db / 20) * pink_noise(rng, n, sr)
+    peak = np.max(np.abs(mix))
+    if peak > 0.9:
+        mix *= 0.9 / peak
+    return mix
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _class_prior(seed: int, stream: str, n: int, concentration: float) -> np.ndarray:
+    rng = clip_rng(seed, "prior/" + stream, 0)
+    return rng.dirichlet(np.full(n, concentration))
+
+
+def plan_audioset_split(cfg: SyntheticConfig, cat: Catalogue, split: str, used_ids: set[str]) -> list[ClipPlan]:
+    count = getattr(cfg.clips, split)
+    classes = list(cat.leaf_ids)
+    if split == "unbalanced":
+        # AudioSet's unbalanced set is long-tailed: a Zipf-like prior over a seeded class ranking
+        rank = clip_rng(cfg.seed, "rank", 0).permutation(len(classes))
+        weights = 1.0 / (rank + 1.0) ** 0.8
+        weights /= weights.sum()
+    else:
+        weights = None
+    plans = []
+    lo, hi = cfg.events_per_clip
+    for i in range(count):
+        rng = clip_rng(cfg.seed, split, i)
+        ytid = _unique_ytid(rng, used_ids)
+        start = float(10 * rng.integers(0, 30))
+        first = classes[i % len(classes)] if split != "unbalanced" else None
+        events = draw_events(
+            rng, classes, weights, int(rng.integers(lo, hi + 1)), cfg.clip_seconds, 0.3, 0.7, (-20.0, 0.0), first
+        )
+        labels = weak_labels(rng, cat, events, cfg.ancestor_label_prob)
+        plans.append(
+            ClipPlan(ytid, split, f"audio/{split}/{ytid}.flac", (cfg.seed, zlib.crc32(split.encode()), i), events, labels, start)
+        )
+    return plans
+
+
+def plan_mono_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str]) -> list[ClipPlan]:
+    """ESC-50 analogue: one event per clip, the first ``num_classes`` leaves, 5 folds, ESC-50 file names."""
+    t = cfg.tasks.mono
+    classes = cat.leaf_ids[: t.num_classes]
+    plans = []
+    i = 0
+    for fold in range(1, NUM_FOLDS + 1):
+        for target, label in enumerate(classes):
+            for _ in range(t.clips_per_class_per_fold):
+                rng = clip_rng(cfg.seed, MONO_TASK, i)
+                src = int(rng.integers(100000, 999999))
+                clip_id = f"{fold}-{src}-A-{target}"
+                while clip_id in used_ids:
+                    src += 1
+                    clip_id = f"{fold}-{src}-A-{target}"
+                used_ids.add(clip_id)
+                events = draw_events(rng, classes, None, 1, cfg.clip_seconds, 0.6, 1.0, (-6.0, 0.0), label)
+                plans.append(
+                    ClipPlan(
+                        clip_id, f"fold{fold}", f"tasks/{MONO_TASK}/audio/{clip_id}.flac",
+                        (cfg.seed, zlib.crc32(MONO_TASK.encode()), i), events, (label,), 0.0,
+                    )
+                )
+                i += 1
+    return plans
+
+
+def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set[str]) -> list[ClipPlan]:
+    """SPASS-like soundscape: the environment has its own skewed class prior; labels are event classes."""
+    t = cfg.tasks.poly
+    classes = list(cat.leaf_ids)
+    prior = _class_prior(cfg.seed, env, len(classes), concentration=0.5)
+    lo, hi = t.events_per_clip
+    plans = []
+    sizes = (("train", t.clips_train), ("eval", t.clips_eval))
+    i = 0
+    for split, count in sizes:
+        for _ in range(count):
+            rng = clip_rng(cfg.seed, env, i)
+            clip_id = _unique_ytid(rng, used_ids)
+            events = draw_events(
+                rng, classes, prior, int(rng.integers(lo, hi + 1)), cfg.clip_seconds, 0.3, 0.7, (-20.0, 0.0)
+            )
+            order = {c: k for k, c in enumerate(classes)}
+            labels = tuple(sorted({e.label for e in events}, key=order.__getitem__))
+            plans.append(
+                ClipPlan(clip_id, split, f"tasks/{env}/audio/{clip_id}.flac", (cfg.seed, zlib.crc32(env.encode()), i), events, labels, 0.0)
+            )
+            i += 1
+    return plans
+
+
+def _unique_ytid(rng: np.random.Generator, used: set[str]) -> str:
+    while True:
+        ytid = make_ytid(rng)
+        if ytid not in used:
+            used.add(ytid)
+            return ytid
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+_WORKER_STATE: dict = {}
+
+
+def _init_worker(num_classes: int, out_dir: str, sr: int, clip_seconds: float, background_db: float) -> None:
+    _WORKER_STATE.update(
+        cat=build_catalogue(num_classes), out_dir=Path(out_dir), sr=sr, clip_seconds=clip_seconds, bg=background_db
+    )
+
+
+def _render_and_write(plan: ClipPlan) -> str:
+    s = _WORKER_STATE
+    audio = render_clip(plan, s["cat"], s["sr"], s["clip_seconds"], s["bg"])
+    write_flac_atomic(s["out_dir"] / plan.rel_path, audio, s["sr"])
+    return plan.clip_id
+
+
+def _manifest_rows(plans: Sequence[ClipPlan], sr: int, clip_seconds: float) -> list[ManifestRow]:
+    n = int(round(clip_seconds * sr))
+    return [ManifestRow(p.clip_id, p.split, p.rel_path, n / sr, sr, p.labels, "ok", "") for p in plans]
+
+
+def _strong(plans: Sequence[ClipPlan], with_start: bool) -> list[fmt.StrongEvent]:
+    out = []
+    for p in plans:
+        seg = f"{p.clip_id}_{int(p.start_seconds * 1000)}" if with_start else p.clip_id
+        out.extend(fmt.StrongEvent(seg, e.onset, e.offset, e.label) for e in sorted(p.events, key=lambda e: (e.onset, e.label)))
+    return out
+
+
+def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int, workers: int = 1) -> dict:
+    """Write the whole corpus under ``out_dir``; returns summary statistics for metrics."""
+    out_dir = Path(out_dir)
+    cat = build_catalogue(cfg.num_classes)
+    fmt.write_ontology(out_dir / "ontology.json", cat.nodes)
+    fmt.write_class_labels(out_dir / "class_labels_indices.csv", [(i, cat.names[i]) for i in cat.labelled_ids()])
+
+    used: set[str] = set()
+    all_plans: list[ClipPlan] = []
+    summary: dict = {"source": "synthetic", "num_leaf_classes": len(cat.leaf_ids), "num_label_classes": len(cat.labelled_ids()), "splits": {}}
+    for split in AUDIOSET_SPLITS:
+        plans = plan_audioset_split(cfg, cat, split, used)
+        all_plans += plans
+        segments = [fmt.Segment(p.clip_id, p.start_seconds, p.start_seconds + cfg.clip_seconds, p.labels) for p in plans]
+        fmt.write_segments_csv(out_dir / "segments" / SEGMENT_FILES[split], segments, CREATED)
+        fmt.write_strong_labels(out_dir / "strong" / f"{split}.tsv", _strong(plans, with_start=True))
+        write_manifest(out_dir / "manifests" / f"{split}.csv", _manifest_rows(plans, sample_rate, cfg.clip_seconds))
+        summary["splits"][split] = _split_summary(plans, cat)
+
+    tasks = {MONO_TASK: plan_mono_task(cfg, cat, used)}
+    for env in cfg.tasks.poly.environments:
+        tasks[env] = plan_poly_task(cfg, cat, env, used)
+    for name, plans in tasks.items():
+        all_plans += plans
+        task_dir = out_dir / "tasks" / name
+        classes = (
+            list(cat.leaf_ids[: cfg.tasks.mono.num_classes]) if name == MONO_TASK else list(cat.leaf_ids)
+        )
+        splits = sorted({p.split for p in plans}, key=[p.split for p in plans].index)
+        write_json_atomic(
+            task_dir / "task.json",
+            {
+                "name": name,
+                "kind": "single_label" if name == MONO_TASK else "multi_label",
+                "protocol": "cross_validation" if name == MONO_TASK else "train_eval",
+                "splits": splits,
+                "classes": classes,
+                "class_names": [cat.names[c] for c in classes],
+            },
+        )
+        write_manifest(task_dir / "manifest.csv", _manifest_rows(plans, sample_rate, cfg.clip_seconds))
+        fmt.write_strong_labels(task_dir / "strong.tsv", _strong(plans, with_start=False))
+        summary["splits"][f"task/{name}"] = _split_summary(plans, cat)
+
+    init = (cfg.num_classes, str(out_dir), sample_rate, cfg.clip_seconds, cfg.background_db)
+    bar = dict(total=len(all_plans), desc="synthesising clips", unit="clip", mininterval=1.0)
+    if workers > 1:
+        with get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init) as pool:
+            for _ in tqdm(pool.imap_unordered(_render_and_write, all_plans, chunksize=8), **bar):
+                pass
+    else:
+        _init_worker(*init)
+        for plan in tqdm(all_plans, **bar):
+            _render_and_write(plan)
+    summary["num_clips"] = len(all_plans)
+    return summary
+
+
+def _split_summary(plans: Sequence[ClipPlan], cat: Catalogue) -> dict:
+    if not plans:
+        return {"clips": 0}
+    events = np.array([len(p.events) for p in plans])
+    distinct = np.array([len({e.label for e in p.events}) for p in plans])
+    labels = np.array([len(p.labels) for p in plans])
+    return {
+        "clips": len(plans),
+        "events_per_clip": round(float(events.mean()), 4),
+        "distinct_sources_per_clip": round(float(distinct.mean()), 4),
+        "labels_per_clip": round(float(labels.mean()), 4),
+        "multi_label_share": round(float((labels >= 2).mean()), 4),
+        "polyphonic_share": round(float((distinct >= 2).mean()), 4),
+    }
+
+
+def describe(summary: dict) -> str:
+    return json.dumps(summary, indent=2)

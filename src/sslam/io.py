@@ -1,0 +1,65 @@
+"""Atomic file writes: a reader, or a later run, never sees a half-written file.
+
+Everything is written to a temporary name in the destination folder and then renamed, which is atomic
+on POSIX file systems; a killed process leaves at most a ``.tmp-*`` file that nothing takes for done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import soundfile as sf
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_flac_atomic(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write mono float audio in [-1, 1] as 16-bit FLAC (deterministic bytes for the same samples)."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"{path}: expected mono audio (1-D), got shape {audio.shape}")
+    pcm = np.clip(np.round(audio.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), pcm, sample_rate, format="FLAC", subtype="PCM_16")
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete ``.tmp-*`` leftovers of a killed run; returns how many were removed."""
+    removed = 0
+    for p in Path(folder).rglob(TMP_PREFIX + "*"):
+        if p.is_file():
+            p.unlink()
+            removed += 1
+    return removed

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from sslam.config import Config, ConfigError, load_config, parse_config, set_dotted
+from conftest import REPO
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_params_file_is_valid_and_complete(raw):
+    cfg = load_config(REPO / "params.yaml")
+    # every key in params.yaml is explicit: the file and the typed defaults agree on the key set
+    assert set(raw) == set(Config.model_fields)
+    assert cfg.mix.strategy == raw["mix"]["strategy"]
+    assert cfg.download.synthetic.clips.unbalanced == raw["download"]["synthetic"]["clips"]["unbalanced"]
+
+
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("mix.strategy", "foo", ["mix.strategy", "'max'", "'average'", "'waveform'", "'foo'"]),
+        ("mask.ratio", 1.5, ["mask.ratio", "less than 1", "1.5"]),
+        ("download.source", "youtube", ["download.source", "'synthetic'", "'folder'", "'audioset'"]),
+        ("download.synthetic.num_classes", "24", ["download.synthetic.num_classes", "integer"]),
+        ("download.synthetic.num_classes", 41, ["download.synthetic.num_classes", "less than or equal to 40"]),
+        ("srl.enabled", 1, ["srl.enabled", "boolean"]),
+        ("mix.stratgy", "max", ["mix.stratgy", "unknown key"]),
+        ("nonsense", {}, ["nonsense", "unknown key"]),
+        ("download.synthetic.events_per_clip", [5, 1], ["events_per_clip", "low <= high"]),
+        ("model.num_heads", 5, ["embed_dim (192)", "num_heads (5)"]),
+        ("pretrain.stage1.warmup_steps", 10_000, ["warmup_steps", "exceeds steps"]),
+        ("tasks", ["Mono"], ["tasks.0", "pattern"]),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(raw, key, value, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_config(set_dotted(copy.deepcopy(raw), key, value), "params.yaml")
+    msg = str(err.value)
+    assert msg.startswith("params.yaml:")
+    for part in expected:
+        assert part in msg, f"{part!r} not in:\n{msg}"
+
+
+def test_folder_source_needs_its_paths(raw):
+    with pytest.raises(ConfigError, match="folder.audio_dir and folder.labels_csv"):
+        parse_config(set_dotted(raw, "download.source", "folder"))
+
+
+def test_overrides_apply_like_dvc_exp_run_set(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text((REPO / "params.yaml").read_text())
+    cfg = load_config(p, overrides={"mix.strategy": "average", "mask.ratio": 0.75})
+    assert (cfg.mix.strategy, cfg.mask.ratio) == ("average", 0.75)
+    with pytest.raises(ConfigError, match="dotted name"):
+        load_config(p, overrides={"mix..strategy": "max"})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mix: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(top)
+
+
+def test_dvc_stages_declare_only_known_param_sections():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    cfg = load_config(REPO / "params.yaml")
+    for name, stage in dvc["stages"].items():
+        for entry in stage.get("params", []):
+            keys = entry if isinstance(entry, str) else next(iter(entry.values()))
+            for key in [keys] if isinstance(keys, str) else keys:
+                node = cfg
+                for part in key.split("."):
+                    assert hasattr(node, part), f"stage {name} lists unknown param {key}"
+                    node = getattr(node, part)

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from sslam.config import SyntheticConfig
+from sslam.data import audioset_format as fmt
+from sslam.data.catalogue import LEAVES, build_catalogue
+from sslam.data.manifest import read_manifest
+from sslam.data.synthetic import SEGMENT_FILES, generate_corpus
+from test_audioset_format import independent_class_index, independent_ontology, independent_segments
+
+SR = 16000
+
+
+def small_config(**overrides) -> SyntheticConfig:
+    base = dict(
+        seed=7,
+        num_classes=12,
+        clip_seconds=2.0,
+        clips={"unbalanced": 30, "balanced": 24, "eval": 24},
+        tasks={"mono": {"num_classes": 6, "clips_per_class_per_fold": 2},
+               "poly": {"environments": ["square", "park"], "clips_train": 40, "clips_eval": 10, "events_per_clip": [2, 5]}},
+    )
+    base.update(overrides)
+    return SyntheticConfig.model_validate(base)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("corpus")
+    summary = generate_corpus(small_config(), out, SR, workers=1)
+    return out, summary
+
+
+def test_same_seed_same_bytes_whatever_the_worker_count(corpus, tmp_path):
+    out, _ = corpus
+    generate_corpus(small_config(), tmp_path / "again", SR, workers=2)
+    assert tree_digest(out) == tree_digest(tmp_path / "again")
+    generate_corpus(small_config(seed=8), tmp_path / "other", SR, workers=1)
+    assert tree_digest(out) != tree_digest(tmp_path / "other")
+
+
+def test_a_split_size_change_leaves_other_clips_unchanged(corpus, tmp_path):
+    out, _ = corpus
+    cfg = small_config(clips={"unbalanced": 10, "balanced": 24, "eval": 24})
+    generate_corpus(cfg, tmp_path / "c", SR)
+    a, b = tree_digest(out), tree_digest(tmp_path / "c")
+    evals = [k for k in a if k.startswith("audio/eval/")]
+    assert evals and all(a[k] == b[k] for k in evals)
+
+
+def test_metadata_follows_audioset_formats(corpus):
+    out, _ = corpus
+    nodes = independent_ontology(out / "ontology.json")
+    index = independent_class_index(out / "class_labels_indices.csv")
+    abstract = {n["id"] for n in nodes if "abstract" in n["restrictions"]}
+    assert [mid for _, mid, _ in index] == [n["id"] for n in nodes if n["id"] not in abstract]
+    known = {mid for _, mid, _ in index}
+    for split, name in SEGMENT_FILES.items():
+        rows = independent_segments(out / "segments" / name)
+        manifest = read_manifest(out / "manifests" / f"{split}.csv")
+        assert [r[0] for r in rows] == list(manifest["clip_id"])
+        assert all(set(r[3]) <= known for r in rows)
+        assert all(r[2] - r[1] == pytest.approx(2.0) for r in rows)
+
+
+def test_ontology_shape_like_audioset():
+    cat = build_catalogue(24)
+    leaves = set(cat.leaf_ids)
+    assert 20 <= len(leaves) <= 40 and len(LEAVES) == 40
+    def longest(node: str) -> int:
+        ps = cat.parents.get(node, ())
+        return 1 + (max(longest(p) for p in ps) if ps else 0)
+    assert max(longest(leaf) for leaf in leaves) >= 3
+    assert any(len(cat.parents[leaf]) >= 2 for leaf in leaves), "no leaf with two parents"
+    # facets: a labelled (non-abstract) ancestor describes the same sound as its child
+    assert any(a not in cat.abstract for leaf in leaves for a in cat.ancestors(leaf))
+    for n in range(8, 41):
+        c = build_catalogue(n)
+        assert max(longest(leaf) for leaf in c.leaf_ids) >= 3
+        assert all(ch in {x.id for x in c.nodes} for x in c.nodes for ch in x.child_ids)
+
+
+def test_audio_files_match_the_manifest(corpus):
+    out, _ = corpus
+    manifests = sorted((out / "manifests").glob("*.csv")) + sorted((out / "tasks").glob("*/manifest.csv"))
+    total = 0
+    for m in manifests:
+        df = read_manifest(m)
+        for row in df.itertuples():
+            info = sf.info(out / row.path)
+            assert (info.samplerate, info.channels, info.frames, info.subtype) == (SR, 1, 2 * SR, "PCM_16")
+            assert row.duration == pytest.approx(2.0) and row.status == "ok"
+            total += 1
+    assert total == len(list(out.rglob("*.flac")))
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_strong_labels_explain_the_weak_labels(corpus):
+    out, _ = corpus
+    cat = build_catalogue(12)
+    leaves = set(cat.leaf_ids)
+    for split in ("unbalanced", "balanced", "eval"):
+        strong = fmt.read_strong_labels(out / "strong" / f"{split}.tsv")
+        segs = {f"{s.ytid}_{int(s.start_seconds * 1000)}": s for s in fmt.read_segments_csv(out / "segments" / SEGMENT_FILES[split])}
+        by_clip = strong.groupby("segment_id")["label"].apply(set)
+        assert set(by_clip.index) == set(segs)
+        for seg_id, events in by_clip.items():
+            labels = set(segs[seg_id].labels)
+            assert labels & leaves == events  # every event is labelled, every leaf label has an event
+            for extra in labels - leaves:  # the rest are ancestors of present events (facets)
+                assert any(extra in cat.ancestors(e) for e in events)
+        assert (strong["end_time_seconds"] > strong["start_time_seconds"]).all()
+        assert strong["end_time_seconds"].max() <= 2.0
+
+
+def test_multi_label_is_not_polyphony(corpus):
+    _, summary = corpus
+    for split in ("unbalanced", "balanced", "eval"):
+        s = summary["splits"][split]
+        assert s["labels_per_clip"] > s["distinct_sources_per_clip"]
+        assert s["multi_label_share"] > s["polyphonic_share"]
+
+
+def test_balanced_splits_cover_every_class_evenly(corpus):
+    out, _ = corpus
+    strong = fmt.read_strong_labels(out / "strong" / "balanced.tsv")
+    per_class = strong.groupby("label")["segment_id"].nunique()
+    assert len(per_class) == 12 and per_class.min() >= 2
+
+
+def _logmel_stats(path: Path) -> np.ndarray:
+    wav = torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
+    fb = torchaudio.compliance.kaldi.fbank(wav, htk_compat=True, sample_frequency=SR, use_energy=False,
+                                           window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+    return torch.cat([fb.mean(0), fb.std(0)]).numpy()
+
+
+def test_classes_are_distinguishable_on_log_mel(corpus):
+    """Nearest class centroid on log-mel statistics, fold 1 held out, must be near perfect."""
+    out, _ = corpus
+    df = read_manifest(out / "tasks" / "mono" / "manifest.csv")
+    feats = np.stack([_logmel_stats(out / p) for p in df["path"]])
+    labels = np.array([lab[0] for lab in df["labels"]])
+    test = (df["split"] == "fold1").to_numpy()
+    classes = sorted(set(labels))
+    centroids = np.stack([feats[~test & (labels == c)].mean(0) for c in classes])
+    pred = np.array(classes)[np.argmin(((feats[test, None] - centroids[None]) ** 2).sum(-1), axis=1)]
+    assert (pred == labels[test]).mean() >= 0.9
+
+
+def test_task_sets(corpus):
+    out, _ = corpus
+    mono = json.loads((out / "tasks" / "mono" / "task.json").read_text())
+    assert mono["kind"] == "single_label" and mono["splits"] == [f"fold{i}" for i in range(1, 6)]
+    df = read_manifest(out / "tasks" / "mono" / "manifest.csv")
+    assert len(df) == 5 * 6 * 2 and all(len(x) == 1 for x in df["labels"])
+    assert all(r.clip_id.startswith(r.split.removeprefix("fold") + "-") for r in df.itertuples())  # ESC-50 names
+    dists = []
+    for env in ("square", "park"):
+        task = json.loads((out / "tasks" / env / "task.json").read_text())
+        assert task["kind"] == "multi_label" and task["splits"] == ["train", "eval"]
+        m = read_manifest(out / "tasks" / env / "manifest.csv")
+        assert Counter(m["split"]) == {"train": 40, "eval": 10}
+        assert all(len(x) >= 1 for x in m["labels"])
+        strong = fmt.read_strong_labels(out / "tasks" / env / "strong.tsv")
+        assert strong.groupby("segment_id").size().between(2, 5).all()
+        counts = strong["label"].value_counts(normalize=True)
+        dists.append(counts.reindex(build_catalogue(12).leaf_ids, fill_value=0.0).to_numpy())
+    assert 0.5 * np.abs(dists[0] - dists[1]).sum() > 0.25  # environments differ in what they hold
