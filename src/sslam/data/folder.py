@@ -162,7 +162,7 @@ def read_labels_csv(path: Path, audio_dir: Path, known: dict[str, str] | None) -
     for lineno, rec in enumerate(df.to_dict("records"), start=2):
         name = rec["filename"].strip()
         split = (rec.get("split") or DEFAULT_SPLIT).strip()
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", str(Path(name).with_suffix("")).replace("/", "__")).lstrip(".-") or "clip"
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", str(Path(name).with_suffix("")).replace("/", "__")).strip("._-") or "clip"
         seen[stem] += 1
         clip_id = stem if seen[stem] == 1 else f"{stem}__{seen[stem]}"
         raw_labels = [x.strip() for x in rec["labels"].split(",") if x.strip()]

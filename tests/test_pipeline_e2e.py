@@ -1,0 +1,74 @@
+"""The whole pipeline as it stands, run by DVC in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def sh(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked and untracked-but-not-ignored files, as a fresh clone would have them."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    sh(["git", "init", "-q"], dest)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dest)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def test_default_repro_reproduces_the_committed_lock(tmp_path):
+    """A fresh clone's `dvc repro` on the defaults leaves the committed dvc.lock unchanged."""
+    committed = (REPO / "dvc.lock").read_text()
+    repo = copy_repo(tmp_path / "repo")
+    sh(["dvc", "repro"], repo)
+    assert (repo / "dvc.lock").read_text() == committed
+    assert "up to date" in sh(["dvc", "status"], repo).stdout.lower()
+
+
+def test_small_pipeline_end_to_end(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    syn = params["download"]["synthetic"]
+    syn.update(num_classes=10, clip_seconds=1.5, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
+    syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
+    syn["tasks"]["poly"].update(environments=["square"], clips_train=10, clips_eval=5)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    out = sh(["dvc", "repro"], repo)
+    assert "Running stage 'download'" in out.stdout
+    assert "up to date" in sh(["dvc", "status"], repo).stdout.lower()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["download"]["params"]["params.yaml"]["download"]["synthetic"]["num_classes"] == 10
+    metrics = yaml.safe_load((repo / "metrics" / "download.json").read_text())
+    assert metrics["num_clips"] == 60 + 4 * 5 + 15
+    assert len(list((repo / "data" / "corpus").rglob("*.flac"))) == metrics["num_clips"]
+    # nothing changed: a second repro runs nothing
+    assert "Running stage" not in sh(["dvc", "repro"], repo).stdout
+    # a bad param stops the stage at start-up, naming the key
+    params["mix"]["strategy"] = "foo"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(["python", "stages/download.py"], cwd=repo, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    assert proc.returncode == 2 and "mix.strategy" in proc.stderr and "'average'" in proc.stderr
