@@ -64,6 +64,8 @@ def test_small_pipeline_end_to_end(tmp_path):
     metrics = yaml.safe_load((repo / "metrics" / "download.json").read_text())
     assert metrics["num_clips"] == 60 + 4 * 5 + 15
     assert len(list((repo / "data" / "corpus").rglob("*.flac"))) == metrics["num_clips"]
+    png = (repo / "metrics" / "plots" / "corpus_overview.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     # nothing changed: a second repro runs nothing
     assert "Running stage" not in sh(["dvc", "repro"], repo).stdout
     # a bad param stops the stage at start-up, naming the key
