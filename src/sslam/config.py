@@ -123,6 +123,19 @@ class DownloadConfig(Section):
         return self
 
 
+class OntologyConfig(Section):
+    """Polyphony analysis of the labels (paper Appendix B.1, Algorithm 2)."""
+
+    levels: Annotated[list[Annotated[int, Field(ge=1, le=10)]], Field(min_length=1)] = [1, 2, 3, 4]
+    rule: Literal["components", "drop_both", "keep_general", "keep_specific"] = "components"
+
+    @model_validator(mode="after")
+    def _check(self) -> "OntologyConfig":
+        if sorted(set(self.levels)) != self.levels:
+            raise ValueError(f"levels must be increasing and unique, got {self.levels}")
+        return self
+
+
 # ----------------------------------------------------------------------------- features / model
 
 
@@ -235,6 +248,7 @@ class LinearEvalConfig(Section):
 class Config(Section):
     data: DataConfig = DataConfig()
     download: DownloadConfig = DownloadConfig()
+    ontology: OntologyConfig = OntologyConfig()
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
     mask: MaskConfig = MaskConfig()
