@@ -107,7 +107,7 @@ def test_good_odd_and_broken_files(tmp_path, lab):
     assert summary["converted"] == {"downmixed": 1, "resampled": 3, "truncated": 1}
 
     table = pd.read_csv(tmp_path / "failures.csv", keep_default_na=False)
-    assert list(table.columns) == ["clip_id", "source", "reason"]
+    assert list(table.columns) == ["clip_id", "source", "reason", "attempts"] and set(table["attempts"]) == {1}
     assert dict(zip(table["clip_id"], table["reason"])) == failed
     assert not list(out.rglob(".tmp-*")) and not (out / "audio" / "balanced" / "corrupt.flac").exists()
     # a flat ontology and class index of the labels seen

@@ -109,10 +109,48 @@ class FolderConfig(Section):
     silence_dbfs: Annotated[float, Field(le=0.0)] = -70.0
 
 
+class AudiosetUrls(Section):
+    ontology: str = "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json"
+    class_labels: str = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
+    balanced: str = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/balanced_train_segments.csv"
+    eval: str = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/eval_segments.csv"
+    unbalanced: str = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/unbalanced_train_segments.csv"
+
+
+class AudiosetConfig(Section):
+    splits: Annotated[list[Literal["unbalanced", "balanced", "eval"]], Field(min_length=1)] = ["balanced", "eval"]
+    metadata_dir: str = ""  # a folder holding the label files; empty: fetch them from `urls`
+    urls: AudiosetUrls = AudiosetUrls()
+    url_template: str = "https://www.youtube.com/watch?v={ytid}"
+    format: str = "bestaudio/best"
+    workers: Annotated[int, Field(ge=1, le=256)] = 8
+    retries: NonNegative = 5
+    backoff_base_s: Annotated[float, Field(ge=0.0)] = 2.0
+    backoff_max_s: Annotated[float, Field(ge=0.0)] = 300.0
+    rate_limit_per_s: Annotated[float, Field(ge=0.0)] = 2.0  # request starts per second; 0 = unlimited
+    socket_timeout_s: Annotated[float, Field(gt=0.0)] = 30.0
+    cookies: str = ""
+    proxy: str = ""
+    max_segments: NonNegative = 0  # per split; 0 = all (a small number for a trial run)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AudiosetConfig":
+        if "{ytid}" not in self.url_template or not re.match(r"^https?://", self.url_template):
+            raise ValueError(f"url_template must be an http(s) URL containing {{ytid}}, got {self.url_template!r}")
+        try:
+            self.url_template.format(ytid="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"url_template may hold only the {{ytid}} field, got {self.url_template!r}") from None
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must be unique, got {self.splits}")
+        return self
+
+
 class DownloadConfig(Section):
     source: Literal["synthetic", "folder", "audioset"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()
     folder: FolderConfig = FolderConfig()
+    audioset: AudiosetConfig = AudiosetConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "DownloadConfig":

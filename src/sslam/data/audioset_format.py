@@ -29,6 +29,12 @@ ONTOLOGY_KEYS = ("id", "name", "description", "citation_uri", "positive_examples
 SEGMENTS_COLUMNS_LINE = "# YTID, start_seconds, end_seconds, positive_labels"
 STRONG_HEADER = "segment_id\tstart_time_seconds\tend_time_seconds\tlabel"
 RESTRICTIONS = ("abstract", "blacklist")
+# AudioSet's split names and the file names Google publishes them under
+SPLIT_FILES = {
+    "unbalanced": "unbalanced_train_segments.csv",
+    "balanced": "balanced_train_segments.csv",
+    "eval": "eval_segments.csv",
+}
 
 
 class FormatError(ValueError):

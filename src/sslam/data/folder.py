@@ -9,7 +9,6 @@ failures table with the reason; one bad file never stops the stage.
 
 from __future__ import annotations
 
-import csv
 import re
 import shutil
 import subprocess
@@ -25,8 +24,8 @@ from tqdm import tqdm
 
 from sslam.config import FolderConfig
 from sslam.data import audioset_format as fmt
-from sslam.data.manifest import ManifestRow, write_manifest
-from sslam.io import atomic_path, write_flac_atomic, write_text_atomic
+from sslam.data.manifest import ManifestRow, write_failures, write_manifest
+from sslam.io import atomic_path, write_flac_atomic
 
 LABEL_COLUMNS = ("filename", "labels")
 DEFAULT_SPLIT = "unbalanced"
@@ -227,7 +226,7 @@ def ingest_folder(cfg: FolderConfig, out_dir: str | Path, sample_rate: int, fail
     for split in splits:
         write_manifest(out_dir / "manifests" / f"{split}.csv", [r.row for r in results if r.row.split == split])
     failures = [r.row for r in results if r.row.status == "failed"]
-    write_failures(failures_csv, [(f.clip_id, it.source, f.reason) for f, it in zip((r.row for r in results), items) if f.status == "failed"])
+    write_failures(failures_csv, [(f.clip_id, it.source, f.reason, 1) for f, it in zip((r.row for r in results), items) if f.status == "failed"])
 
     reasons = Counter(f.reason.split(":")[0] for f in failures)
     notes = Counter(n for r in results for n in r.notes)
@@ -241,14 +240,3 @@ def ingest_folder(cfg: FolderConfig, out_dir: str | Path, sample_rate: int, fail
         "num_label_classes": len(classes),
         "splits": {s: {"clips": sum(r.row.split == s and r.row.status == "ok" for r in results)} for s in splits},
     }
-
-
-def write_failures(path: str | Path, rows: list[tuple[str, str, str]]) -> None:
-    """The failures table: one row per clip that could not be used, with the reason."""
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["clip_id", "source", "reason"])
-    w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())

@@ -64,3 +64,12 @@ def read_manifest(path: str | Path, only_ok: bool = False) -> pd.DataFrame:
     if only_ok:
         df = df[df["status"] == "ok"].reset_index(drop=True)
     return df
+
+
+def write_failures(path: str | Path, rows: list[tuple[str, str, str, int]]) -> None:
+    """The failures table: one row per clip that could not be used, with the reason and attempts made."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["clip_id", "source", "reason", "attempts"])
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
-from sslam.data.audioset_format import OntologyNode, read_ontology, read_segments_csv, read_strong_labels
+from sslam.data.audioset_format import SPLIT_FILES, OntologyNode, read_ontology, read_segments_csv, read_strong_labels
 
 Rule = Literal["components", "drop_both", "keep_general", "keep_specific"]
 RULES: tuple[Rule, ...] = ("components", "drop_both", "keep_general", "keep_specific")
@@ -130,13 +130,6 @@ def analyse(label_lists: Sequence[Sequence[str]], graph: OntologyGraph, levels: 
 
 
 # ----------------------------------------------------------------------------- corpora
-
-SPLIT_FILES = {
-    "unbalanced": "unbalanced_train_segments.csv",
-    "balanced": "balanced_train_segments.csv",
-    "eval": "eval_segments.csv",
-}
-
 
 def find_label_files(folder: str | Path) -> tuple[Path, dict[str, Path]]:
     """The ontology and the segment CSVs of a corpus (``segments/``) or of an AudioSet label folder."""

@@ -25,11 +25,7 @@ from sslam.data.sounds import pink_noise
 from sslam.io import write_flac_atomic, write_json_atomic
 
 AUDIOSET_SPLITS = ("unbalanced", "balanced", "eval")
-SEGMENT_FILES = {
-    "unbalanced": "unbalanced_train_segments.csv",
-    "balanced": "balanced_train_segments.csv",
-    "eval": "eval_segments.csv",
-}
+SEGMENT_FILES = fmt.SPLIT_FILES
 CREATED = "Sat Jun 14 00:00:00 2025"  # fixed, so the header line is reproducible
 YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 MONO_TASK = "mono"
