@@ -221,6 +221,35 @@ def test_rate_limiter_spaces_requests():
     assert time.monotonic() - t0 >= 5 / 20.0 * 0.95
 
 
+def test_cookies_proxy_and_format_reach_yt_dlp(tmp_path):
+    from sslam.data.audioset_download import SegmentDownloader
+
+    cfg = AudiosetConfig.model_validate({"cookies": "/x/cookies.txt", "proxy": "socks5://127.0.0.1:1080"})
+    opts = SegmentDownloader(cfg, tmp_path, SR, RateLimiter(0)).ydl_options(tmp_path)
+    assert opts["cookiefile"] == "/x/cookies.txt" and opts["proxy"] == "socks5://127.0.0.1:1080"
+    assert opts["format"] == "bestaudio/best" and opts["retries"] == 0
+    assert "cookiefile" not in SegmentDownloader(AudiosetConfig(), tmp_path, SR, RateLimiter(0)).ydl_options(tmp_path)
+
+
+def test_bounded_pool_runs_every_item_with_at_most_workers_at_once():
+    from sslam.data.audioset_download import _run_bounded
+
+    live, peak = [0], [0]
+    lock = threading.Lock()
+
+    def work(x):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.001)
+        with lock:
+            live[0] -= 1
+        return x * 2
+
+    assert sorted(_run_bounded(work, range(500), 3)) == [2 * x for x in range(500)]
+    assert peak[0] <= 3
+
+
 def test_url_template_is_validated():
     with pytest.raises(ValueError, match="url_template"):
         AudiosetConfig.model_validate({"url_template": "file:///etc/{ytid}"})

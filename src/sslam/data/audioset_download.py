@@ -19,6 +19,7 @@ extractor downloads like any direct media URL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -28,7 +29,7 @@ import threading
 import time
 import urllib.request
 import zlib
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,9 +200,8 @@ class SegmentDownloader:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _download(self, seg: fmt.Segment, work: Path) -> Path:
-        import yt_dlp
-
+    def ydl_options(self, work: Path) -> dict:
+        """yt-dlp's options for one segment: audio-only where available, our own retries."""
         opts = {
             "outtmpl": str(work.resolve() / "media.%(ext)s"),
             "format": self.cfg.format,
@@ -222,6 +222,12 @@ class SegmentDownloader:
             opts["cookiefile"] = self.cfg.cookies
         if self.cfg.proxy:
             opts["proxy"] = self.cfg.proxy
+        return opts
+
+    def _download(self, seg: fmt.Segment, work: Path) -> Path:
+        import yt_dlp
+
+        opts = self.ydl_options(work)
         url = self.cfg.url_template.format(ytid=seg.ytid)
         try:
             with yt_dlp.YoutubeDL(opts) as ydl:
@@ -311,6 +317,20 @@ def _read_permanent(path: Path) -> dict[str, dict]:
     return out
 
 
+def _run_bounded(fn: Callable, items: Sequence, workers: int):
+    """Yield fn(item) results as they finish, with at most 4 x workers submitted at once: 2 million
+    futures created up front would cost gigabytes."""
+    limit = 4 * workers
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = {pool.submit(fn, x) for x in itertools.islice(it, limit)}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
+            pending |= {pool.submit(fn, x) for x in itertools.islice(it, len(finished))}
+
+
 def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int, shard: tuple[int, int] = (0, 1),
                       sleep: Callable[[float], None] = time.sleep) -> tuple[dict, list[tuple[str, str, str, int]]]:
     """Fetch label files and segments; returns (summary, failures table rows)."""
@@ -350,16 +370,15 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
                 results[cid] = Outcome(cid, "failed", rec["reason"], rec["attempts"], True)
             else:
                 todo.append(seg)
-        with ThreadPoolExecutor(max_workers=cfg.workers) as pool, tqdm(
-            total=len(todo), desc=f"audioset {split} [{shard[0]}/{shard[1]}]", unit="seg", mininterval=1.0
-        ) as bar:
-            futures = {pool.submit(downloader.fetch, split, seg): seg for seg in todo}
-            for fut in as_completed(futures):
-                outcome = fut.result()
-                results[outcome.clip_id] = outcome
-                if outcome.status == "failed" and outcome.permanent:
-                    with log_lock, open(permanent_log, "a") as f:
-                        f.write(json.dumps({"clip_id": outcome.clip_id, "reason": outcome.reason, "attempts": outcome.attempts}) + "\n")
+        def record(outcome: Outcome) -> None:
+            results[outcome.clip_id] = outcome
+            if outcome.status == "failed" and outcome.permanent:
+                with log_lock, open(permanent_log, "a") as f:
+                    f.write(json.dumps({"clip_id": outcome.clip_id, "reason": outcome.reason, "attempts": outcome.attempts}) + "\n")
+
+        with tqdm(total=len(todo), desc=f"audioset {split} [{shard[0]}/{shard[1]}]", unit="seg", mininterval=1.0) as bar:
+            for outcome in _run_bounded(lambda seg: downloader.fetch(split, seg), todo, cfg.workers):
+                record(outcome)
                 bar.update(1)
                 bar.set_postfix(failed=sum(o.status == "failed" for o in results.values()), refresh=False)
 
