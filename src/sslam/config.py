@@ -184,6 +184,15 @@ class FeaturesConfig(Section):
     target_frames: Positive = 304
     norm_mean: float | None = None
     norm_std: Annotated[float, Field(gt=0.0)] | None = None
+    stats_split: Name = "unbalanced"
+    shard_size: Positive = 128
+    store_waveforms: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "FeaturesConfig":
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError("norm_mean and norm_std must both be set (pinned) or both be null (computed)")
+        return self
 
 
 class ModelConfig(Section):

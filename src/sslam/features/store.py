@@ -1,0 +1,234 @@
+"""The log-mel feature cache: sharded float16 arrays, memory-mapped by readers.
+
+Layout under ``features_dir`` (one folder per clip set: each AudioSet split and each task):
+
+    <set>/shard-00000.npy    float16 (clips, target_frames, mel): raw log-mel, zero-padded at the end
+    <set>/shard-00000.json   that shard's rows (clip_id, frames before padding, labels) and failures;
+                             written last, so a shard counts as done only when both files exist
+    <set>/wave-00000.npy     int16 (clips, samples): the waveforms, when ``store_waveforms``
+    <set>/index.csv          clip_id, split, shard, row, frames, labels: one row per cached clip
+    <set>/failures.csv       clip_id, reason: clips that could not be decoded (never zero-filled)
+    stats.json               mean and std over the valid frames of the statistics split (or pinned)
+
+Stored values are NOT normalised: readers apply ``(x - mean) / (2 * std)`` (the reference's
+normalisation, after zero padding), so new statistics never force a recompute. A shard is computed by
+one process and written by atomic rename; a rerun skips finished shards, so a killed stage resumes.
+A clip costs target_frames x mel x 2 bytes: 1024 x 128 x 2 = 256 KiB for a 10 s AudioSet clip, so
+AS-2M (about 2.0 M clips) needs about 500 GiB of features (plus 320 KiB per clip, 625 GiB, if
+waveforms are stored for waveform mixing).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from sslam.config import FeaturesConfig
+from sslam.data.manifest import read_manifest
+from sslam.features.fbank import kaldi_fbank
+from sslam.features.stats import RunningStats
+from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
+
+INDEX_COLUMNS = ("clip_id", "split", "shard", "row", "frames", "labels")
+
+
+def num_samples_for(frames: int, sample_rate: int, shift_ms: float, length_ms: float) -> int:
+    """Samples that give exactly ``frames`` Kaldi frames (snip_edges): length + (frames - 1) * shift."""
+    shift = int(sample_rate * shift_ms / 1000)
+    length = int(sample_rate * length_ms / 1000)
+    return length + (frames - 1) * shift
+
+
+def pad_or_crop(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:
+    """Zero-pad at the end or keep the first ``target_frames`` (the reference: no random crop)."""
+    n = fbank.shape[0]
+    if n >= target_frames:
+        return fbank[:target_frames]
+    return torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - n))
+
+
+def clip_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tuple[np.ndarray, int]:
+    """(target_frames, mel) raw log-mel, zero-padded, and the number of valid frames."""
+    fb = kaldi_fbank(torch.from_numpy(wave), sample_rate, cfg.num_mel_bins, cfg.frame_shift_ms, cfg.frame_length_ms)
+    return pad_or_crop(fb, cfg.target_frames).numpy(), min(fb.shape[0], cfg.target_frames)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    set_dir: str
+    shard: int
+    corpus: str
+    rows: tuple[tuple[str, str, str, str], ...]  # clip_id, split, path, labels
+    sample_rate: int
+    cfg: FeaturesConfig
+
+
+def _decode(path: Path, sample_rate: int) -> np.ndarray:
+    data, sr = sf.read(str(path), dtype="int16", always_2d=True)
+    if sr != sample_rate:
+        raise ValueError(f"sample rate {sr} Hz, expected {sample_rate} Hz")
+    if data.shape[1] != 1:
+        raise ValueError(f"{data.shape[1]} channels, expected mono")
+    if data.shape[0] == 0:
+        raise ValueError("no samples")
+    return data[:, 0]
+
+
+def compute_shard(job: ShardJob) -> dict:
+    """Decode, compute and write one shard; returns its rows, failures and partial statistics."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-clip FFTs: intra-op threads cost 3x more than they give (bench/features.py)
+    try:
+        return _compute_shard(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute_shard(job: ShardJob) -> dict:
+    cfg = job.cfg
+    set_dir = Path(job.set_dir)
+    n_samples = num_samples_for(cfg.target_frames, job.sample_rate, cfg.frame_shift_ms, cfg.frame_length_ms)
+    feats, waves, rows, failures = [], [], [], []
+    stats = RunningStats()
+    for clip_id, split, rel, labels in job.rows:
+        try:
+            pcm = _decode(Path(job.corpus) / rel, job.sample_rate)
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
+            failures.append((clip_id, " ".join(str(err).split())[:200]))
+            continue
+        fb, frames = clip_features(pcm.astype(np.float32) / 32768.0, job.sample_rate, cfg)
+        feats.append(fb.astype(np.float16))
+        stats = stats.merge(RunningStats.of(fb[:frames]))
+        if cfg.store_waveforms:
+            w = np.zeros(n_samples, dtype=np.int16)
+            w[: min(n_samples, len(pcm))] = pcm[:n_samples]
+            waves.append(w)
+        rows.append({"clip_id": clip_id, "split": split, "row": len(rows), "frames": frames, "labels": labels})
+    shape = (0, cfg.target_frames, cfg.num_mel_bins)
+    _save_npy(set_dir / f"shard-{job.shard:05d}.npy", np.stack(feats) if feats else np.zeros(shape, np.float16))
+    if cfg.store_waveforms:
+        _save_npy(set_dir / f"wave-{job.shard:05d}.npy", np.stack(waves) if waves else np.zeros((0, n_samples), np.int16))
+    meta = {"shard": job.shard, "rows": rows, "failures": failures,
+            "stats": {"count": stats.count, "mean": stats.mean, "m2": stats.m2}}
+    write_json_atomic(set_dir / f"shard-{job.shard:05d}.json", meta)  # last: marks the shard done
+    return meta
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def _fingerprint(manifest: Path, cfg: FeaturesConfig, sample_rate: int) -> str:
+    h = hashlib.sha256(manifest.read_bytes())
+    h.update(json.dumps(cfg.model_dump(exclude={"norm_mean", "norm_std", "stats_split"}), sort_keys=True).encode())
+    h.update(str(sample_rate).encode())
+    return h.hexdigest()
+
+
+def feature_sets(corpus: Path) -> dict[str, Path]:
+    """Every manifest of a corpus, by set name: AudioSet splits and ``tasks/<task>``."""
+    sets = {p.stem: p for p in sorted((corpus / "manifests").glob("*.csv"))}
+    sets.update({f"tasks/{p.parent.name}": p for p in sorted((corpus / "tasks").glob("*/manifest.csv"))})
+    return sets
+
+
+def build_features(corpus: str | Path, out_dir: str | Path, cfg: FeaturesConfig, sample_rate: int, workers: int = 1) -> dict:
+    """Compute (or finish) the cache for every clip set; returns the summary for metrics."""
+    corpus, out_dir = Path(corpus), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    sets = feature_sets(corpus)
+    if not sets:
+        raise FileNotFoundError(f"{corpus}: no manifests (run the download stage first)")
+    stale = {p.parent for p in out_dir.glob("**/fingerprint.json")}
+    wanted = {out_dir / name for name in sets}
+    for d in stale - wanted:  # sets that no longer exist in the corpus
+        shutil.rmtree(d)
+
+    jobs: list[ShardJob] = []
+    done: dict[str, list[dict]] = {name: [] for name in sets}
+    for name, manifest in sets.items():
+        set_dir = out_dir / name
+        fp = _fingerprint(manifest, cfg, sample_rate)
+        fp_file = set_dir / "fingerprint.json"
+        if set_dir.exists() and (not fp_file.is_file() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
+            shutil.rmtree(set_dir)  # other params or another corpus: nothing here can be reused
+        set_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fp_file, {"fingerprint": fp})
+        df = read_manifest(manifest, only_ok=True)
+        rows = [(r.clip_id, r.split, r.path, ",".join(r.labels)) for r in df.itertuples()]
+        for k in range(0, len(rows), cfg.shard_size):
+            shard = k // cfg.shard_size
+            meta_file = set_dir / f"shard-{shard:05d}.json"
+            complete = meta_file.is_file() and (set_dir / f"shard-{shard:05d}.npy").is_file() and (
+                not cfg.store_waveforms or (set_dir / f"wave-{shard:05d}.npy").is_file())
+            if complete:
+                done[name].append(json.loads(meta_file.read_text()))
+            else:
+                jobs.append(ShardJob(str(set_dir), shard, str(corpus), tuple(rows[k : k + cfg.shard_size]), sample_rate, cfg))
+
+    bar = dict(total=len(jobs), desc="features (shards)", unit="shard", mininterval=1.0)
+    set_of = {str(out_dir / name): name for name in sets}
+    if workers > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            for job, meta in zip(jobs, tqdm(pool.imap(compute_shard, jobs), **bar)):
+                done[set_of[job.set_dir]].append(meta)
+    else:
+        for job in tqdm(jobs, **bar):
+            done[set_of[job.set_dir]].append(compute_shard(job))
+
+    summary: dict = {"sets": {}, "bytes_per_clip": cfg.target_frames * cfg.num_mel_bins * 2}
+    all_stats: dict[str, RunningStats] = {}
+    for name, metas in done.items():
+        metas.sort(key=lambda m: m["shard"])
+        _write_index(out_dir / name, metas)
+        st = RunningStats()
+        for m in metas:
+            st = st.merge(RunningStats(m["stats"]["count"], m["stats"]["mean"], m["stats"]["m2"]))
+        all_stats[name] = st
+        summary["sets"][name] = {
+            "clips": sum(len(m["rows"]) for m in metas),
+            "failed": sum(len(m["failures"]) for m in metas),
+            "shards": len(metas),
+        }
+    summary["stats"] = _stats(cfg, all_stats)
+    write_json_atomic(out_dir / "stats.json", summary["stats"])
+    return summary
+
+
+def _stats(cfg: FeaturesConfig, per_set: dict[str, RunningStats]) -> dict:
+    if cfg.norm_mean is not None and cfg.norm_std is not None:
+        return {"mean": cfg.norm_mean, "std": cfg.norm_std, "source": "params"}
+    split = cfg.stats_split if cfg.stats_split in per_set else next(iter(per_set))
+    st = per_set[split]
+    if st.count == 0:
+        raise ValueError(f"features: split {split!r} has no decodable clips to compute statistics from")
+    return {"mean": round(st.mean, 6), "std": round(st.std, 6), "source": f"computed over {split}", "frames": st.count // cfg.num_mel_bins}
+
+
+def _write_index(set_dir: Path, metas: Sequence[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(INDEX_COLUMNS)
+    fails = io.StringIO()
+    fw = csv.writer(fails, lineterminator="\n")
+    fw.writerow(["clip_id", "reason"])
+    for m in metas:
+        for r in m["rows"]:
+            w.writerow([r["clip_id"], r["split"], m["shard"], r["row"], r["frames"], r["labels"]])
+        fw.writerows(m["failures"])
+    write_text_atomic(set_dir / "index.csv", buf.getvalue())
+    write_text_atomic(set_dir / "failures.csv", fails.getvalue())
