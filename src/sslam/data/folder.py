@@ -205,7 +205,7 @@ def ingest_folder(cfg: FolderConfig, out_dir: str | Path, sample_rate: int, fail
     jobs = [(it, audio_dir, out_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs) for it in items]
     bar = dict(total=len(jobs), desc="ingesting files", unit="file", mininterval=1.0)
     if workers > 1:
-        with get_context("spawn").Pool(workers) as pool:
+        with get_context("fork").Pool(workers) as pool:  # inherit imports; no torch op ran in the parent
             results = list(tqdm(pool.imap(_convert_star, jobs, chunksize=4), **bar))
     else:
         results = [convert_file(*j) for j in tqdm(jobs, **bar)]

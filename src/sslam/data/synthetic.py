@@ -285,7 +285,7 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
     init = (cfg.num_classes, str(out_dir), sample_rate, cfg.clip_seconds, cfg.background_db)
     bar = dict(total=len(all_plans), desc="synthesising clips", unit="clip", mininterval=1.0)
     if workers > 1:
-        with get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=init) as pool:  # inherit imports
             for _ in tqdm(pool.imap_unordered(_render_and_write, all_plans, chunksize=8), **bar):
                 pass
     else:

@@ -183,7 +183,9 @@ def build_features(corpus: str | Path, out_dir: str | Path, cfg: FeaturesConfig,
     bar = dict(total=len(jobs), desc="features (shards)", unit="shard", mininterval=1.0)
     set_of = {str(out_dir / name): name for name in sets}
     if workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(workers) as pool:
+        # fork: workers inherit the imported modules (spawn re-imports torch, about 2 s per worker);
+        # safe here because the parent has run no torch op, so no thread pool exists to be copied
+        with get_context("fork").Pool(workers) as pool:
             for job, meta in zip(jobs, tqdm(pool.imap(compute_shard, jobs), **bar)):
                 done[set_of[job.set_dir]].append(meta)
     else:
