@@ -34,7 +34,7 @@ def test_params_file_is_valid_and_complete(raw):
         ("mix.stratgy", "max", ["mix.stratgy", "unknown key"]),
         ("nonsense", {}, ["nonsense", "unknown key"]),
         ("download.synthetic.events_per_clip", [5, 1], ["events_per_clip", "low <= high"]),
-        ("model.num_heads", 5, ["embed_dim (192)", "num_heads (5)"]),
+        ("model.num_heads", 5, ["model", "must be divisible by num_heads (5)"]),
         ("pretrain.stage1.warmup_steps", 10_000, ["warmup_steps", "exceeds steps"]),
         ("tasks", ["Mono"], ["tasks.0", "pattern"]),
     ],

@@ -63,6 +63,9 @@ def test_small_pipeline_end_to_end(tmp_path):
     syn.update(num_classes=10, clip_seconds=1.5, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
     syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
     syn["tasks"]["poly"].update(environments=["square"], clips_train=10, clips_eval=5)
+    params["features"].update(target_frames=160, shard_size=16)
+    params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)
+    params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     out = sh(["dvc", "repro"], repo)
@@ -73,6 +76,9 @@ def test_small_pipeline_end_to_end(tmp_path):
     metrics = yaml.safe_load((repo / "metrics" / "download.json").read_text())
     assert metrics["num_clips"] == 60 + 4 * 5 + 15
     assert len(list((repo / "data" / "corpus").rglob("*.flac"))) == metrics["num_clips"]
+    pre = yaml.safe_load((repo / "metrics" / "pretrain_stage1.json").read_text())
+    assert pre["steps"] == 10 and pre["loss_curve"]["logged_steps"] == 10
+    assert (repo / "checkpoints" / "stage1" / "final" / "student.safetensors").is_file()
     png = (repo / "metrics" / "plots" / "corpus_overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     # nothing changed: a second repro runs nothing

@@ -205,6 +205,7 @@ class ModelConfig(Section):
     decoder_layers: NonNegative = 6
     decoder_kernel: Positive = 3
     decoder_groups: Positive = 16
+    decoder_fill: Literal["noise", "learned"] = "noise"  # masked slots: N(0, 0.01^2) noise (reference) or a learned token
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -223,6 +224,7 @@ class ModelConfig(Section):
 class MaskConfig(Section):
     ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
     block_size: Positive = 5
+    prob_adjust: Annotated[float, Field(ge=0.0, le=1.0)] = 0.07  # extra block centres drawn, then trimmed (reference)
     clone_batch: Positive = 16
 
 
@@ -251,8 +253,12 @@ class StageConfig(Section):
     ema_anneal_steps: NonNegative = 100000
     top_k_layers: Positive = 4
     cls_loss_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    cls_loss_reduction: Literal["sum", "mean"] = "sum"  # reference: summed over the per-device CLS tokens
+    decay_all_params: bool = True  # reference (a fairseq quirk): weight decay on biases, norms and CLS too
     checkpoint_every: Positive = 50
-    clone_batch: Positive | None = None
+    keep_checkpoints: Positive = 2
+    log_every: Positive = 1
+    clone_batch: Positive | None = None  # null: mask.clone_batch
 
     @model_validator(mode="after")
     def _check(self) -> "StageConfig":
@@ -267,8 +273,10 @@ class StageConfig(Section):
 
 class PretrainConfig(Section):
     seed: NonNegative = 0
+    train_set: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_/]*$")] = "unbalanced"  # feature set to pretrain on
     num_processes: Positive = 1
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
     stage1: StageConfig = StageConfig()
     stage2: StageConfig = StageConfig(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)
 

@@ -1,0 +1,150 @@
+"""The ViT encoder of EAT / SSLAM (data2vec 2.0 layout), in plain PyTorch.
+
+Reference details (EAT and SSLAM code, via ../shared/reference/sslam-eat-reference-facts.md):
+- patch embedding Conv2d(1, D, 16, stride 16) over (frames, mel); tokens time-major (t * F' + f);
+- fixed 2-D sin-cos positions added BEFORE masking: first half of the channels encodes the frequency
+  index, the second half the time index; the CLS token has no position and is N(0, 1) initialised;
+- a LayerNorm (eps 1e-6) on [CLS; tokens] before block 0; post-LN blocks
+  ``x = x + attn(x); r = ln1(x); t = mlp(r); x = ln2(r + t)``; the layer target is ``t`` (the MLP
+  output before the residual); no final norm;
+- Linear layers N(0, 0.02) with zero bias (BERT init); no dropout in pretraining.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(len(positions), dim): sin on the first half of the channels, cos on the second (MAE style)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = positions.double()[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1).float()
+
+
+def sincos_2d(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
+    """(grid_t * grid_f, dim), time-major; first half of channels: frequency index, second: time index."""
+    if dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for 2-D sin-cos positions, got {dim}")
+    t = torch.arange(grid_t).repeat_interleave(grid_f)
+    f = torch.arange(grid_f).repeat(grid_t)
+    return torch.cat([sincos_1d(dim // 2, f), sincos_1d(dim // 2, t)], dim=1)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, patch: int = 16):
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
+
+    def grid(self, frames: int, mel: int) -> tuple[int, int]:
+        return frames // self.patch, mel // self.patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, frames, mel) -> (B, N, D), time-major."""
+        return self.proj(x[:, None]).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # fused kernels on the GPU
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Post-LN transformer block; returns the new state and the layer target (MLP output)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.attn = Attention(dim, heads)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.attn(x)
+        r = self.norm1(x)
+        t = self.mlp(r)
+        return self.norm2(r + t), t
+
+
+class Encoder(nn.Module):
+    """Patch embedding, positions, CLS, pre-norm and post-LN blocks.
+
+    ``forward(x, keep)``: ``keep`` (B', K) indices of the visible patches, B' = B * clones; the patch
+    conv runs once per clip and the tokens are repeated per clone before gathering (the reference's
+    clone batch), so masked tokens never enter the blocks.
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, patch: int = 16,
+                 frames: int = 1024, mel: int = 128):
+        super().__init__()
+        self.dim = dim
+        self.patch_embed = PatchEmbed(dim, patch)
+        gt, gf = self.patch_embed.grid(frames, mel)
+        self.grid = (gt, gf)
+        self.register_buffer("pos", sincos_2d(dim, gt, gf), persistent=False)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pre_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.apply(_bert_init)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, frames, mel) -> (B, N, D) patch tokens with positions."""
+        tok = self.patch_embed(x)
+        if tok.shape[1] != self.num_patches:
+            raise ValueError(f"input gives {tok.shape[1]} patches, the encoder was built for {self.num_patches} "
+                             f"(frames x mel {x.shape[1]}x{x.shape[2]} vs grid {self.grid})")
+        return tok + self.pos.to(tok.dtype)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1,
+                return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns (final states incl. CLS at index 0, per-layer targets of the patch tokens)."""
+        tok = self.tokens(x)
+        if clones > 1:
+            tok = tok.repeat_interleave(clones, dim=0)
+        if keep is not None:
+            tok = torch.gather(tok, 1, keep[:, :, None].expand(-1, -1, tok.shape[2]))
+        h = torch.cat([self.cls_token.expand(tok.shape[0], -1, -1).to(tok.dtype), tok], dim=1)
+        h = self.pre_norm(h)
+        layers = []
+        for blk in self.blocks:
+            h, t = blk(h)
+            if return_layers:
+                layers.append(t[:, 1:])
+        return h, layers
+
+
+def _bert_init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def patch_grid_check(frames: int, mel: int, patch: int) -> None:
+    if frames % patch or mel % patch:
+        raise ValueError(f"frames ({frames}) and mel bins ({mel}) must be multiples of the patch size ({patch})")
+

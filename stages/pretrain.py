@@ -1,0 +1,73 @@
+"""DVC stage `pretrain_stage1` (and, later, stage 2): run under `accelerate launch`.
+
+    accelerate launch --config_file stages/accelerate.yaml --num_processes N stages/pretrain.py --stage stage1
+
+Resumes from the newest complete checkpoint in `checkpoints/<stage>` (a persisted DVC output). Writes
+`checkpoints/<stage>/final/`, per-step curves with dvclive in `metrics/<stage>_live/`, and
+`metrics/pretrain_<stage>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from sslam.config import ConfigError, load_config
+
+
+def curve_summary(tsv: Path, window: int = 10) -> dict:
+    """First and last `window` logged values of a dvclive curve: did the loss fall?"""
+    with open(tsv) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    name = [c for c in rows[0] if c not in ("timestamp", "step")][0]
+    vals = [float(r[name]) for r in rows]
+    w = max(1, min(window, len(vals) // 2))
+    return {"first": round(sum(vals[:w]) / w, 5), "last": round(sum(vals[-w:]) / w, 5), "logged_steps": len(vals)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--stage", choices=["stage1"], default="stage1")
+    ap.add_argument("--features", default="data/features")
+    ap.add_argument("--checkpoints", default=None, help="default: checkpoints/<stage>")
+    ap.add_argument("--metrics-dir", default="metrics")
+    ap.add_argument("--cpu", action="store_true", help="force the CPU (DDP over gloo when several processes)")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this step (testing resume)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.params)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    from sslam.io import write_json_atomic
+    from sslam.pretrain.loop import NonFiniteLoss, train_stage
+
+    ckpt = Path(args.checkpoints or f"checkpoints/{args.stage}")
+    live_dir = Path(args.metrics_dir) / f"{args.stage}_live"
+    try:
+        result = train_stage(cfg, args.stage, args.features, ckpt, live_dir, cpu=args.cpu, stop_after=args.stop_after)
+    except NonFiniteLoss as err:
+        print(f"pretrain: {err}", file=sys.stderr)
+        return 3
+    from accelerate import PartialState
+
+    if PartialState().is_main_process and args.stop_after is None:
+        curves = live_dir / "plots" / "metrics" / args.stage
+        summary = {
+            "steps": result.steps,
+            "final": {k: round(v, 5) for k, v in result.final_loss.items()},
+            "loss_curve": curve_summary(curves / "loss.tsv"),
+            "samples_per_second": round(result.samples_per_second, 2),
+            "resumed_from_step": result.resumed_from,
+        }
+        write_json_atomic(Path(args.metrics_dir) / f"pretrain_{args.stage}.json", summary)
+        print(f"pretrain {args.stage}: {result.steps} steps, loss {summary['loss_curve']['first']:.4f} -> "
+              f"{summary['loss_curve']['last']:.4f}, {result.samples_per_second:.1f} clips/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Stage-1 pieces against hand computations: masks, EMA, targets, losses, schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslam.models.decoder import CnnDecoder
+from sslam.models.vit import Encoder, sincos_2d
+from sslam.pretrain.ema import ema_decay, ema_update
+from sslam.pretrain.losses import cls_loss, patch_loss, token_loss
+from sslam.pretrain.loop import lr_at, param_groups
+from sslam.pretrain.masking import inverse_block_mask, visible_indices
+from sslam.pretrain.targets import cls_target, layer_averaged_targets
+
+
+def test_mask_ratio_equal_counts_and_clones_differ():
+    g = torch.Generator().manual_seed(0)
+    m = inverse_block_mask(32, (64, 8), 0.8, block=5, generator=g)
+    assert m.shape == (32, 512)
+    assert ((~m).sum(1) == 102).all()  # int(512 * 0.2), the reference's ViT-B count
+    assert len({tuple(r.tolist()) for r in m}) == 32  # every clone has its own mask
+    small = inverse_block_mask(16, (19, 8), 0.8, generator=torch.Generator().manual_seed(1))
+    assert ((~small).sum(1) == int(152 * 0.2)).all()
+    again = inverse_block_mask(32, (64, 8), 0.8, block=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(m, again)
+
+
+def test_visible_patches_come_in_blocks():
+    """Inverse block masking keeps square blocks: far more visible cells have visible neighbours than
+    a uniform random mask with the same count would give."""
+    def neighbour_share(mask):
+        v = (~mask).view(-1, 64, 8).float()
+        pad = F.pad(v, (1, 1, 1, 1))
+        nb = pad[:, :-2, 1:-1] + pad[:, 2:, 1:-1] + pad[:, 1:-1, :-2] + pad[:, 1:-1, 2:]
+        return ((nb >= 3) & (v > 0)).sum() / v.sum()
+
+    block = inverse_block_mask(64, (64, 8), 0.8, generator=torch.Generator().manual_seed(2))
+    scores = torch.rand(64, 512, generator=torch.Generator().manual_seed(3))
+    rand = torch.ones(64, 512, dtype=torch.bool)
+    rand.scatter_(1, scores.argsort(1)[:, :102], False)
+    assert neighbour_share(block) > 0.5 > 3 * neighbour_share(rand)
+
+
+def test_visible_indices_sorted_and_gather_drops_masked_tokens():
+    mask = torch.tensor([[True, False, True, False], [False, True, True, False]])
+    idx = visible_indices(mask)
+    assert idx.tolist() == [[1, 3], [0, 3]]
+
+
+def test_ema_by_hand():
+    student, teacher = nn.Linear(2, 1), nn.Linear(2, 1)
+    student.weight.data = torch.tensor([[1.0, 2.0]])
+    student.bias.data = torch.tensor([4.0])
+    teacher.weight.data = torch.tensor([[3.0, -2.0]])
+    teacher.bias.data = torch.tensor([0.0])
+    ema_update(teacher, student, 0.75)
+    assert teacher.weight.tolist() == [[0.75 * 3 + 0.25 * 1, 0.75 * -2 + 0.25 * 2]]
+    assert teacher.bias.tolist() == [1.0]
+    bn_s, bn_t = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+    bn_s.running_mean.fill_(5.0)
+    ema_update(bn_t, bn_s, 0.9)
+    assert bn_t.running_mean.tolist() == [5.0, 5.0]  # buffers copied, not averaged
+    assert ema_decay(0, 0.9998, 0.99999, 100) == 0.9998
+    assert ema_decay(50, 0.9998, 0.99999, 100) == pytest.approx((0.9998 + 0.99999) / 2)
+    assert ema_decay(500, 0.9998, 0.99999, 100) == 0.99999
+
+
+def test_layer_averaged_targets_against_direct_computation():
+    torch.manual_seed(0)
+    layers = [torch.randn(2, 5, 6) * (k + 1) + k for k in range(3)]
+    got = layer_averaged_targets(layers, top_k=2)
+    inst = []
+    for t in layers[1:]:
+        mu = t.mean(dim=1, keepdim=True)
+        var = t.var(dim=1, unbiased=False, keepdim=True)
+        inst.append((t - mu) / torch.sqrt(var + 1e-5))
+    y = (inst[0] + inst[1]) / 2
+    y = (y - y.mean(-1, keepdim=True)) / torch.sqrt(y.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    assert torch.allclose(got, y, atol=1e-5)
+    assert torch.allclose(cls_target(got), got.mean(1))
+    with pytest.raises(ValueError, match="top_k_layers"):
+        layer_averaged_targets(layers, 4)
+
+
+def test_losses_by_hand():
+    pred = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]])
+    tgt = torch.tensor([[[1.0, 0.0, 3.0, 2.0], [1.0, 1.0, 1.0, 1.0]]])
+    # token 0: (0 + 4 + 0 + 4) / sqrt(4) = 4; token 1: 4 / 2 = 2
+    assert token_loss(pred, tgt).tolist() == [[4.0, 2.0]]
+    assert patch_loss(pred, tgt, torch.tensor([[True, False]])).item() == 4.0
+    assert patch_loss(pred, tgt, torch.tensor([[True, True]])).item() == 3.0
+    assert cls_loss(pred[0], tgt[0], "sum").item() == 6.0 and cls_loss(pred[0], tgt[0], "mean").item() == 3.0
+
+
+def test_lr_schedule_and_param_groups():
+    assert lr_at(0, 1.0, 10, 110) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 110) == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 10, 110) == pytest.approx(0.5)
+    assert lr_at(110, 1.0, 10, 110) == pytest.approx(0.0, abs=1e-12)
+    enc = Encoder(32, 1, 2, frames=32, mel=32)
+    assert len(param_groups(enc, 0.05, True)) == 1
+    decay, no_decay = param_groups(enc, 0.05, False)
+    assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_encoder_shapes_positions_and_targets():
+    enc = Encoder(32, 2, 2, frames=64, mel=32)
+    assert enc.grid == (4, 2) and enc.num_patches == 8
+    pos = sincos_2d(32, 4, 2)
+    assert torch.allclose(pos[3, :16], pos[1, :16])  # same frequency index 1 -> same first half
+    assert torch.allclose(pos[2, 16:], pos[3, 16:])  # same time index 1 -> same second half
+    x = torch.randn(3, 64, 32)
+    keep = torch.tensor([[0, 5]] * 6)
+    h, layers = enc(x, keep=keep, clones=2, return_layers=True)
+    assert h.shape == (6, 3, 32) and len(layers) == 2 and layers[0].shape == (6, 2, 32)
+    full, _ = enc(x)
+    assert full.shape == (3, 9, 32)
+    # the student's visible tokens see only each other: masked patches change nothing
+    x2 = x.clone()
+    x2[:, 16:32] += 5.0  # time patch 1 -> patches 2, 3 (masked)
+    h2, _ = enc(x2, keep=keep, clones=2)
+    assert torch.allclose(h, h2, atol=1e-5)
+
+
+def test_decoder_puts_tokens_back_in_place():
+    dec = CnnDecoder(16, (2, 4), layers=0, groups=4, fill="learned")
+    dec.proj = nn.Identity()
+    vis = torch.arange(32.0).view(1, 2, 16)
+    out = dec(vis, torch.tensor([[1, 6]]))
+    assert torch.equal(out[0, 1], vis[0, 0]) and torch.equal(out[0, 6], vis[0, 1]) and out[0, 0].abs().sum() == 0
+    noisy = CnnDecoder(16, (2, 4), layers=2, groups=4)(vis, torch.tensor([[1, 6]]), torch.Generator().manual_seed(0))
+    assert noisy.shape == (1, 8, 16)
