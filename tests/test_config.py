@@ -86,3 +86,14 @@ def test_dvc_stages_declare_only_known_param_sections():
                 for part in key.split("."):
                     assert hasattr(node, part), f"stage {name} lists unknown param {key}"
                     node = getattr(node, part)
+
+
+def test_audioset_profile_validates_and_prints_dvc_flags(capsys):
+    from sslam.profile import main, profile_overrides
+
+    assert main(["audioset", "--params", str(REPO / "params.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "-S 'model.embed_dim=768'" in out and "-S 'pretrain.stage1.ema_decay=[0.9998,0.99999]'" in out
+    cfg = load_config(REPO / "params.yaml", profile_overrides("audioset"))
+    assert (cfg.model.depth, cfg.pretrain.stage1.steps, cfg.features.target_frames) == (12, 400000, 1024)
+    assert main(["nope"]) == 2
