@@ -1,4 +1,4 @@
-"""DVC stage `pretrain_stage1` (and, later, stage 2): run under `accelerate launch`.
+"""DVC stages `pretrain_stage1` and `pretrain_stage2`: run under `accelerate launch`.
 
     accelerate launch --config_file stages/accelerate.yaml --num_processes N stages/pretrain.py --stage stage1
 
@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import sys
 from pathlib import Path
 
 from sslam.config import ConfigError, load_config
 
 
-def curve_summary(tsv: Path, window: int = 10) -> dict:
-    """First and last `window` logged values of a dvclive curve: did the loss fall?"""
+def curve_values(tsv: Path) -> list[float]:
     with open(tsv) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     name = [c for c in rows[0] if c not in ("timestamp", "step")][0]
-    vals = [float(r[name]) for r in rows]
+    return [float(r[name]) for r in rows]
+
+
+def curve_summary(tsv: Path, window: int = 10) -> dict:
+    """First and last `window` logged values of a dvclive curve: did the loss fall?"""
+    vals = curve_values(tsv)
     w = max(1, min(window, len(vals) // 2))
     return {"first": round(sum(vals[:w]) / w, 5), "last": round(sum(vals[-w:]) / w, 5), "logged_steps": len(vals)}
 
@@ -30,7 +35,8 @@ def curve_summary(tsv: Path, window: int = 10) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--stage", choices=["stage1"], default="stage1")
+    ap.add_argument("--stage", choices=["stage1", "stage2"], default="stage1")
+    ap.add_argument("--init", default="checkpoints/stage1/final", help="stage 2: the stage-1 weights to start from")
     ap.add_argument("--features", default="data/features")
     ap.add_argument("--checkpoints", default=None, help="default: checkpoints/<stage>")
     ap.add_argument("--metrics-dir", default="metrics")
@@ -48,24 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = Path(args.checkpoints or f"checkpoints/{args.stage}")
     live_dir = Path(args.metrics_dir) / f"{args.stage}_live"
     try:
-        result = train_stage(cfg, args.stage, args.features, ckpt, live_dir, cpu=args.cpu, stop_after=args.stop_after)
+        result = train_stage(cfg, args.stage, args.features, ckpt, live_dir, cpu=args.cpu, stop_after=args.stop_after,
+                             init_from=args.init if args.stage == "stage2" else None)
     except NonFiniteLoss as err:
         print(f"pretrain: {err}", file=sys.stderr)
         return 3
+    except (FileNotFoundError, ValueError) as err:
+        print(f"pretrain: {err}", file=sys.stderr)
+        return 2
     from accelerate import PartialState
 
     if PartialState().is_main_process and args.stop_after is None:
         curves = live_dir / "plots" / "metrics" / args.stage
         summary = {
             "steps": result.steps,
-            "final": {k: round(v, 5) for k, v in result.final_loss.items()},
+            "final": {t.stem: round(curve_values(t)[-1], 5) for t in sorted(curves.glob("*.tsv"))
+                      if t.stem not in ("lr", "ema_decay", "samples_per_s", "memory_mb")},
             "loss_curve": curve_summary(curves / "loss.tsv"),
-            "samples_per_second": round(result.samples_per_second, 2),
+            # the median over logged steps: also right when this call only found a finished run to resume
+            "samples_per_second": round(statistics.median(curve_values(curves / "samples_per_s.tsv")), 2),
             "resumed_from_step": result.resumed_from,
         }
         write_json_atomic(Path(args.metrics_dir) / f"pretrain_{args.stage}.json", summary)
         print(f"pretrain {args.stage}: {result.steps} steps, loss {summary['loss_curve']['first']:.4f} -> "
-              f"{summary['loss_curve']['last']:.4f}, {result.samples_per_second:.1f} clips/s")
+              f"{summary['loss_curve']['last']:.4f}, {summary['samples_per_second']:.1f} clips/s")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,6 +67,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["features"].update(target_frames=160, shard_size=16)
     params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)
     params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
+    params["pretrain"]["stage2"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     out = sh(["dvc", "repro"], repo)
@@ -83,6 +85,13 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     # nothing changed: a second repro runs nothing
     assert "Running stage" not in sh(["dvc", "repro"], repo).stdout
+    pre2 = yaml.safe_load((repo / "metrics" / "pretrain_stage2.json").read_text())
+    assert {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed", "srl"} <= set(pre2["final"])
+    # the headline experiment: a mixing change reruns stage 2 (and what follows it) and nothing before
+    params["mix"]["strategy"] = "average"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(sh(["dvc", "status", "--json"], repo).stdout)
+    assert set(changed) == {"pretrain_stage2"}, changed
     # a bad param stops the stage at start-up, naming the key
     params["mix"]["strategy"] = "foo"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -132,3 +132,24 @@ def test_loss_falls_on_the_tiny_corpus(tmp_path):
     first, last = sum(losses[s] for s in range(5)) / 5, sum(losses[s] for s in range(35, 40)) / 5
     assert last < 0.9 * first  # measured: about 7.6 -> 6.2
     assert (tmp_path / "live" / "plots" / "metrics" / "stage1" / "loss.tsv").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["max", "average", "waveform"])
+def test_stage2_runs_with_every_mixing_strategy(tmp_path, strategy):
+    from sslam.config import load_config
+    from sslam.pretrain.loop import train_stage
+
+    params, feats = tiny_setup(tmp_path, steps=2, checkpoint_every=100)
+    cfg = load_config(params)
+    train_stage(cfg, "stage1", feats, tmp_path / "s1", None, cpu=True)
+    cfg2 = load_config(params, {"mix.strategy": strategy})
+    seen = []
+    train_stage(cfg2, "stage2", feats, tmp_path / "s2", tmp_path / "live2", cpu=True, init_from=tmp_path / "s1" / "final",
+                step_hook=lambda step, logs: seen.append(logs))
+    assert len(seen) == 3 and {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed", "srl"} <= set(seen[0])
+    curves = {p.stem for p in (tmp_path / "live2" / "plots" / "metrics" / "stage2").glob("*.tsv")}
+    assert {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed", "srl", "loss"} <= curves
+    assert (tmp_path / "s2" / "final" / "student.safetensors").is_file()
+    # stage 2 started from stage 1's weights, not from a fresh initialisation
+    with pytest.raises(FileNotFoundError, match="stage 1's final checkpoint"):
+        train_stage(cfg2, "stage2", feats, tmp_path / "s3", None, cpu=True, init_from=tmp_path / "missing")

@@ -236,8 +236,8 @@ class MixConfig(Section):
 
 
 class SrlConfig(Section):
-    enabled: bool = True
     weight: Annotated[float, Field(ge=0.0)] = 1.0
+    aggregation: Literal["mean", "max"] = "mean"  # how own and partner targets combine in mixed tokens (Table 11)
 
 
 class StageConfig(Section):
@@ -271,6 +271,13 @@ class StageConfig(Section):
         return self
 
 
+class Stage2Config(StageConfig):
+    variant: Literal["mb_ua", "mb_pma", "mb_ua_pma", "sslam"] = "sslam"  # the rows of Tables 2 and 3
+    global_top_k_layers: Positive = 1  # teacher layers behind the CLS targets (reference: the last)
+    global_unmixed: bool = True  # Table 5
+    global_mixed: bool = True
+
+
 class PretrainConfig(Section):
     seed: NonNegative = 0
     train_set: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_/]*$")] = "unbalanced"  # feature set to pretrain on
@@ -278,7 +285,7 @@ class PretrainConfig(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
     stage1: StageConfig = StageConfig()
-    stage2: StageConfig = StageConfig(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)
+    stage2: Stage2Config = Stage2Config(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)
 
 
 class FinetuneConfig(Section):

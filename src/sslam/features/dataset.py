@@ -67,6 +67,10 @@ class FeatureStore:
         x = torch.from_numpy(out).float()
         return x.sub_(self.mean).div_(2.0 * self.std)
 
+    def waves(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B, samples) float32 waveforms of many clips."""
+        return torch.stack([self.waveform(int(i)) for i in indices])
+
     def waveform(self, i: int) -> torch.Tensor:
         """The stored waveform as float32 in [-1, 1), for waveform-domain mixing."""
         w = self._mmap(self._waves, "wave", int(self._shard[i]))[self._row[i]]

@@ -28,7 +28,15 @@ from sslam.config import Config, StageConfig
 from sslam.features.dataset import FeatureStore, ShardedSampler
 from sslam.io import write_json_atomic
 from sslam.pretrain.ema import ema_decay, ema_update
-from sslam.pretrain.model import StepSettings, Student, make_teacher, stage1_losses
+from sslam.pretrain.model import (
+    Stage2Settings,
+    StepSettings,
+    Student,
+    WaveformInputs,
+    make_teacher,
+    stage1_losses,
+    stage2_losses,
+)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -70,10 +78,16 @@ def _code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _fingerprint(cfg: Config, stage: str) -> dict:
-    return {"stage": stage, "model": cfg.model.model_dump(), "mask": cfg.mask.model_dump(),
-            "train": getattr(cfg.pretrain, stage).model_dump(), "seed": cfg.pretrain.seed,
-            "train_set": cfg.pretrain.train_set, "code": _code_hash()}
+def _fingerprint(cfg: Config, stage: str, init_from: Path | None) -> dict:
+    fp = {"stage": stage, "model": cfg.model.model_dump(), "mask": cfg.mask.model_dump(),
+          "train": getattr(cfg.pretrain, stage).model_dump(), "seed": cfg.pretrain.seed,
+          "train_set": cfg.pretrain.train_set, "code": _code_hash()}
+    if stage == "stage2":
+        import hashlib
+
+        fp |= {"mix": cfg.mix.model_dump(), "srl": cfg.srl.model_dump(),
+               "init": hashlib.sha256((init_from / "student.safetensors").read_bytes()).hexdigest()[:16]}
+    return fp
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -145,11 +159,17 @@ class RunResult:
 
 
 def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str | Path, live_dir: str | Path | None,
-                cpu: bool = False, stop_after: int | None = None,
+                cpu: bool = False, stop_after: int | None = None, init_from: str | Path | None = None,
                 step_hook: Callable[[int, dict], None] | None = None,
                 end_hook: Callable[[torch.nn.Module, torch.nn.Module], None] | None = None) -> RunResult:
-    """Pretrain ``stage`` ('stage1'); resumes from the newest complete checkpoint in ``ckpt_dir``."""
+    """Pretrain ``stage`` ('stage1' or 'stage2'); resumes from the newest complete checkpoint in
+    ``ckpt_dir``. Stage 2 starts from ``init_from`` (stage 1's ``final/``): its student and EMA teacher;
+    the step counter, the EMA anneal and the warm-up restart (reference)."""
     scfg: StageConfig = getattr(cfg.pretrain, stage)
+    if stage == "stage2":
+        if init_from is None or not (Path(init_from) / "student.safetensors").is_file():
+            raise FileNotFoundError(f"stage 2 starts from stage 1's final checkpoint: {init_from}/student.safetensors is missing")
+        init_from = Path(init_from)
     acc = Accelerator(cpu=cpu, mixed_precision=cfg.pretrain.mixed_precision)
     if acc.device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1: give each process its cores
         local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
@@ -162,7 +182,7 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
     teacher = make_teacher(student)
     optimizer = torch.optim.AdamW(param_groups(student, scfg.weight_decay, scfg.decay_all_params),
                                   lr=scfg.lr, betas=tuple(scfg.betas), eps=1e-8)
-    fingerprint = _fingerprint(cfg, stage)
+    fingerprint = _fingerprint(cfg, stage, init_from)
     start = 0
     if acc.is_main_process:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -182,12 +202,31 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         optimizer.load_state_dict(state["optimizer"])
         start = json.loads((last / "meta.json").read_text())["step"]
         acc.print(f"resuming {stage} from {last} (step {start})")
+    elif init_from is not None:
+        student.load_state_dict(load_file(init_from / "student.safetensors"))
+        teacher.load_state_dict(load_file(init_from / "teacher.safetensors"))
+        acc.print(f"{stage} starts from {init_from}")
     teacher.to(acc.device)
     student, optimizer = acc.prepare(student, optimizer)
 
     settings = StepSettings(clones=scfg.clone_batch or cfg.mask.clone_batch, mask_ratio=cfg.mask.ratio,
                             block=cfg.mask.block_size, adjust=cfg.mask.prob_adjust, top_k=scfg.top_k_layers,
                             cls_weight=scfg.cls_loss_weight, cls_reduction=scfg.cls_loss_reduction)
+    if stage == "stage2":
+        s2 = Stage2Settings(settings, scfg.variant, scfg.global_top_k_layers, scfg.global_unmixed, scfg.global_mixed,
+                            cfg.srl.weight, cfg.srl.aggregation, cfg.mix.strategy, cfg.mix.partial,
+                            cfg.mix.partial_mode, cfg.mix.mixed_fraction, cfg.model.patch_size)
+        hop = int(cfg.data.sample_rate * cfg.features.frame_shift_ms / 1000)
+
+        def step_losses(x, idx, seed):
+            wave = None
+            if s2.strategy == "waveform" and s2.variant != "mb_ua":
+                wave = WaveformInputs(store.waves(idx).to(acc.device), hop, store.mean, store.std,
+                                      cfg.data.sample_rate, cfg.features.num_mel_bins)
+            return stage2_losses(student, teacher, x, s2, seed, wave)
+    else:
+        def step_losses(x, idx, seed):
+            return stage1_losses(student, teacher, x, settings, seed)
     sampler = ShardedSampler(len(store), acc.process_index, acc.num_processes, seed=cfg.pretrain.seed)
     per_step = scfg.batch_size * scfg.grad_accum
     batches_per_epoch = len(sampler) // scfg.batch_size
@@ -195,14 +234,14 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         raise ValueError(f"pretrain.{stage}.batch_size {scfg.batch_size} exceeds the {len(sampler)} clips per process")
     epoch_cache: dict[int, list[int]] = {}
 
-    def micro_batch(k: int) -> torch.Tensor:
+    def micro_batch(k: int) -> tuple[torch.Tensor, list[int]]:
         epoch, b = divmod(k, batches_per_epoch)
         if epoch not in epoch_cache:
             epoch_cache.clear()
             sampler.set_epoch(epoch)
             epoch_cache[epoch] = list(sampler)
         idx = epoch_cache[epoch][b * scfg.batch_size : (b + 1) * scfg.batch_size]
-        return store.batch(idx).to(acc.device)
+        return store.batch(idx).to(acc.device), idx
 
     live = None
     if acc.is_main_process and live_dir is not None:
@@ -223,13 +262,13 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         lr = lr_at(step, scfg.lr, scfg.warmup_steps, scfg.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums = {"loss": 0.0, "local": 0.0, "global": 0.0}
+        sums: dict[str, float] = {}
         for j in range(scfg.grad_accum):
-            x = micro_batch(step * scfg.grad_accum + j)
+            x, idx = micro_batch(step * scfg.grad_accum + j)
             seed = (cfg.pretrain.seed * 1_000_003 + step * 1009 + j) * 64 + acc.process_index
             sync = nullcontext() if j == scfg.grad_accum - 1 else acc.no_sync(student)
             with sync, acc.autocast():
-                losses = stage1_losses(student, teacher, x, settings, seed)
+                losses = step_losses(x, idx, seed)
             bad = torch.tensor([0.0 if torch.isfinite(v).all() else 1.0 for v in losses.values()], device=acc.device)
             bad = acc.reduce(bad, reduction="sum")
             if bad.any():
@@ -237,8 +276,8 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
                 raise NonFiniteLoss(f"{stage} step {step}: loss term '{term}' is not finite "
                                     f"({losses[term].item()}); last good checkpoint: {last_ckpt}")
             acc.backward(losses["loss"] / scfg.grad_accum)
-            for k in sums:
-                sums[k] += losses[k].item() / scfg.grad_accum
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / scfg.grad_accum
         if scfg.grad_clip > 0:
             acc.clip_grad_norm_(student.parameters(), scfg.grad_clip)
         optimizer.step()

@@ -69,3 +69,116 @@ def stage1_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Step
     local = patch_loss(pred, y, mask)
     glob = cls_loss(cls, y_cls, s.cls_reduction)
     return {"loss": local + s.cls_weight * glob, "local": local, "global": glob}
+
+
+# ----------------------------------------------------------------------------- stage 2 (SSLAM)
+
+VARIANTS = ("mb_ua", "mb_pma", "mb_ua_pma", "sslam")
+
+
+@dataclass(frozen=True)
+class Stage2Settings:
+    base: StepSettings
+    variant: str  # mb_ua | mb_pma | mb_ua_pma | sslam (paper Tables 2 and 3)
+    global_top_k: int  # teacher layers for the CLS targets (reference stage 2: the last one)
+    global_unmixed: bool
+    global_mixed: bool
+    srl_weight: float
+    srl_aggregation: str  # mean | max (Table 11)
+    strategy: str  # max | average | waveform (Table 10)
+    partial: bool
+    partial_mode: str
+    mixed_fraction: float
+    patch: int
+
+
+@dataclass(frozen=True)
+class WaveformInputs:
+    """What the ``waveform`` strategy needs: the clips' waveforms and how to turn a mix into log-mel."""
+
+    waves: torch.Tensor
+    hop: int
+    mean: float
+    std: float
+    sample_rate: int
+    num_mel_bins: int
+
+
+def srl_target(own: torch.Tensor, partner_part: torch.Tensor, mixed_tokens: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Source retention target (eq. 4) for each mixed clip: its own unmixed target everywhere, and in the
+    mixed tokens the aggregate of its own target and the partner's target there. No renormalisation.
+
+    own (B, N, D): teacher target of the unmixed clip; partner_part (B, M, D): teacher target of the
+    partner computed on the mixed tokens only (other tokens dropped after the positions);
+    mixed_tokens (B, N) bool with M True per row, in token order."""
+    out = own.clone()
+    idx = visible_indices(~mixed_tokens)  # the mixed token positions, sorted, M per row
+    mine = torch.gather(own, 1, idx[:, :, None].expand(-1, -1, own.shape[2]))
+    if aggregation == "mean":
+        agg = 0.5 * (mine + partner_part)
+    elif aggregation == "max":
+        agg = torch.maximum(mine, partner_part)
+    else:
+        raise ValueError(f"srl.aggregation must be 'mean' or 'max', got {aggregation!r}")
+    return out.scatter(1, idx[:, :, None].expand(-1, -1, own.shape[2]), agg)
+
+
+def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stage2Settings, seed: int,
+                  wave: WaveformInputs | None = None) -> dict[str, torch.Tensor]:
+    """Algorithm 1: unmixed batch B and its partial mixture B_m go through student and teacher together
+    (2B); the mixed clip i reuses clip i's masks; five losses, as ``variant`` selects."""
+    from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mix_waveforms, mixed_time_patches, partner
+
+    if s.variant not in VARIANTS:
+        raise ValueError(f"pretrain.stage2.variant must be one of {VARIANTS}, got {s.variant!r}")
+    b, frames, _ = x.shape
+    gt, gf = teacher.grid
+    c = s.base.clones
+    g_mask = torch.Generator().manual_seed(seed)
+    mixed_tp = mixed_time_patches(b, gt, s.partial, s.partial_mode, s.mixed_fraction, g_mask)  # (B, T')
+    halves = {"mb_ua": ("unmixed",), "mb_pma": ("mixed",)}.get(s.variant, ("unmixed", "mixed"))
+    parts = []
+    for h in halves:
+        if h == "unmixed":
+            parts.append(x)
+        elif s.strategy == "waveform":
+            if wave is None:
+                raise ValueError("mix.strategy 'waveform' needs the stored waveforms (features.store_waveforms: true)")
+            fm = frames_mask(mixed_tp, s.patch, frames)
+            parts.append(mix_waveforms(wave.waves, fm, wave.hop, wave.mean, wave.std, wave.sample_rate,
+                                       wave.num_mel_bins, frames).to(x.dtype))
+        else:
+            parts.append(mix_spectrograms(x, frames_mask(mixed_tp, s.patch, frames), s.strategy))
+    inputs = torch.cat(parts)
+    mask_b = inverse_block_mask(b * c, (gt, gf), s.base.mask_ratio, s.base.block, s.base.adjust, g_mask).to(x.device)
+    mask = mask_b.repeat(len(halves), 1)  # mixed clip i reuses clip i's masks
+    keep = visible_indices(mask)
+    with torch.no_grad():
+        _, layers = teacher(inputs.float(), return_layers=True)
+        y = layer_averaged_targets(layers, s.base.top_k)
+        y_cls = cls_target(layer_averaged_targets(layers, s.global_top_k))
+    g_noise = torch.Generator(device=x.device).manual_seed(seed + 1)
+    cls, pred = student(inputs, keep, c, g_noise)
+
+    out: dict[str, torch.Tensor] = {}
+    rep = lambda t: t.repeat_interleave(c, dim=0)  # noqa: E731  per clip -> per clone
+    for k, h in enumerate(halves):
+        rows = slice(k * b * c, (k + 1) * b * c)
+        out[f"local_{h}"] = patch_loss(pred[rows], rep(y[k * b : (k + 1) * b]), mask[rows])
+        out[f"global_{h}"] = cls_loss(cls[rows], rep(y_cls[k * b : (k + 1) * b]), s.base.cls_reduction)
+    local = patch_loss(pred, y.repeat_interleave(c, dim=0), mask)  # mean over all masked tokens
+    total = local
+    for h in halves:
+        if (h == "unmixed" and s.global_unmixed) or (h == "mixed" and s.global_mixed):
+            total = total + s.base.cls_weight * out[f"global_{h}"]
+    if s.variant == "sslam":
+        mixed_tok = mixed_tp.to(x.device)[:, :, None].expand(b, gt, gf).reshape(b, gt * gf)
+        with torch.no_grad():  # teacher pass 2: the partner, only its tokens that enter the mixture
+            _, layers2 = teacher(partner(x).float(), keep=visible_indices(~mixed_tok), return_layers=True)
+            t_part = layer_averaged_targets(layers2, s.base.top_k)
+            target = srl_target(y[:b], t_part, mixed_tok, s.srl_aggregation)
+        out["srl"] = patch_loss(pred[b * c :], rep(target), mask_b)
+        total = total + s.srl_weight * out["srl"]
+    out["local"] = local
+    out["loss"] = total
+    return out
