@@ -99,3 +99,19 @@ def test_audioset_profile_validates_and_prints_dvc_flags(capsys):
     cfg = load_config(REPO / "params.yaml", profile_overrides("audioset"))
     assert (cfg.model.depth, cfg.pretrain.stage1.steps, cfg.features.target_frames) == (12, 400000, 1024)
     assert main(["nope"]) == 2
+
+
+def test_params_survive_the_yaml_round_trip_of_dvc_exp_run(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel.yaml; YAML 1.1 readers then see bare no/yes/on
+    as booleans. Every default must still validate after that round trip."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    data = rt.load((REPO / "params.yaml").read_text())
+    data["mix"]["strategy"] = "average"
+    buf = io.StringIO()
+    rt.dump(data, buf)
+    cfg = parse_config(yaml.safe_load(buf.getvalue()))
+    assert cfg.mix.strategy == "average" and cfg.pretrain.mixed_precision == "fp32"

@@ -196,7 +196,7 @@ class FeaturesConfig(Section):
 
 
 class ModelConfig(Section):
-    encoder: Literal["transformer", "mamba", "xlstm"] = "transformer"
+    encoder: Literal["transformer"] = "transformer"  # Mamba and xLSTM encoders are not built yet
     embed_dim: Positive = 192
     depth: Positive = 4
     num_heads: Positive = 3
@@ -282,7 +282,8 @@ class PretrainConfig(Section):
     seed: NonNegative = 0
     train_set: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_/]*$")] = "unbalanced"  # feature set to pretrain on
     num_processes: Positive = 1
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # fp32 | bf16 | fp16 ('no' is accelerate's spelling, but YAML 1.1 writers turn a bare no into false)
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
     stage1: StageConfig = StageConfig()
     stage2: Stage2Config = Stage2Config(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)

@@ -170,7 +170,8 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         if init_from is None or not (Path(init_from) / "student.safetensors").is_file():
             raise FileNotFoundError(f"stage 2 starts from stage 1's final checkpoint: {init_from}/student.safetensors is missing")
         init_from = Path(init_from)
-    acc = Accelerator(cpu=cpu, mixed_precision=cfg.pretrain.mixed_precision)
+    precision = {"fp32": "no"}.get(cfg.pretrain.mixed_precision, cfg.pretrain.mixed_precision)
+    acc = Accelerator(cpu=cpu, mixed_precision=precision)
     if acc.device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1: give each process its cores
         local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
         torch.set_num_threads(cfg.pretrain.cpu_threads or max(1, (os.cpu_count() or 1) // local))
