@@ -38,7 +38,9 @@ def test_params_file_is_valid_and_complete(raw):
         ("download.synthetic.events_per_clip", [5, 1], ["events_per_clip", "low <= high"]),
         ("model.num_heads", 5, ["model", "must be divisible by num_heads (5)"]),
         ("pretrain.stage1.warmup_steps", 10_000, ["warmup_steps", "exceeds steps"]),
-        ("tasks", ["Mono"], ["tasks.0", "pattern"]),
+        ("tasks", {"Mono": {}}, ["tasks.Mono", "pattern"]),
+        ("evaluate.finetune_tasks", ["nope"], ["finetune_tasks", "nope"]),
+        ("evaluate.linear_encoders", ["stage3"], ["evaluate.linear_encoders.0", "pattern"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(raw, key, value, expected):

@@ -68,6 +68,10 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)
     params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
     params["pretrain"]["stage2"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2)
+    params["tasks"] = {"mono": {"mixup": False}, "square": {"mixup": True}}
+    params["evaluate"].update(finetune_tasks=["square"])
+    params["finetune"].update(epochs=2)
+    params["linear_eval"].update(epochs=5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     out = sh(["dvc", "repro"], repo)
@@ -81,6 +85,14 @@ def test_small_pipeline_end_to_end(tmp_path):
     pre = yaml.safe_load((repo / "metrics" / "pretrain_stage1.json").read_text())
     assert pre["steps"] == 10 and pre["loss_curve"]["logged_steps"] == 10
     assert (repo / "checkpoints" / "stage1" / "final" / "student.safetensors").is_file()
+    lin = json.loads((repo / "metrics" / "eval" / "square_linear.json").read_text())
+    assert lin["metric"] == "map" and set(lin["encoders"]) == {"stage2", "random0", "random1"}
+    assert 0.0 < lin["encoders"]["stage2"]["map"] <= 1.0
+    assert set(json.loads((repo / "metrics" / "eval" / "square_finetune.json").read_text())["encoders"]) == {"stage2", "random0"}
+    report = (repo / "metrics" / "report.md").read_text()
+    assert "## Table 2 (shape)" in report and "square" in report
+    for png in ("pretrain_losses.png", "map_by_polyphony.png", "mixture_example.png"):
+        assert (repo / "metrics" / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     png = (repo / "metrics" / "plots" / "corpus_overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     # nothing changed: a second repro runs nothing
@@ -90,11 +102,42 @@ def test_small_pipeline_end_to_end(tmp_path):
     # the headline experiment: a mixing change reruns stage 2 (and what follows it) and nothing before
     params["mix"]["strategy"] = "average"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = json.loads(sh(["dvc", "status", "--json"], repo).stdout)
-    assert set(changed) == {"pretrain_stage2"}, changed
+    changed = set(json.loads(sh(["dvc", "status", "--json"], repo).stdout))
+    # stage 2 and the report (which prints the mixing settings) now; the evaluations follow once stage 2's
+    # checkpoint changes; nothing upstream of stage 2
+    assert changed == {"pretrain_stage2", "report"}, changed
     # a bad param stops the stage at start-up, naming the key
     params["mix"]["strategy"] = "foo"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(["python", "stages/download.py"], cwd=repo, capture_output=True, text=True,
                           env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
     assert proc.returncode == 2 and "mix.strategy" in proc.stderr and "'average'" in proc.stderr
+
+
+def test_metrics_diff_across_two_git_branches(tmp_path):
+    """Two branches with different params, the cheap part of the pipeline run on each, and
+    `dvc metrics diff` between them shows the metric that changed."""
+    repo = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    syn = params["download"]["synthetic"]
+    syn.update(num_classes=10, clip_seconds=1.0, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
+    syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
+    syn["tasks"]["poly"].update(environments=["square"], clips_train=4, clips_eval=4)
+
+    def run_branch(name: str, ancestor_prob: float) -> None:
+        sh(["git", "checkout", "-q", "-B", name], repo)
+        syn["ancestor_label_prob"] = ancestor_prob
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(["dvc", "repro", "ontology"], repo)
+        sh(["git", "add", "-A"], repo)
+        sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", name], repo)
+
+    run_branch("few-facets", 0.1)
+    run_branch("many-facets", 0.9)
+    diff = json.loads(sh(["dvc", "metrics", "diff", "few-facets", "many-facets", "--json"], repo).stdout)
+    changed = diff["metrics/download.json"]["splits.eval.labels_per_clip"]
+    assert changed["new"] > changed["old"] and changed["diff"] == pytest.approx(changed["new"] - changed["old"])
+    poly = diff["metrics/polyphony.json"]
+    assert poly["splits.eval.multi_label_percent"]["diff"] > 0
+    # the true polyphony (strong labels) does not depend on how many facet labels annotators add
+    assert "splits.eval.strong_label_percent" not in poly or poly["splits.eval.strong_label_percent"]["diff"] == 0

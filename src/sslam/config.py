@@ -293,19 +293,40 @@ class FinetuneConfig(Section):
     epochs: Positive = 10
     batch_size: Positive = 16
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.65
     drop_path: Prob = 0.1
     mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
     mixup_prob: Prob = 0.9
     specaug_freq: Prob = 0.2
     specaug_time: Prob = 0.2
+    roll: bool = True
+    pooling: Literal["cls", "mean"] = "cls"
 
 
 class LinearEvalConfig(Section):
     epochs: Positive = 30
     batch_size: Positive = 32
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     pooling: Literal["cls", "mean"] = "cls"
+
+
+class TaskConfig(Section):
+    """A downstream task of the corpus (``tasks/<name>``); its kind and protocol come from its task.json."""
+
+    mixup: bool = True  # fine-tuning mixup (the paper: on for AudioSet and soundscapes, off for ESC-50)
+
+
+EncoderName = Annotated[str, Field(pattern=r"^(random\d+|stage[12])$")]
+
+
+class EvaluateConfig(Section):
+    linear_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0", "random1"]
+    finetune_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0"]
+    finetune_tasks: list[Name] = ["square", "park", "street"]
+    seed: NonNegative = 0
 
 
 class Config(Section):
@@ -320,7 +341,16 @@ class Config(Section):
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     linear_eval: LinearEvalConfig = LinearEvalConfig()
-    tasks: Annotated[list[Name], Field(min_length=1)] = ["mono", "square", "park", "street"]
+    tasks: Annotated[dict[Name, TaskConfig], Field(min_length=1)] = {
+        "mono": TaskConfig(mixup=False), "square": TaskConfig(), "park": TaskConfig(), "street": TaskConfig()}
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> "Config":
+        unknown = [t for t in self.evaluate.finetune_tasks if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"evaluate.finetune_tasks {unknown} are not in tasks ({sorted(self.tasks)})")
+        return self
 
 
 # ----------------------------------------------------------------------------- loading

@@ -61,11 +61,20 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop a residual branch for whole samples, rescale the kept ones."""
+    if rate <= 0.0 or not training:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= rate
+    return x * keep.to(x.dtype) / (1.0 - rate)
+
+
 class Block(nn.Module):
     """Post-LN transformer block; returns the new state and the layer target (MLP output)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
+        self.drop_path = 0.0  # fine-tuning only (pretraining uses none, as the reference)
         self.attn = Attention(dim, heads)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
@@ -73,10 +82,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x + self.attn(x)
+        x = x + drop_path(self.attn(x), self.drop_path, self.training)
         r = self.norm1(x)
         t = self.mlp(r)
-        return self.norm2(r + t), t
+        return self.norm2(r + drop_path(t, self.drop_path, self.training)), t
 
 
 class Encoder(nn.Module):
@@ -99,6 +108,12 @@ class Encoder(nn.Module):
         self.pre_norm = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.apply(_bert_init)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Linearly increasing stochastic depth over the blocks, up to ``rate`` (fine-tuning)."""
+        n = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            blk.drop_path = rate * i / max(1, n - 1)
 
     @property
     def num_patches(self) -> int:

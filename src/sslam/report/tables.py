@@ -1,0 +1,176 @@
+"""Paper-style tables and figures rendered from metrics/ (the `report` stage).
+
+Tables 1-3 of the SSLAM paper, shaped the same way, from this run's metrics; the paper's published
+numbers stand beside ours, marked with the dataset they come from (the synthetic tasks are analogues
+of ESC-50 and SPASS, not the same data, so the numbers are context, not a target).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sslam.io import atomic_path  # noqa: E402
+
+# the paper's SSLAM rows (Tables 1 and 2), by the real dataset each synthetic task imitates
+PAPER_LINEAR = {"square": 64.2, "park": 64.2, "waterfront": 59.5, "street": 67.4, "market": 68.5}
+PAPER_FINETUNE = {"square": 85.6, "park": 80.5, "waterfront": 82.6, "street": 82.2, "market": 90.2}
+PAPER_MONO = {"mono": ("ESC-50", 96.2)}
+
+
+def load_eval(metrics_dir: str | Path) -> dict[tuple[str, str], dict]:
+    out = {}
+    for p in sorted(Path(metrics_dir).glob("*_*.json")):
+        d = json.loads(p.read_text())
+        out[(d["task"], d["regime"])] = d
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
+
+
+def control_check(evals: dict) -> dict:
+    """Linear evaluation: pretrained encoder minus the mean of the random-init controls, against the
+    spread (max - min) between control seeds."""
+    out = {}
+    for (task, regime), d in evals.items():
+        if regime != "linear":
+            continue
+        m = d["metric"]
+        enc = d["encoders"]
+        controls = [v[m] for k, v in enc.items() if k.startswith("random")]
+        trained = {k: v[m] for k, v in enc.items() if not k.startswith("random")}
+        if len(controls) < 2 or not trained:
+            continue
+        spread = max(controls) - min(controls)
+        for name, value in trained.items():
+            delta = value - float(np.mean(controls))
+            out[f"{task}/{name}"] = {"metric": m, "value": round(value, 5), "control_mean": round(float(np.mean(controls)), 5),
+                                     "control_spread": round(spread, 5), "delta": round(delta, 5),
+                                     "beats_control": bool(delta > spread)}
+    return out
+
+
+def render_markdown(evals: dict, settings: dict) -> str:
+    lines = ["# Results", "", "Stage-2 settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()), ""]
+    mono = [t for (t, r), d in evals.items() if d["metric"] == "accuracy" and r == "linear"]
+    poly = sorted({t for (t, r), d in evals.items() if d["metric"] == "map"})
+    encoders = sorted({e for d in evals.values() for e in d["encoders"]}, key=lambda e: (e.startswith("random"), e))
+
+    lines += ["## Table 1 (shape): monophonic tasks, accuracy %", ""]
+    head = "| encoder | regime | " + " | ".join(mono) + " |"
+    lines += [head, "|" + " --- |" * (len(mono) + 2)]
+    for regime in ("linear", "finetune"):
+        for e in encoders:
+            vals = [evals.get((t, regime), {}).get("encoders", {}).get(e, {}).get("accuracy") for t in mono]
+            if any(v is not None for v in vals):
+                lines.append(f"| {e} | {regime} | " + " | ".join(_pct(v) for v in vals) + " |")
+    lines.append("| SSLAM, paper | finetune | " + " | ".join(f"{PAPER_MONO[t][1]} ({PAPER_MONO[t][0]})" if t in PAPER_MONO else "-" for t in mono) + " |")
+
+    lines += ["", "## Table 2 (shape): polyphonic soundscape tasks, mAP %", ""]
+    lines += ["| encoder | regime | " + " | ".join(poly) + " |", "|" + " --- |" * (len(poly) + 2)]
+    for regime in ("linear", "finetune"):
+        for e in encoders:
+            vals = [evals.get((t, regime), {}).get("encoders", {}).get(e, {}).get("map") for t in poly]
+            if any(v is not None for v in vals):
+                lines.append(f"| {e} | {regime} | " + " | ".join(_pct(v) for v in vals) + " |")
+    lines.append("| SSLAM, paper (real SPASS) | linear | " + " | ".join(str(PAPER_LINEAR.get(t, "-")) for t in poly) + " |")
+    lines.append("| SSLAM, paper (real SPASS) | finetune | " + " | ".join(str(PAPER_FINETUNE.get(t, "-")) for t in poly) + " |")
+
+    lines += ["", "## Table 3 (shape): mAP % by degree of polyphony (distinct events per eval clip)", ""]
+    bins = sorted({b for d in evals.values() for v in d["encoders"].values() for b in v.get("polyphony", {})},
+                  key=lambda b: int(b.strip("{}").split(",")[0].rstrip("+")))
+    lines += ["| task | encoder | regime | " + " | ".join(bins) + " |", "|" + " --- |" * (len(bins) + 3)]
+    for t in poly:
+        for regime in ("linear", "finetune"):
+            for e in encoders:
+                pb = evals.get((t, regime), {}).get("encoders", {}).get(e, {}).get("polyphony")
+                if pb:
+                    lines.append(f"| {t} | {e} | {regime} | " + " | ".join(
+                        f"{100 * pb[b]['map']:.1f} ({pb[b]['clips']})" if b in pb else "-" for b in bins) + " |")
+
+    checks = control_check(evals)
+    lines += ["", "## Pretrained encoder against the random-init control (linear evaluation)", "",
+              "| task / encoder | metric | ours | control mean | control spread | delta | beats control by more than the spread |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for k, c in checks.items():
+        lines.append(f"| {k} | {c['metric']} | {_pct(c['value'])} | {_pct(c['control_mean'])} | {_pct(c['control_spread'])} | "
+                     f"{100 * c['delta']:+.1f} | {'yes' if c['beats_control'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _curve(tsv: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(tsv) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    name = [c for c in rows[0] if c not in ("timestamp", "step")][0]
+    return np.array([int(r["step"]) for r in rows]), np.array([float(r[name]) for r in rows])
+
+
+def plot_loss_curves(live_dirs: dict[str, Path], path: Path) -> None:
+    stages = {s: d / "plots" / "metrics" / s for s, d in live_dirs.items() if (d / "plots" / "metrics" / s).is_dir()}
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(6 * max(1, len(stages)), 3.6), dpi=90, squeeze=False)
+    for ax, (stage, d) in zip(axes[0], stages.items()):
+        for tsv in sorted(d.glob("*.tsv")):
+            if tsv.stem.startswith(("local", "srl")):
+                x, y = _curve(tsv)
+                ax.plot(x, y, label=tsv.stem, lw=1.2)
+        ax.set_title(f"{stage}: per-token losses")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_polyphony(evals: dict, path: Path) -> None:
+    items = [(t, r, d) for (t, r), d in evals.items() if d["metric"] == "map"]
+    fig, axes = plt.subplots(1, max(1, len(items)), figsize=(4 * max(1, len(items)), 3.4), dpi=90, squeeze=False)
+    for ax, (t, r, d) in zip(axes[0], sorted(items)):
+        for e, v in d["encoders"].items():
+            pb = v.get("polyphony", {})
+            if pb:
+                ax.plot(list(pb), [100 * x["map"] for x in pb.values()], marker="o", label=e)
+        ax.set_title(f"{t} ({r})", fontsize=9)
+        ax.set_xlabel("distinct events per clip")
+        ax.set_ylabel("mAP %")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_mixture(store, strategy: str, mixed_fraction: float, patch: int, path: Path, seed: int = 0) -> None:
+    """Like the paper's Figure 5: two clips and their partial mixture (shaded: where the partner enters)."""
+    from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mixed_time_patches
+
+    x = store.batch([1, 0])  # clip 1's partner is clip 0 (roll by one)
+    g = torch.Generator().manual_seed(seed)
+    m = mixed_time_patches(2, x.shape[1] // patch, True, "reference", mixed_fraction, g)
+    fm = frames_mask(m, patch, x.shape[1])
+    mixed = mix_spectrograms(x, fm, strategy if strategy != "waveform" else "average")
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6), dpi=90, sharex=True)
+    for ax, img, title in zip(axes, [x[0], x[1], mixed[0]], ["clip A", "clip B (partner)", f"A mixed with B ({strategy})"]):
+        ax.imshow(img.numpy().T, origin="lower", aspect="auto", cmap="magma")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("mel bin")
+    on = fm[0].numpy()
+    edges = np.flatnonzero(np.diff(np.r_[0, on.astype(int), 0]))
+    for a, b in zip(edges[::2], edges[1::2]):
+        axes[2].axvspan(a, b, color="cyan", alpha=0.15)
+    axes[2].set_xlabel("frame")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,70 @@
+"""DVC stages `linear_eval@<task>` and `finetune@<task>`: every configured encoder on one task.
+
+Writes metrics/eval/<task>_<regime>.json: per encoder the task's metric (accuracy or mAP), per fold,
+and for soundscape tasks the mAP by degree of polyphony.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sslam.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--regime", choices=["linear", "finetune"], required=True)
+    ap.add_argument("--features", default="data/features")
+    ap.add_argument("--checkpoints", default="checkpoints")
+    ap.add_argument("--metrics-dir", default="metrics/eval")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.params)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.task not in cfg.tasks:
+        print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
+        return 2
+    import torch
+
+    from sslam.downstream.evaluate import attach_strong_labels, build_encoder, finetune, linear_eval, load_task
+    from sslam.features.dataset import FeatureStore
+    from sslam.io import write_json_atomic
+
+    torch.set_num_threads(torch.get_num_threads())
+    try:
+        task = load_task(cfg.data.corpus_dir, args.task)
+        store = FeatureStore(args.features, f"tasks/{args.task}")
+    except FileNotFoundError as err:
+        print(f"evaluate: {err}", file=sys.stderr)
+        return 2
+    attach_strong_labels(store, Path(cfg.data.corpus_dir) / "tasks" / args.task / "strong.tsv")
+    frames, mel = store.raw(0).shape
+    encoders = cfg.evaluate.linear_encoders if args.regime == "linear" else cfg.evaluate.finetune_encoders
+    out = {"task": args.task, "regime": args.regime, "metric": "map" if task.multi_label else "accuracy",
+           "protocol": task.protocol, "encoders": {}}
+    for name in encoders:
+        t0 = time.perf_counter()
+        try:
+            if args.regime == "linear":
+                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.linear_eval, cfg.evaluate.seed)
+            else:
+                res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.finetune,
+                               cfg.evaluate.seed, cfg.tasks[args.task].mixup)
+        except FileNotFoundError as err:
+            print(f"evaluate: {err}", file=sys.stderr)
+            return 2
+        out["encoders"][name] = res
+        print(f"{args.task} {args.regime} {name}: {out['metric']} {res[out['metric']]:.4f} ({time.perf_counter() - t0:.1f}s)")
+    write_json_atomic(Path(args.metrics_dir) / f"{args.task}_{args.regime}.json", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""DVC stage `report`: paper-style tables (metrics/report.md, metrics/report.json) and figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sslam.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics-dir", default="metrics")
+    ap.add_argument("--features", default="data/features")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.params)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    from sslam.features.dataset import FeatureStore
+    from sslam.io import write_json_atomic, write_text_atomic
+    from sslam.report.tables import control_check, load_eval, plot_loss_curves, plot_mixture, plot_polyphony, render_markdown
+
+    m = Path(args.metrics_dir)
+    evals = load_eval(m / "eval")
+    settings = {"variant": cfg.pretrain.stage2.variant, "mix.strategy": cfg.mix.strategy, "mix.partial": cfg.mix.partial,
+                "mix.partial_mode": cfg.mix.partial_mode, "srl.aggregation": cfg.srl.aggregation}
+    md = render_markdown(evals, settings)
+    write_text_atomic(m / "report.md", md)
+    write_json_atomic(m / "report.json", {"control_check": control_check(evals)})
+    plot_loss_curves({"stage1": m / "stage1_live", "stage2": m / "stage2_live"}, m / "plots" / "pretrain_losses.png")
+    plot_polyphony(evals, m / "plots" / "map_by_polyphony.png")
+    first_poly = next((t for t in cfg.tasks if t != "mono"), None)
+    if first_poly:
+        plot_mixture(FeatureStore(args.features, f"tasks/{first_poly}"), cfg.mix.strategy, cfg.mix.mixed_fraction,
+                     cfg.model.patch_size, m / "plots" / "mixture_example.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
