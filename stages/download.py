@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 from sslam.data.manifest import write_failures
 from sslam.io import write_json_atomic
 
@@ -34,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes for synthetic/folder (results do not depend on it)")
     ap.add_argument("--shard", default="0/1", help="audioset only: this machine's part i/N of the segment list")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
 
     out = Path(cfg.data.corpus_dir)
     source = cfg.download.source

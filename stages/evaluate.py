@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--metrics-dir", default="metrics/eval")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
     if args.task not in cfg.tasks:
         print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
         return 2

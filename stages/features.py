@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 from sslam.features.store import build_features
 from sslam.io import write_json_atomic
 
@@ -22,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="metrics/features.json")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (results do not depend on it)")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
     t0 = time.perf_counter()
     try:
         summary = build_features(cfg.data.corpus_dir, args.out, cfg.features, cfg.data.sample_rate, workers=args.workers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 from sslam.data.polyphony import PAPER_PERCENT, RULES, analyse_folder
 from sslam.io import write_json_atomic
 from sslam.report.polyphony import markdown_table, write_outputs
@@ -21,11 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", default=None, help="label folder to analyse instead of data.corpus_dir")
     ap.add_argument("--metrics-dir", default="metrics")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
     folder = args.labels or cfg.data.corpus_dir
     levels, rule = cfg.ontology.levels, cfg.ontology.rule
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 from sslam.report.corpus import plot_corpus_overview
 
 
@@ -14,11 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="metrics/plots/corpus_overview.png")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
     plot_corpus_overview(cfg.data.corpus_dir, args.out)
     print(f"overview -> {args.out}")
     return 0

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 
 
 def curve_values(tsv: Path) -> list[float]:
@@ -43,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", action="store_true", help="force the CPU (DDP over gloo when several processes)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this step (testing resume)")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
     from sslam.io import write_json_atomic
     from sslam.pretrain.loop import NonFiniteLoss, train_stage
 

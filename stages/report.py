@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sslam.config import ConfigError, load_config
+from sslam.config import load_config_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,11 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-dir", default="metrics")
     ap.add_argument("--features", default="data/features")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config_or_exit(args.params)
     from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic, write_text_atomic
     from sslam.report.tables import control_check, load_eval, plot_loss_curves, plot_mixture, plot_polyphony, render_markdown

@@ -7,6 +7,7 @@ value stops the run before any expensive work, with a message naming the key and
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -366,6 +367,15 @@ def _format_error(source: str, err: ValidationError) -> str:
         got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e['input']!r})"
         lines.append(f"  - {key}: {msg}{got}")
     return "\n".join(lines)
+
+
+def load_config_or_exit(path: str | Path = PARAMS_FILE) -> Config:
+    """For stage scripts: the validated config, or the error on stderr and exit status 2."""
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def parse_config(raw: Any, source: str = PARAMS_FILE) -> Config:
