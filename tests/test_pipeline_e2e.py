@@ -57,13 +57,19 @@ def test_default_repro_reproduces_the_committed_lock(tmp_path):
     assert "up to date" in sh(["dvc", "status"], repo).stdout.lower()
 
 
-def test_small_pipeline_end_to_end(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
+def small_corpus(repo: Path, clip_seconds: float, poly_train: int, poly_eval: int) -> tuple[dict, dict]:
+    """The copy's params with a corpus of 20 clips per split, 4 mono classes and one soundscape."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     syn = params["download"]["synthetic"]
-    syn.update(num_classes=10, clip_seconds=1.5, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
+    syn.update(num_classes=10, clip_seconds=clip_seconds, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
     syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
-    syn["tasks"]["poly"].update(environments=["square"], clips_train=10, clips_eval=5)
+    syn["tasks"]["poly"].update(environments=["square"], clips_train=poly_train, clips_eval=poly_eval)
+    return params, syn
+
+
+def test_small_pipeline_end_to_end(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    params, _ = small_corpus(repo, 1.5, 10, 5)
     params["features"].update(target_frames=160, shard_size=16)
     params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)
     params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
@@ -118,11 +124,7 @@ def test_metrics_diff_across_two_git_branches(tmp_path):
     """Two branches with different params, the cheap part of the pipeline run on each, and
     `dvc metrics diff` between them shows the metric that changed."""
     repo = copy_repo(tmp_path / "repo")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    syn = params["download"]["synthetic"]
-    syn.update(num_classes=10, clip_seconds=1.0, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
-    syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
-    syn["tasks"]["poly"].update(environments=["square"], clips_train=4, clips_eval=4)
+    params, syn = small_corpus(repo, 1.0, 4, 4)
 
     def run_branch(name: str, ancestor_prob: float) -> None:
         sh(["git", "checkout", "-q", "-B", name], repo)
