@@ -27,20 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.task not in cfg.tasks:
         print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
         return 2
-    import torch
-
-    from sslam.downstream.evaluate import attach_strong_labels, build_encoder, finetune, linear_eval, load_task
+    from sslam.downstream.evaluate import build_encoder, distinct_events, finetune, linear_eval, load_task
     from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic
 
-    torch.set_num_threads(torch.get_num_threads())
     try:
         task = load_task(cfg.data.corpus_dir, args.task)
         store = FeatureStore(args.features, f"tasks/{args.task}")
     except FileNotFoundError as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
-    attach_strong_labels(store, Path(cfg.data.corpus_dir) / "tasks" / args.task / "strong.tsv")
+    events = distinct_events(Path(cfg.data.corpus_dir) / "tasks" / args.task / "strong.tsv")
     frames, mel = store.raw(0).shape
     encoders = cfg.evaluate.linear_encoders if args.regime == "linear" else cfg.evaluate.finetune_encoders
     out = {"task": args.task, "regime": args.regime, "metric": "map" if task.multi_label else "accuracy",
@@ -49,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             if args.regime == "linear":
-                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.linear_eval, cfg.evaluate.seed)
+                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.linear_eval, cfg.evaluate.seed, events)
             else:
                 res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.finetune,
-                               cfg.evaluate.seed, cfg.tasks[args.task].mixup)
+                               cfg.evaluate.seed, cfg.tasks[args.task].mixup, events)
         except FileNotFoundError as err:
             print(f"evaluate: {err}", file=sys.stderr)
             return 2

@@ -7,7 +7,6 @@ the same bytes.
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -311,6 +310,3 @@ def _split_summary(plans: Sequence[ClipPlan], cat: Catalogue) -> dict:
         "polyphonic_share": round(float((distinct >= 2).mean()), 4),
     }
 
-
-def describe(summary: dict) -> str:
-    return json.dumps(summary, indent=2)

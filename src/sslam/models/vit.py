@@ -155,11 +155,3 @@ def _bert_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def patch_grid_check(frames: int, mel: int, patch: int) -> None:
-    if frames % patch or mel % patch:
-        raise ValueError(f"frames ({frames}) and mel bins ({mel}) must be multiples of the patch size ({patch})")
-

@@ -152,7 +152,6 @@ def _memory_mb(device: torch.device) -> float:
 class RunResult:
     steps: int
     final_loss: dict[str, float]
-    first_loss: dict[str, float]
     seconds: float
     samples_per_second: float
     resumed_from: int
@@ -254,7 +253,6 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         live.step = start
 
     last_ckpt = str(last) if last is not None else "none (no checkpoint yet)"
-    first_loss: dict[str, float] = {}
     logs: dict[str, float] = {}
     t_start, t_log, n_log = time.perf_counter(), time.perf_counter(), 0
     end = scfg.steps if stop_after is None else min(scfg.steps, stop_after)
@@ -287,8 +285,6 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         ema_update(teacher, acc.unwrap_model(student).encoder, decay)
 
         n_log += per_step * acc.num_processes
-        if not first_loss:
-            first_loss = dict(sums)
         logs = dict(sums)
         if step_hook is not None:
             step_hook(step, logs)
@@ -319,5 +315,5 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
     if live is not None:
         live.end()
     steps_run = end - start
-    return RunResult(end, logs, first_loss, seconds,
+    return RunResult(end, logs, seconds,
                      steps_run * per_step * acc.num_processes / max(seconds, 1e-9), start)
