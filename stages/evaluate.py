@@ -28,28 +28,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
         return 2
     from sslam.downstream.evaluate import build_encoder, distinct_events, finetune, linear_eval, load_task
-    from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic
 
+    task_cfg = cfg.tasks[args.task]
     try:
-        task = load_task(cfg.data.corpus_dir, args.task)
-        store = FeatureStore(args.features, f"tasks/{args.task}")
-    except FileNotFoundError as err:
+        task, store = load_task(cfg.data.corpus_dir, args.task, task_cfg, args.features)
+    except (FileNotFoundError, ValueError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
-    events = distinct_events(Path(cfg.data.corpus_dir) / "tasks" / args.task / "strong.tsv")
+    strong = (Path(cfg.data.corpus_dir) / "strong" / "eval.tsv" if task_cfg.data == "audioset"
+              else Path(cfg.data.corpus_dir) / task_cfg.feature_set(args.task) / "strong.tsv")
+    events = distinct_events(strong, segment_ids=task_cfg.data == "audioset")
     frames, mel = store.raw(0).shape
-    encoders = cfg.evaluate.linear_encoders if args.regime == "linear" else cfg.evaluate.finetune_encoders
-    out = {"task": args.task, "regime": args.regime, "metric": "map" if task.multi_label else "accuracy",
-           "protocol": task.protocol, "encoders": {}}
+    linear = args.regime == "linear"
+    recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
+    encoders = cfg.evaluate.linear_encoders if linear else cfg.evaluate.finetune_encoders
+    out = {"task": args.task, "regime": args.regime, "metric": task_cfg.metric, "protocol": task.protocol,
+           "data": task_cfg.feature_set(args.task), "recipe": recipe.model_dump(), "encoders": {}}
     for name in encoders:
         t0 = time.perf_counter()
         try:
-            if args.regime == "linear":
-                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.linear_eval, cfg.evaluate.seed, events)
+            if linear:
+                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe, cfg.evaluate.seed, events)
             else:
-                res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, cfg.finetune,
-                               cfg.evaluate.seed, cfg.tasks[args.task].mixup, events)
+                res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe,
+                               cfg.evaluate.seed, events)
         except FileNotFoundError as err:
             print(f"evaluate: {err}", file=sys.stderr)
             return 2

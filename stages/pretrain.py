@@ -32,6 +32,28 @@ def curve_summary(tsv: Path, window: int = 10) -> dict:
     return {"first": round(sum(vals[:w]) / w, 5), "last": round(sum(vals[-w:]) / w, 5), "logged_steps": len(vals)}
 
 
+def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 64) -> dict:
+    """How much of the final teacher's targets position alone explains, and the student's loss beside it."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from sslam.features.dataset import FeatureStore
+    from sslam.pretrain.diagnostics import target_diagnostics
+    from sslam.pretrain.model import Student, make_teacher
+
+    store = FeatureStore(features, cfg.pretrain.train_set)
+    x = store.batch(np.arange(min(clips, len(store))))
+    student = Student(cfg.model, x.shape[1], x.shape[2])
+    student.load_state_dict(load_file(final / "student.safetensors"))
+    teacher = make_teacher(student)
+    teacher.load_state_dict(load_file(final / "teacher.safetensors"))
+    scfg = getattr(cfg.pretrain, stage)
+    with torch.random.fork_rng():
+        return target_diagnostics(student, teacher, x, scfg.top_k_layers, cfg.mask.ratio, cfg.mask.block_size,
+                                  cfg.mask.prob_adjust, seed=cfg.pretrain.seed, center_targets=scfg.center_targets)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -70,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             # the median over logged steps: also right when this call only found a finished run to resume
             "samples_per_second": round(statistics.median(curve_values(curves / "samples_per_s.tsv")), 2),
             "resumed_from_step": result.resumed_from,
+            "target_diagnostics": final_diagnostics(cfg, args.stage, args.features, ckpt / "final"),
         }
         write_json_atomic(Path(args.metrics_dir) / f"pretrain_{args.stage}.json", summary)
         print(f"pretrain {args.stage}: {result.steps} steps, loss {summary['loss_curve']['first']:.4f} -> "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,20 +19,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(args.params)
     from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic, write_text_atomic
-    from sslam.report.tables import control_check, load_eval, plot_loss_curves, plot_mixture, plot_polyphony, render_markdown
+    from sslam.report.tables import (control_check, load_eval, plot_loss_curves, plot_mixture, plot_polyphony,
+                                     render_markdown, render_pretrain)
 
     m = Path(args.metrics_dir)
     evals = load_eval(m / "eval")
     settings = {"variant": cfg.pretrain.stage2.variant, "mix.strategy": cfg.mix.strategy, "mix.partial": cfg.mix.partial,
                 "mix.partial_mode": cfg.mix.partial_mode, "srl.aggregation": cfg.srl.aggregation}
-    md = render_markdown(evals, settings)
+    pretrain = {st: json.loads((m / f"pretrain_{st}.json").read_text()) for st in ("stage1", "stage2")
+                if (m / f"pretrain_{st}.json").is_file()}
+    md = render_markdown(evals, settings) + render_pretrain(pretrain)
     write_text_atomic(m / "report.md", md)
     write_json_atomic(m / "report.json", {"control_check": control_check(evals)})
     plot_loss_curves({"stage1": m / "stage1_live", "stage2": m / "stage2_live"}, m / "plots" / "pretrain_losses.png")
     plot_polyphony(evals, m / "plots" / "map_by_polyphony.png")
-    first_poly = next((t for t in cfg.tasks if t != "mono"), None)
+    first_poly = next((t for t, c in cfg.tasks.items() if c.kind == "multi_label" and c.data != "audioset"), None)
     if first_poly:
-        plot_mixture(FeatureStore(args.features, f"tasks/{first_poly}"), cfg.mix.strategy, cfg.mix.mixed_fraction,
+        plot_mixture(FeatureStore(args.features, cfg.tasks[first_poly].feature_set(first_poly)), cfg.mix.strategy, cfg.mix.mixed_fraction,
                      cfg.model.patch_size, m / "plots" / "mixture_example.png")
     print(md)
     return 0

@@ -64,6 +64,8 @@ def small_corpus(repo: Path, clip_seconds: float, poly_train: int, poly_eval: in
     syn.update(num_classes=10, clip_seconds=clip_seconds, clips={"unbalanced": 20, "balanced": 20, "eval": 20})
     syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
     syn["tasks"]["poly"].update(environments=["square"], clips_train=poly_train, clips_eval=poly_eval)
+    syn["tasks"]["keywords"].update(num_classes=2, clips_per_class={"train": 2, "valid": 1, "test": 1})
+    syn["tasks"]["urban"].update(clips_train=poly_train, clips_eval=poly_eval, events_per_clip=[1, 3])
     return params, syn
 
 
@@ -74,7 +76,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)
     params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
     params["pretrain"]["stage2"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2)
-    params["tasks"] = {"mono": {"mixup": False}, "square": {"mixup": True}}
+    params["tasks"] = {k: params["tasks"][k] for k in ("mono", "keywords", "square", "urban", "as20k")}
     params["evaluate"].update(finetune_tasks=["square"])
     params["finetune"].update(epochs=2)
     params["linear_eval"].update(epochs=5)
@@ -86,7 +88,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["download"]["params"]["params.yaml"]["download"]["synthetic"]["num_classes"] == 10
     metrics = yaml.safe_load((repo / "metrics" / "download.json").read_text())
-    assert metrics["num_clips"] == 60 + 4 * 5 + 15
+    assert metrics["num_clips"] == 60 + 4 * 5 + 15 + 2 * 4 + 15
     assert len(list((repo / "data" / "corpus").rglob("*.flac"))) == metrics["num_clips"]
     pre = yaml.safe_load((repo / "metrics" / "pretrain_stage1.json").read_text())
     assert pre["steps"] == 10 and pre["loss_curve"]["logged_steps"] == 10
@@ -95,6 +97,15 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert lin["metric"] == "map" and set(lin["encoders"]) == {"stage2", "random0", "random1"}
     assert 0.0 < lin["encoders"]["stage2"]["map"] <= 1.0
     assert set(json.loads((repo / "metrics" / "eval" / "square_finetune.json").read_text())["encoders"]) == {"stage2", "random0"}
+    diag = pre["target_diagnostics"]
+    assert 0.0 <= diag["position_only_loss"] and diag["zero_loss"] > 0 and diag["position_share"] <= 1.0
+    kws = json.loads((repo / "metrics" / "eval" / "keywords_linear.json").read_text())
+    assert kws["protocol"] == "train_valid_test" and kws["recipe"]["select_every"] == 10
+    assert all(1 <= e["selection"]["selected_epoch"] <= 5 for e in kws["encoders"].values())
+    urban = json.loads((repo / "metrics" / "eval" / "urban_linear.json").read_text())["encoders"]["stage2"]
+    assert urban["clips_kept"] + urban["clips_dropped"] == 15 and urban["clips_dropped"] > 0
+    as20k = json.loads((repo / "metrics" / "eval" / "as20k_linear.json").read_text())
+    assert as20k["data"] == "audioset" and 0.0 < as20k["encoders"]["stage2"]["map"] <= 1.0
     report = (repo / "metrics" / "report.md").read_text()
     assert "## Table 2 (shape)" in report and "square" in report
     for png in ("pretrain_losses.png", "map_by_polyphony.png", "mixture_example.png"):

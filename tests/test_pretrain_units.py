@@ -135,3 +135,49 @@ def test_decoder_puts_tokens_back_in_place():
     assert torch.equal(out[0, 1], vis[0, 0]) and torch.equal(out[0, 6], vis[0, 1]) and out[0, 0].abs().sum() == 0
     noisy = CnnDecoder(16, (2, 4), layers=2, groups=4)(vis, torch.tensor([[1, 6]]), torch.Generator().manual_seed(0))
     assert noisy.shape == (1, 8, 16)
+
+
+def test_center_by_position_by_hand():
+    from sslam.pretrain.targets import center_by_position
+
+    y = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 10.0]]])  # (B=2, N=2, D=2)
+    want = torch.tensor([[[-2.0, -2.0], [-2.0, -3.0]], [[2.0, 2.0], [2.0, 3.0]]])
+    assert torch.equal(center_by_position(y), want)
+    # tokens at given grid positions: clip 0 holds positions (0, 2), clip 1 holds (2, 1)
+    pos = torch.tensor([[0, 2], [2, 1]])
+    sub = torch.tensor([[[1.0, 1.0], [2.0, 4.0]], [[4.0, 8.0], [9.0, 9.0]]])
+    # position 0: only clip 0 -> mean itself; position 2: (2,4) and (4,8) -> (3,6); position 1: itself
+    want = torch.tensor([[[0.0, 0.0], [-1.0, -2.0]], [[1.0, 2.0], [0.0, 0.0]]])
+    assert torch.equal(center_by_position(sub, pos, 3), want)
+    # all positions given in order: the same as the plain batch mean
+    full = torch.arange(2).expand(2, 2)
+    assert torch.allclose(center_by_position(y, full), center_by_position(y))
+    # centred targets: the layer norm still holds (zero mean, unit variance per token)
+    layers = [torch.randn(3, 5, 8) for _ in range(2)]
+    t = layer_averaged_targets(layers, 2, center=True)
+    assert torch.allclose(t.mean(-1), torch.zeros(3, 5), atol=1e-5)
+    raw = sum(F.instance_norm(l.transpose(1, 2)).transpose(1, 2) for l in layers) / 2
+    assert torch.allclose(t, F.layer_norm(raw - raw.mean(0, keepdim=True), (8,)), atol=1e-5)
+
+
+def test_target_diagnostics_see_a_purely_positional_target():
+    """A teacher whose targets depend only on position: position alone explains all of them."""
+    from sslam.pretrain.diagnostics import target_diagnostics
+
+    class PositionalTeacher(nn.Module):
+        grid = (4, 2)
+
+        def forward(self, x, return_layers=False):
+            pattern = torch.linspace(-1, 1, 8 * 6).reshape(1, 8, 6).sin() * torch.arange(1, 7.0)
+            return None, [pattern.expand(x.shape[0], -1, -1).clone()]
+
+    class ZeroStudent(nn.Module):
+        def forward(self, x, keep, clones, noise=None):
+            return None, torch.zeros(x.shape[0], 8, 6)
+
+    d = target_diagnostics(ZeroStudent(), PositionalTeacher(), torch.randn(6, 64, 32), 1, 0.5, 1, 0.0)
+    assert d["position_only_loss"] == pytest.approx(0.0, abs=1e-6) and d["position_share"] == pytest.approx(1.0)
+    assert d["student_loss"] == pytest.approx(d["zero_loss"]) and d["zero_loss"] > 0
+    # centring removes the positional pattern entirely: nothing left (layer norm of zeros)
+    c = target_diagnostics(ZeroStudent(), PositionalTeacher(), torch.randn(6, 64, 32), 1, 0.5, 1, 0.0, center_targets=True)
+    assert c["zero_loss"] == pytest.approx(0.0, abs=1e-5)

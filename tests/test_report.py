@@ -31,5 +31,15 @@ def test_markdown_tables_hold_the_numbers():
     assert "| stage2 | linear | 90.0 |" in md
     assert "| stage2 | finetune | 70.0 |" in md and "| random0 | linear | 45.0 |" in md
     assert "| square | stage2 | linear | 60.0 (4) | 100.0 (1) |" in md
-    assert "SSLAM, paper (real SPASS) | linear | 64.2" in md
+    assert "| SSLAM, paper | linear | 64.2 |" in md and "square (SPASS square)" in md
     assert "`variant=sslam`" in md
+
+
+def test_pretrain_section_shows_the_target_diagnostics():
+    from sslam.report.tables import render_pretrain
+
+    d = {"steps": 900, "loss_curve": {"first": 700.0, "last": 200.5}, "samples_per_second": 66.0,
+         "target_diagnostics": {"position_share": 0.234, "student_loss": 1.5, "position_only_loss": 8.7}}
+    md = render_pretrain({"stage1": d})
+    assert "| stage1 | 900 | 700.0 -> 200.5 | 66.0 | 23% | 1.5 | 8.7 |" in md
+    assert render_pretrain({}) == ""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 PARAMS_FILE = "params.yaml"
 
@@ -75,9 +75,51 @@ class PolyTaskConfig(Section):
         return self
 
 
+class KeywordsTaskConfig(Section):
+    """Keyword-spotting analogue (Speech Commands): one short event per clip in background noise,
+    train / valid / test splits; the protocol selects on valid and reports test accuracy."""
+
+    num_classes: Annotated[int, Field(ge=2)] = 8
+    clips_per_class: Annotated[dict[Literal["train", "valid", "test"], Positive], Field(min_length=3)] = {
+        "train": 12, "valid": 4, "test": 6}
+    event_seconds: FloatPair = [0.25, 0.6]
+
+    @model_validator(mode="after")
+    def _check(self) -> "KeywordsTaskConfig":
+        _check_range("event_seconds", self.event_seconds)
+        if self.event_seconds[0] <= 0:
+            raise ValueError(f"event_seconds must be positive, got {self.event_seconds}")
+        return self
+
+
+class UrbanTaskConfig(Section):
+    """URBAN-SED analogue: street soundscapes where some clips hold a single class; the task keeps
+    only clips with more than one label (``tasks.urban.min_labels: 2``), as the paper's protocol."""
+
+    clips_train: Positive = 60
+    clips_eval: Positive = 40
+    events_per_clip: Pair = [1, 4]
+
+    @model_validator(mode="after")
+    def _check(self) -> "UrbanTaskConfig":
+        _check_range("events_per_clip", self.events_per_clip)
+        if self.events_per_clip[0] < 1:
+            raise ValueError("events_per_clip must start at 1 or more")
+        return self
+
+
 class SyntheticTasksConfig(Section):
     mono: MonoTaskConfig = MonoTaskConfig()
+    keywords: KeywordsTaskConfig = KeywordsTaskConfig()
     poly: PolyTaskConfig = PolyTaskConfig()
+    urban: UrbanTaskConfig = UrbanTaskConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticTasksConfig":
+        taken = {"mono", "keywords", "urban"} & set(self.poly.environments)
+        if taken:
+            raise ValueError(f"poly.environments {sorted(taken)} clash with the names of other synthetic tasks")
+        return self
 
 
 class SyntheticConfig(Section):
@@ -95,10 +137,10 @@ class SyntheticConfig(Section):
         _check_range("events_per_clip", self.events_per_clip)
         if self.events_per_clip[0] < 1:
             raise ValueError("events_per_clip must start at 1 or more")
-        if self.tasks.mono.num_classes > self.num_classes:
-            raise ValueError(
-                f"tasks.mono.num_classes ({self.tasks.mono.num_classes}) exceeds num_classes ({self.num_classes})"
-            )
+        for name in ("mono", "keywords"):
+            k = getattr(self.tasks, name).num_classes
+            if k > self.num_classes:
+                raise ValueError(f"tasks.{name}.num_classes ({k}) exceeds num_classes ({self.num_classes})")
         return self
 
 
@@ -255,6 +297,7 @@ class StageConfig(Section):
     top_k_layers: Positive = 4
     cls_loss_weight: Annotated[float, Field(ge=0.0)] = 1.0
     cls_loss_reduction: Literal["sum", "mean"] = "sum"  # reference: summed over the per-device CLS tokens
+    center_targets: bool = False  # not in the reference: subtract the per-position batch mean of the targets
     decay_all_params: bool = True  # reference (a fairseq quirk): weight decay on biases, norms and CLS too
     checkpoint_every: Positive = 50
     keep_checkpoints: Positive = 2
@@ -291,19 +334,29 @@ class PretrainConfig(Section):
 
 
 class FinetuneConfig(Section):
+    """The fine-tuning recipe (paper Tables 7 and 8); ``tasks.<name>.recipe`` overrides any key per task."""
+
     epochs: Positive = 10
     batch_size: Positive = 16
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
+    warmup_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # of the steps; linear warm-up, then cosine
+    optimizer: Literal["adamw"] = "adamw"
+    betas: FloatPair = [0.9, 0.999]
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.65
     drop_path: Prob = 0.1
+    mixup: bool = True
     mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
     mixup_prob: Prob = 0.9
     specaug_freq: Prob = 0.2
     specaug_time: Prob = 0.2
     roll: bool = True
-    pooling: Literal["cls", "mean"] = "cls"
+    noise_std: Annotated[float, Field(ge=0.0)] = 0.0  # Gaussian noise on the normalised log-mel
+    weighted_sampling: bool = False  # class-balanced sampling with replacement (AS-2M recipe)
+    norm_stats: Literal["pretrain", "task"] = "pretrain"  # normalise with pretraining's or the task's train stats
+    select_every: Positive = 1  # epochs between validation checks (train_valid_test tasks)
+    pooling: Literal["cls", "mean", "freq_mean"] = "cls"
 
 
 class LinearEvalConfig(Section):
@@ -311,13 +364,52 @@ class LinearEvalConfig(Section):
     batch_size: Positive = 32
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    pooling: Literal["cls", "mean"] = "cls"
+    norm_stats: Literal["pretrain", "task"] = "pretrain"
+    select_every: Positive = 10  # epochs between validation checks (train_valid_test tasks)
+    pooling: Literal["cls", "mean", "freq_mean"] = "cls"
+
+
+def _overrides_of(model: type[Section], name: str) -> type[Section]:
+    """The same keys as ``model``, each optional: a task's partial recipe."""
+    fields = {k: ((Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation) | None, None)
+              for k, f in model.model_fields.items()}
+    return create_model(name, __base__=Section, **fields)
+
+
+FinetuneOverrides = _overrides_of(FinetuneConfig, "FinetuneOverrides")
+LinearEvalOverrides = _overrides_of(LinearEvalConfig, "LinearEvalOverrides")
+TaskKind = Literal["single_label", "multi_label"]
+Protocol = Literal["cross_validation", "train_eval", "train_valid_test"]
 
 
 class TaskConfig(Section):
-    """A downstream task of the corpus (``tasks/<name>``); its kind and protocol come from its task.json."""
+    """A downstream task: its data, kind, metric, protocol and recipe.
 
-    mixup: bool = True  # fine-tuning mixup (the paper: on for AudioSet and soundscapes, off for ESC-50)
+    ``data``: ``tasks/<name>`` of the corpus (empty: ``tasks/<key>``), or ``audioset`` (train on the
+    labelled ``balanced`` split, evaluate on ``eval``: AS-20K; with ``unbalanced`` added: AS-2M).
+    ``kind`` and ``protocol`` must agree with the corpus's ``task.json``, checked before any work.
+    """
+
+    data: str = ""
+    kind: TaskKind = "multi_label"
+    metric: Literal["map", "accuracy"] = "map"
+    protocol: Protocol = "train_eval"
+    train_splits: list[Name] = ["balanced"]  # data: audioset only
+    min_labels: Positive = 1  # keep clips with at least this many of the task's labels (URBAN-SED: 2)
+    recipe: FinetuneOverrides = FinetuneOverrides()  # type: ignore[valid-type]
+    linear: LinearEvalOverrides = LinearEvalOverrides()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskConfig":
+        want = "map" if self.kind == "multi_label" else "accuracy"
+        if self.metric != want:
+            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind!r} (use {want!r})")
+        if self.data and not (self.data == "audioset" or re.fullmatch(r"tasks/[a-z][a-z0-9_]*", self.data)):
+            raise ValueError(f"data must be 'tasks/<name>' or 'audioset', got {self.data!r}")
+        return self
+
+    def feature_set(self, key: str) -> str:
+        return self.data or f"tasks/{key}"
 
 
 EncoderName = Annotated[str, Field(pattern=r"^(random\d+|stage[12])$")]
@@ -343,8 +435,17 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     linear_eval: LinearEvalConfig = LinearEvalConfig()
     tasks: Annotated[dict[Name, TaskConfig], Field(min_length=1)] = {
-        "mono": TaskConfig(mixup=False), "square": TaskConfig(), "park": TaskConfig(), "street": TaskConfig()}
+        "mono": TaskConfig(kind="single_label", metric="accuracy", protocol="cross_validation",
+                           recipe=FinetuneOverrides(mixup=False)),
+        "square": TaskConfig(), "park": TaskConfig(), "street": TaskConfig()}
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    def finetune_recipe(self, task: str) -> FinetuneConfig:
+        """The base fine-tuning recipe with the task's overrides."""
+        return self.finetune.model_copy(update=self.tasks[task].recipe.model_dump(exclude_none=True))
+
+    def linear_recipe(self, task: str) -> LinearEvalConfig:
+        return self.linear_eval.model_copy(update=self.tasks[task].linear.model_dump(exclude_none=True))
 
     @model_validator(mode="after")
     def _check_tasks(self) -> "Config":

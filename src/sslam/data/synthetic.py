@@ -28,6 +28,8 @@ SEGMENT_FILES = fmt.SPLIT_FILES
 CREATED = "Sat Jun 14 00:00:00 2025"  # fixed, so the header line is reproducible
 YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 MONO_TASK = "mono"
+KEYWORDS_TASK = "keywords"
+URBAN_TASK = "urban"
 NUM_FOLDS = 5
 
 
@@ -172,16 +174,39 @@ def plan_mono_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str]) -> 
     return plans
 
 
-def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set[str]) -> list[ClipPlan]:
-    """SPASS-like soundscape: the environment has its own skewed class prior; labels are event classes."""
+def plan_keywords_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str]) -> list[ClipPlan]:
+    """Keyword-spotting analogue: one short event per clip (the last ``num_classes`` leaves, so not the
+    mono task's classes), train / valid / test splits with fixed counts per class."""
+    t = cfg.tasks.keywords
+    classes = cat.leaf_ids[-t.num_classes:]
+    plans = []
+    i = 0
+    for split in ("train", "valid", "test"):
+        for label in classes:
+            for _ in range(t.clips_per_class[split]):
+                rng = clip_rng(cfg.seed, KEYWORDS_TASK, i)
+                clip_id = _unique_ytid(rng, used_ids)
+                dur = float(rng.uniform(*t.event_seconds))
+                onset = float(rng.uniform(0.0, cfg.clip_seconds - dur))
+                events = (Event(label, round(onset, 3), round(onset + dur, 3), float(rng.uniform(-12.0, 0.0))),)
+                plans.append(ClipPlan(clip_id, split, f"tasks/{KEYWORDS_TASK}/audio/{clip_id}.flac",
+                                      (cfg.seed, zlib.crc32(KEYWORDS_TASK.encode()), i), events, (label,), 0.0))
+                i += 1
+    return plans
+
+
+def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set[str],
+                   sizes: tuple[int, int] | None = None, events_per_clip: Sequence[int] | None = None) -> list[ClipPlan]:
+    """SPASS-like soundscape: the environment has its own skewed class prior; labels are event classes.
+    ``sizes`` (train, eval) and ``events_per_clip`` default to ``tasks.poly``'s."""
     t = cfg.tasks.poly
     classes = list(cat.leaf_ids)
     prior = _class_prior(cfg.seed, env, len(classes), concentration=0.5)
-    lo, hi = t.events_per_clip
+    lo, hi = events_per_clip or t.events_per_clip
+    n_train, n_eval = sizes or (t.clips_train, t.clips_eval)
     plans = []
-    sizes = (("train", t.clips_train), ("eval", t.clips_eval))
     i = 0
-    for split, count in sizes:
+    for split, count in (("train", n_train), ("eval", n_eval)):
         for _ in range(count):
             rng = clip_rng(cfg.seed, env, i)
             clip_id = _unique_ytid(rng, used_ids)
@@ -256,22 +281,26 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
         write_manifest(out_dir / "manifests" / f"{split}.csv", _manifest_rows(plans, sample_rate, cfg.clip_seconds))
         summary["splits"][split] = _split_summary(plans, cat)
 
-    tasks = {MONO_TASK: plan_mono_task(cfg, cat, used)}
+    u = cfg.tasks.urban
+    tasks = {  # name: (plans, classes, kind, protocol)
+        MONO_TASK: (plan_mono_task(cfg, cat, used), cat.leaf_ids[: cfg.tasks.mono.num_classes], "single_label", "cross_validation"),
+        KEYWORDS_TASK: (plan_keywords_task(cfg, cat, used), cat.leaf_ids[-cfg.tasks.keywords.num_classes:], "single_label", "train_valid_test"),
+    }
     for env in cfg.tasks.poly.environments:
-        tasks[env] = plan_poly_task(cfg, cat, env, used)
-    for name, plans in tasks.items():
+        tasks[env] = (plan_poly_task(cfg, cat, env, used), cat.leaf_ids, "multi_label", "train_eval")
+    tasks[URBAN_TASK] = (plan_poly_task(cfg, cat, URBAN_TASK, used, (u.clips_train, u.clips_eval), u.events_per_clip),
+                         cat.leaf_ids, "multi_label", "train_eval")
+    for name, (plans, classes, kind, protocol) in tasks.items():
         all_plans += plans
         task_dir = out_dir / "tasks" / name
-        classes = (
-            list(cat.leaf_ids[: cfg.tasks.mono.num_classes]) if name == MONO_TASK else list(cat.leaf_ids)
-        )
+        classes = list(classes)
         splits = sorted({p.split for p in plans}, key=[p.split for p in plans].index)
         write_json_atomic(
             task_dir / "task.json",
             {
                 "name": name,
-                "kind": "single_label" if name == MONO_TASK else "multi_label",
-                "protocol": "cross_validation" if name == MONO_TASK else "train_eval",
+                "kind": kind,
+                "protocol": protocol,
                 "splits": splits,
                 "classes": classes,
                 "class_names": [cat.names[c] for c in classes],

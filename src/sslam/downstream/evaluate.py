@@ -1,18 +1,22 @@
-"""Downstream evaluation: linear evaluation and fine-tuning of an encoder on a task of the corpus.
+"""Downstream evaluation: linear evaluation and fine-tuning of an encoder on a task.
 
-Protocols: ``cross_validation`` tasks (the ESC-50 analogue) train on four folds and test on the fifth,
-for each fold, and report the mean accuracy; ``train_eval`` tasks (the SPASS-like soundscapes) train on
-``train`` and report mAP on ``eval``, with the breakdown by degree of polyphony from strong labels. The
-reported model is the one after the last epoch (no selection on the evaluation data).
+Protocols (``tasks.<name>.protocol``): ``cross_validation`` (the ESC-50 analogue) trains on four folds,
+tests on the fifth, for each fold, and reports the mean accuracy; ``train_eval`` (soundscapes, AS-20K)
+trains on ``train`` and reports mAP on ``eval``, with the breakdown by degree of polyphony where strong
+labels exist; ``train_valid_test`` (keyword spotting) checks ``valid`` every ``select_every`` epochs,
+keeps the best model and reports its ``test`` score. Outside that protocol the reported model is the one
+after the last epoch: nothing is selected on evaluation data.
 
-Representation for linear evaluation: the CLS output (``linear_eval.pooling: cls``), as the reference
-(the pretraining's global loss trains exactly that token to summarise the clip), followed by LayerNorm
-and a linear layer. With ``linear_eval.augment: false`` the frozen embeddings are computed once and
-cached, which is exact because nothing about the input changes between epochs.
+Representation for linear evaluation (``pooling``): ``mean`` of the final patch tokens (the default:
+measured better than CLS on the tiny model), ``cls`` (the reference; the global loss trains that token),
+or ``freq_mean`` (time-average per frequency row, rows concatenated: keeps where in frequency a source
+sits). Then LayerNorm and one linear layer. Nothing about the input changes between epochs, so the
+frozen embeddings are computed once and cached.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -27,10 +31,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from sslam.config import Config, FinetuneConfig, LinearEvalConfig
+from sslam.config import Config, FinetuneConfig, LinearEvalConfig, TaskConfig
 from sslam.downstream.metrics import accuracy, mean_average_precision, polyphony_breakdown
 from sslam.features import augment as A
-from sslam.features.dataset import FeatureStore
+from sslam.features.dataset import FeatureStore, class_balanced_weights
 from sslam.models.vit import Encoder
 from sslam.pretrain.model import Student
 
@@ -39,21 +43,90 @@ from sslam.pretrain.model import Student
 class Task:
     name: str
     kind: str  # single_label | multi_label
-    protocol: str  # cross_validation | train_eval
+    protocol: str  # cross_validation | train_eval | train_valid_test
     classes: list[str]
     splits: list[str]
+    min_labels: int = 1
 
     @property
     def multi_label(self) -> bool:
         return self.kind == "multi_label"
 
 
-def load_task(corpus: str | Path, name: str) -> Task:
-    path = Path(corpus) / "tasks" / name / "task.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no task {name!r} in the corpus (tasks in params.yaml must exist there)")
-    t = json.loads(path.read_text())
-    return Task(name, t["kind"], t["protocol"], t["classes"], t["splits"])
+class TaskStore:
+    """The clips of a task, possibly from several feature sets (AS-20K: balanced + eval), as one
+    indexable store with a ``split`` per row; normalised with the given statistics."""
+
+    def __init__(self, features_dir: str | Path, sets: dict[str, str], stats: dict | None = None):
+        self.features_dir, self.sets = Path(features_dir), sets
+        self.parts = [FeatureStore(features_dir, name, stats) for name in sets]
+        frames = []
+        for part, split in zip(self.parts, sets.values()):
+            df = part.index.copy()
+            if split:  # the whole set is one split of the task
+                df["split"] = split
+            frames.append(df)
+        self.index = pd.concat(frames, ignore_index=True)
+        self.labels = [lab for part in self.parts for lab in part.labels]
+        self._part = np.concatenate([np.full(len(part), k) for k, part in enumerate(self.parts)])
+        self._local = np.concatenate([np.arange(len(part)) for part in self.parts])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def split(self) -> np.ndarray:
+        return self.index["split"].to_numpy()
+
+    def raw(self, i: int) -> np.ndarray:
+        return self.parts[self._part[i]].raw(int(self._local[i]))
+
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        rows = np.asarray(rows, dtype=np.int64)
+        parts = self._part[rows]
+        if (parts == parts[0]).all():
+            return self.parts[parts[0]].batch(self._local[rows])
+        out = None
+        for k in np.unique(parts):
+            where = np.nonzero(parts == k)[0]
+            x = self.parts[k].batch(self._local[rows[where]])
+            out = x.new_empty((len(rows), *x.shape[1:])) if out is None else out
+            out[where] = x
+        return out
+
+    def train_stats(self, rows: np.ndarray) -> dict:
+        """Mean and std of the stored log-mel over the given clips (a task's own normalisation)."""
+        total = total_sq = count = 0.0
+        for r in rows:
+            x = self.raw(int(r)).astype(np.float64)
+            total, total_sq, count = total + x.sum(), total_sq + (x**2).sum(), count + x.size
+        mean = total / count
+        return {"mean": mean, "std": math.sqrt(max(total_sq / count - mean**2, 1e-12))}
+
+    def renormalised(self, stats: dict) -> "TaskStore":
+        return TaskStore(self.features_dir, self.sets, stats)
+
+
+def load_task(corpus: str | Path, name: str, cfg: TaskConfig | None = None, features_dir: str | Path | None = None
+              ) -> tuple[Task, TaskStore | None]:
+    """The task and its clips. ``cfg`` (params) must agree with the corpus's ``task.json``: a clear error
+    before any work otherwise. Without ``features_dir`` only the task is returned (store None)."""
+    cfg = cfg or TaskConfig()
+    if cfg.data == "audioset":
+        classes = pd.read_csv(Path(corpus) / "class_labels_indices.csv")["mid"].astype(str).tolist()
+        task = Task(name, "multi_label", "train_eval", classes, ["train", "eval"], cfg.min_labels)
+        sets = {s: "train" for s in cfg.train_splits} | {"eval": "eval"}
+    else:
+        path = Path(corpus) / cfg.feature_set(name) / "task.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no task {name!r} in the corpus (tasks in params.yaml must exist there)")
+        t = json.loads(path.read_text())
+        for key in ("kind", "protocol"):
+            if getattr(cfg, key) != t[key]:
+                raise ValueError(f"params.yaml tasks.{name}.{key} is {getattr(cfg, key)!r} but {path} says {t[key]!r}")
+        task = Task(name, t["kind"], t["protocol"], t["classes"], t["splits"], cfg.min_labels)
+        sets = {cfg.feature_set(name): ""}
+    return task, (TaskStore(features_dir, sets) if features_dir is not None else None)
 
 
 def build_encoder(cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints") -> Encoder:
@@ -86,10 +159,18 @@ class Head(nn.Module):
 
 def pool(encoder: Encoder, x: torch.Tensor, pooling: str) -> torch.Tensor:
     h, _ = encoder(x)
-    return h[:, 0] if pooling == "cls" else h[:, 1:].mean(dim=1)
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "freq_mean":  # tokens are time-major: (B, T*F, D) -> (B, T, F, D) -> mean over T
+        return h[:, 1:].reshape(h.shape[0], encoder.grid[0], encoder.grid[1], -1).mean(1).flatten(1)
+    return h[:, 1:].mean(dim=1)
 
 
-def targets(task: Task, store: FeatureStore, rows: np.ndarray) -> torch.Tensor:
+def pooled_dim(encoder: Encoder, pooling: str) -> int:
+    return encoder.dim * (encoder.grid[1] if pooling == "freq_mean" else 1)
+
+
+def targets(task: Task, store: TaskStore, rows: np.ndarray) -> torch.Tensor:
     idx = {c: k for k, c in enumerate(task.classes)}
     if task.multi_label:
         y = torch.zeros(len(rows), len(task.classes))
@@ -115,11 +196,37 @@ def score(task: Task, y: torch.Tensor, logits: torch.Tensor) -> float:
     return accuracy(y.numpy(), logits.numpy())
 
 
-def folds(task: Task, store: FeatureStore) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    split = store.index["split"].to_numpy()
+@dataclass(frozen=True)
+class Fold:
+    name: str
+    train: np.ndarray
+    test: np.ndarray
+    valid: np.ndarray | None = None  # train_valid_test: the model is selected on these
+
+
+def kept_rows(task: Task, store: TaskStore) -> np.ndarray:
+    """Rows with at least ``min_labels`` of the task's classes (URBAN-SED keeps clips with more than one)."""
+    wanted = set(task.classes)
+    return np.array([i for i, labs in enumerate(store.labels) if len(wanted.intersection(labs)) >= task.min_labels],
+                    dtype=np.int64)
+
+
+def folds(task: Task, store: TaskStore) -> list[Fold]:
+    keep = kept_rows(task, store)
+    split = store.split[keep]
     if task.protocol == "cross_validation":
-        return [(f, np.nonzero(split != f)[0], np.nonzero(split == f)[0]) for f in task.splits]
-    return [("eval", np.nonzero(split == "train")[0], np.nonzero(split == "eval")[0])]
+        out = [Fold(f, keep[split != f], keep[split == f]) for f in task.splits]
+    elif task.protocol == "train_valid_test":
+        out = [Fold("test", keep[split == "train"], keep[split == "test"], keep[split == "valid"])]
+    else:
+        out = [Fold("eval", keep[split == "train"], keep[split == "eval"])]
+    for f in out:
+        for part in ("train", "test", "valid"):
+            rows = getattr(f, part)
+            if rows is not None and len(rows) == 0:
+                raise ValueError(f"task {task.name!r}: no {part} clips in fold {f.name!r} "
+                                 f"({len(keep)} of {len(store)} clips kept with min_labels={task.min_labels})")
+    return out
 
 
 def _batches(n: int, size: int, generator: torch.Generator | None = None):
@@ -128,7 +235,7 @@ def _batches(n: int, size: int, generator: torch.Generator | None = None):
         yield order[k : k + size]
 
 
-def embed(encoder: Encoder, store: FeatureStore, rows: np.ndarray, pooling: str, batch: int = 64) -> torch.Tensor:
+def embed(encoder: Encoder, store: TaskStore, rows: np.ndarray, pooling: str, batch: int = 64) -> torch.Tensor:
     encoder.eval()
     out = []
     with torch.no_grad():
@@ -137,32 +244,62 @@ def embed(encoder: Encoder, store: FeatureStore, rows: np.ndarray, pooling: str,
     return torch.cat(out)
 
 
-def linear_eval(encoder: Encoder, task: Task, store: FeatureStore, cfg: LinearEvalConfig, seed: int,
+def _task_normalised(store: TaskStore, fold: Fold, norm_stats: str) -> TaskStore:
+    """``task``: renormalise with the fold's training clips (the recipe's task-specific stats)."""
+    return store.renormalised(store.train_stats(fold.train)) if norm_stats == "task" else store
+
+
+def linear_eval(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int,
                 events: dict[str, int] | None = None) -> dict:
     """Frozen encoder, LayerNorm + linear head; every clip embedded once (no input augmentation), so the
     folds of a cross-validation share one encoder pass."""
+    fold_list = folds(task, store)
     t0 = time.perf_counter()
-    z_all = embed(encoder, store, np.arange(len(store)), cfg.pooling)
-    embed_s_per_clip = (time.perf_counter() - t0) / len(store)
+    used = np.unique(np.concatenate([np.concatenate([f.train, f.test] + ([f.valid] if f.valid is not None else []))
+                                     for f in fold_list]))
+    z_all = None if cfg.norm_stats == "task" else torch.zeros(len(store), pooled_dim(encoder, cfg.pooling))
+    if z_all is not None:
+        z_all[used] = embed(encoder, store, used, cfg.pooling)
+    embed_s_per_clip = (time.perf_counter() - t0) / max(1, len(used))
     results, speed = [], None
-    for name, train, test in folds(task, store):
-        z_train, z_test = z_all[train], z_all[test]
-        uncached_epoch_s = embed_s_per_clip * len(train)  # what every epoch would cost without the cache
-        y_train, y_test = targets(task, store, train), targets(task, store, test)
+    for fold in fold_list:
+        if z_all is None:  # the stats depend on the fold's training clips
+            s = _task_normalised(store, fold, cfg.norm_stats)
+            t0 = time.perf_counter()
+            z = torch.zeros(len(store), pooled_dim(encoder, cfg.pooling))
+            z[used] = embed(encoder, s, used, cfg.pooling)
+            embed_s_per_clip = (time.perf_counter() - t0) / max(1, len(used))
+        else:
+            z = z_all
+        uncached_epoch_s = embed_s_per_clip * len(fold.train)  # what every epoch would cost without the cache
+        y_train, y_test = targets(task, store, fold.train), targets(task, store, fold.test)
+        y_valid = targets(task, store, fold.valid) if fold.valid is not None else None
         torch.manual_seed(seed)
-        head = Head(z_train.shape[1], len(task.classes))
+        head = Head(z.shape[1], len(task.classes))
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         g = torch.Generator().manual_seed(seed)
+        z_train = z[fold.train]
+        best = None  # (valid score, epoch, state)
         t1 = time.perf_counter()
-        for _ in range(cfg.epochs):
-            for b in _batches(len(train), cfg.batch_size, g):
+        for epoch in range(1, cfg.epochs + 1):
+            for b in _batches(len(fold.train), cfg.batch_size, g):
                 loss = loss_fn(task, head(z_train[b]), y_train[b])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            if fold.valid is not None and (epoch % cfg.select_every == 0 or epoch == cfg.epochs):
+                with torch.no_grad():
+                    v = score(task, y_valid, head(z[fold.valid]))
+                if best is None or v > best[0]:
+                    best = (v, epoch, copy.deepcopy(head.state_dict()))
         cached_epoch_s = (time.perf_counter() - t1) / cfg.epochs
+        selection = {}
+        if best is not None:
+            head.load_state_dict(best[2])
+            selection = {"selected_epoch": best[1], "valid": round(best[0], 5)}
         with torch.no_grad():
-            results.append((name, score(task, y_test, head(z_test)), y_test, head(z_test), test))
+            logits = head(z[fold.test])
+        results.append((fold.name, score(task, y_test, logits), y_test, logits, fold.test, selection))
         speed = uncached_epoch_s / max(cached_epoch_s, 1e-9) if speed is None else speed
     return _summarise(task, store, results, {"embedding_cache_speedup": round(speed, 1)}, events)
 
@@ -181,65 +318,94 @@ def layer_decay_groups(encoder: Encoder, head: Head, lr: float, decay: float, we
     return groups
 
 
-def finetune(make_encoder, task: Task, store: FeatureStore, cfg: FinetuneConfig, seed: int, mixup: bool,
+def finetune(make_encoder, task: Task, store: TaskStore, cfg: FinetuneConfig, seed: int,
              events: dict[str, int] | None = None) -> dict:
-    """Whole network: layer-wise lr decay, drop path, mixup (soft labels), SpecAugment, roll; warm-up
-    then cosine to ``min_lr``; the model after the last epoch is evaluated."""
+    """Whole network: layer-wise lr decay, drop path, mixup (soft labels), SpecAugment, roll, noise,
+    optional class-balanced sampling; warm-up then cosine to ``min_lr``. Evaluated after the last epoch,
+    or, for ``train_valid_test``, at the epoch with the best validation score."""
     results = []
-    for name, train, test in folds(task, store):
+    for fold in folds(task, store):
+        data = _task_normalised(store, fold, cfg.norm_stats)
         encoder = make_encoder()
         encoder.set_drop_path(cfg.drop_path)
         torch.manual_seed(seed)
-        head = Head(encoder.dim, len(task.classes))
+        head = Head(pooled_dim(encoder, cfg.pooling), len(task.classes))
         groups = layer_decay_groups(encoder, head, cfg.lr, cfg.layer_decay, cfg.weight_decay)
-        opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
-        y_train, y_test = targets(task, store, train), targets(task, store, test)
-        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-        warm = max(1, int(0.1 * steps))
+        opt = torch.optim.AdamW(groups, betas=tuple(cfg.betas))
+        y_train, y_test = targets(task, store, fold.train), targets(task, store, fold.test)
+        weights = class_balanced_weights([store.labels[r] for r in fold.train], task.classes) if cfg.weighted_sampling else None
+        steps = cfg.epochs * math.ceil(len(fold.train) / cfg.batch_size)
+        warm = max(1, int(cfg.warmup_share * steps))
         g = torch.Generator().manual_seed(seed)
-        step = 0
-        for _ in range(cfg.epochs):
+        step, best = 0, None
+
+        def predict(rows: np.ndarray) -> torch.Tensor:
+            encoder.eval()
+            with torch.no_grad():
+                return torch.cat([head(pool(encoder, data.batch(rows[k : k + 64]), cfg.pooling)) for k in range(0, len(rows), 64)])
+
+        for epoch in range(1, cfg.epochs + 1):
             encoder.train()
-            for b in _batches(len(train), cfg.batch_size, g):
+            order = (torch.multinomial(weights, len(fold.train), replacement=True, generator=g) if weights is not None
+                     else torch.randperm(len(fold.train), generator=g))
+            for k in range(0, len(order), cfg.batch_size):
+                b = order[k : k + cfg.batch_size]
                 scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
                 for grp in opt.param_groups:
                     grp["lr"] = cfg.min_lr + (grp["base_lr"] - cfg.min_lr) * scale
-                x = store.batch(train[b.numpy()])
+                x = data.batch(fold.train[b.numpy()])
                 y = y_train[b]
                 if not task.multi_label:
                     y = F.one_hot(y, len(task.classes)).float()
-                if mixup and cfg.mixup_alpha > 0:
+                if cfg.mixup and cfg.mixup_alpha > 0:
                     lam, partner = A.draw_mixup(len(b), cfg.mixup_alpha, cfg.mixup_prob)
                     x, y = A.mixup(x, y, lam, partner)
                 if cfg.roll:
                     x = A.roll_time(x, torch.randint(0, x.shape[1], (len(b),), generator=g))
                 x = A.spec_augment(x, int(cfg.specaug_time * x.shape[1]), int(cfg.specaug_freq * x.shape[2]), g)
+                if cfg.noise_std > 0:
+                    x = A.add_noise(x, cfg.noise_std, g)
                 loss = loss_fn(task, head(pool(encoder, x, cfg.pooling)), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 step += 1
-        encoder.eval()
-        with torch.no_grad():
-            logits = torch.cat([head(pool(encoder, store.batch(test[k : k + 64]), cfg.pooling)) for k in range(0, len(test), 64)])
-        results.append((name, score(task, y_test, logits), y_test, logits, test))
+            if fold.valid is not None and (epoch % cfg.select_every == 0 or epoch == cfg.epochs):
+                v = score(task, targets(task, store, fold.valid), predict(fold.valid))
+                if best is None or v > best[0]:
+                    best = (v, epoch, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
+        selection = {}
+        if best is not None:
+            encoder.load_state_dict(best[2])
+            head.load_state_dict(best[3])
+            selection = {"selected_epoch": best[1], "valid": round(best[0], 5)}
+        logits = predict(fold.test)
+        results.append((fold.name, score(task, y_test, logits), y_test, logits, fold.test, selection))
     return _summarise(task, store, results, {}, events)
 
 
-def _summarise(task: Task, store: FeatureStore, results: list, extra: dict, events: dict[str, int] | None) -> dict:
+def _summarise(task: Task, store: TaskStore, results: list, extra: dict, events: dict[str, int] | None) -> dict:
     metric = "map" if task.multi_label else "accuracy"
     out = {metric: round(float(np.mean([r[1] for r in results])), 5), "folds": {r[0]: round(r[1], 5) for r in results}}
+    if task.min_labels > 1:
+        out["clips_kept"] = int(len(kept_rows(task, store)))
+        out["clips_dropped"] = int(len(store) - out["clips_kept"])
+    if results[0][5]:
+        out["selection"] = results[0][5]
     if task.multi_label and task.protocol == "train_eval":
-        _, _, y, logits, rows = results[0]
+        _, _, y, logits, rows, _ = results[0]
         if events is not None:
             per_clip = np.array([events.get(i, 0) for i in store.index["clip_id"].to_numpy()[rows]])
             out["polyphony"] = polyphony_breakdown(y.numpy(), torch.sigmoid(logits).numpy(), per_clip)
     return out | extra
 
 
-def distinct_events(strong_tsv: str | Path) -> dict[str, int] | None:
-    """Distinct events per clip from a task's strong labels; None when the task has none."""
+def distinct_events(strong_tsv: str | Path, segment_ids: bool = False) -> dict[str, int] | None:
+    """Distinct events per clip from strong labels; None when there are none. ``segment_ids``: the file
+    names segments as AudioSet does (``<ytid>_<start ms>``), keyed here by the clip id."""
     if not Path(strong_tsv).is_file():
         return None
     df = pd.read_csv(strong_tsv, sep="\t", dtype={"segment_id": str, "label": str})
+    if segment_ids:
+        df["segment_id"] = df["segment_id"].str.rsplit("_", n=1).str[0]
     return df.groupby("segment_id")["label"].nunique().to_dict()

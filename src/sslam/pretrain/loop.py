@@ -211,7 +211,8 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
 
     settings = StepSettings(clones=scfg.clone_batch or cfg.mask.clone_batch, mask_ratio=cfg.mask.ratio,
                             block=cfg.mask.block_size, adjust=cfg.mask.prob_adjust, top_k=scfg.top_k_layers,
-                            cls_weight=scfg.cls_loss_weight, cls_reduction=scfg.cls_loss_reduction)
+                            cls_weight=scfg.cls_loss_weight, cls_reduction=scfg.cls_loss_reduction,
+                            center=scfg.center_targets)
     if stage == "stage2":
         s2 = Stage2Settings(settings, scfg.variant, scfg.global_top_k_layers, scfg.global_unmixed, scfg.global_mixed,
                             cfg.srl.weight, cfg.srl.aggregation, cfg.mix.strategy, cfg.mix.partial,

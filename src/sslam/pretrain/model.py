@@ -47,6 +47,7 @@ class StepSettings:
     top_k: int
     cls_weight: float
     cls_reduction: str
+    center: bool = False  # per-position centring of the teacher targets (pretrain.<stage>.center_targets)
 
 
 def stage1_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: StepSettings, seed: int) -> dict[str, torch.Tensor]:
@@ -61,7 +62,7 @@ def stage1_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Step
     keep = visible_indices(mask)
     with torch.no_grad():  # the teacher sees each whole clip once, not once per clone
         _, layers = teacher(x.float(), return_layers=True)
-        y = layer_averaged_targets(layers, s.top_k)
+        y = layer_averaged_targets(layers, s.top_k, s.center)
         y_cls = cls_target(y).repeat_interleave(s.clones, dim=0)
         y = y.repeat_interleave(s.clones, dim=0)
     g_noise = torch.Generator(device=x.device).manual_seed(seed + 1)
@@ -155,8 +156,8 @@ def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stag
     keep = visible_indices(mask)
     with torch.no_grad():
         _, layers = teacher(inputs.float(), return_layers=True)
-        y = layer_averaged_targets(layers, s.base.top_k)
-        y_cls = cls_target(layer_averaged_targets(layers, s.global_top_k))
+        y = layer_averaged_targets(layers, s.base.top_k, s.base.center)
+        y_cls = cls_target(layer_averaged_targets(layers, s.global_top_k, s.base.center))
     g_noise = torch.Generator(device=x.device).manual_seed(seed + 1)
     cls, pred = student(inputs, keep, c, g_noise)
 
@@ -174,8 +175,9 @@ def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stag
     if s.variant == "sslam":
         mixed_tok = mixed_tp.to(x.device)[:, :, None].expand(b, gt, gf).reshape(b, gt * gf)
         with torch.no_grad():  # teacher pass 2: the partner, only its tokens that enter the mixture
-            _, layers2 = teacher(partner(x).float(), keep=visible_indices(~mixed_tok), return_layers=True)
-            t_part = layer_averaged_targets(layers2, s.base.top_k)
+            where = visible_indices(~mixed_tok)
+            _, layers2 = teacher(partner(x).float(), keep=where, return_layers=True)
+            t_part = layer_averaged_targets(layers2, s.base.top_k, s.base.center, where)
             target = srl_target(y[:b], t_part, mixed_tok, s.srl_aggregation)
         out["srl"] = patch_loss(pred[b * c :], rep(target), mask_b)
         total = total + s.srl_weight * out["srl"]
