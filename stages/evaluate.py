@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe,
                                cfg.evaluate.seed, events)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:  # a missing checkpoint, an empty split after filtering
             print(f"evaluate: {err}", file=sys.stderr)
             return 2
         out["encoders"][name] = res

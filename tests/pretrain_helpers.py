@@ -20,7 +20,7 @@ def tiny_setup(root: Path, steps: int = 12, checkpoint_every: int = 4) -> tuple[
         syn = SyntheticConfig.model_validate({"num_classes": 8, "clip_seconds": 1.0, "clips": {"unbalanced": 32, "balanced": 4, "eval": 4},
                                               "tasks": {"mono": {"num_classes": 2, "clips_per_class_per_fold": 1},
                                                         "keywords": {"num_classes": 2, "clips_per_class": {"train": 1, "valid": 1, "test": 1}},
-                                                        "urban": {"clips_train": 1, "clips_eval": 1},
+                                                        "urban": {"clips_train": 1, "clips_eval": 1}, "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
                                                         "poly": {"environments": ["square"], "clips_train": 2, "clips_eval": 2}}})
         generate_corpus(syn, corpus, 16000)
         build_features(corpus, feats, FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)

@@ -175,3 +175,29 @@ def test_ablation_tables_pick_runs_that_differ_only_in_their_keys():
     md = render(runs, base)
     assert "| exp-avg | average | 40.0 |" in md and "| workspace | max | 50.0 |" in md
     assert "dvc exp run -S srl.aggregation=<value>" in md
+
+
+def test_as2m_setting_trains_on_balanced_and_unbalanced(tiny):
+    from sslam.config import TaskConfig
+    from sslam.downstream.evaluate import folds, load_task
+    from sslam.features.dataset import FeatureStore, class_balanced_weights
+
+    cfg, feats = tiny
+    task, store = load_task(cfg.data.corpus_dir, "as2m", TaskConfig(data="audioset", train_splits=["balanced", "unbalanced"]), feats)
+    sizes = {s: len(FeatureStore(feats, s)) for s in ("balanced", "unbalanced", "eval")}
+    (fold,) = folds(task, store)
+    assert len(fold.train) == sizes["balanced"] + sizes["unbalanced"] and len(fold.test) == sizes["eval"]
+    assert sum(len(labs) > 0 for labs in (store.labels[i] for i in fold.train)) == len(fold.train)  # labels kept
+    w = class_balanced_weights([store.labels[r] for r in fold.train], task.classes)
+    assert w.shape == (len(fold.train),) and (w > 0).all()
+
+
+def test_warmup_cosine_schedule_by_hand():
+    from sslam.downstream.evaluate import warmup_cosine
+
+    lrs = [warmup_cosine(s, 10, 2, 1.0, 0.0) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0]  # warm-up reaches the peak at its last step
+    assert lrs[2] == pytest.approx(1.0) and lrs[6] == pytest.approx(0.5)  # half-way through the cosine
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert warmup_cosine(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)  # ends at min_lr
+    assert warmup_cosine(0, 10, 0, 1.0, 0.0) == pytest.approx(1.0)  # no warm-up: starts at the peak

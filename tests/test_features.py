@@ -125,7 +125,7 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     syn = SyntheticConfig.model_validate({"num_classes": 8, "clip_seconds": 2.0, "clips": {"unbalanced": 160, "balanced": 8, "eval": 8},
                                           "tasks": {"mono": {"num_classes": 2, "clips_per_class_per_fold": 1},
                                                     "keywords": {"num_classes": 2, "clips_per_class": {"train": 1, "valid": 1, "test": 1}},
-                                                    "urban": {"clips_train": 1, "clips_eval": 1},
+                                                    "urban": {"clips_train": 1, "clips_eval": 1}, "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
                                                     "poly": {"environments": ["square"], "clips_train": 4, "clips_eval": 2}}})
     generate_corpus(syn, corpus, SR)
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -65,7 +65,8 @@ def small_corpus(repo: Path, clip_seconds: float, poly_train: int, poly_eval: in
     syn["tasks"]["mono"].update(num_classes=4, clips_per_class_per_fold=1)
     syn["tasks"]["poly"].update(environments=["square"], clips_train=poly_train, clips_eval=poly_eval)
     syn["tasks"]["keywords"].update(num_classes=2, clips_per_class={"train": 2, "valid": 1, "test": 1})
-    syn["tasks"]["urban"].update(clips_train=poly_train, clips_eval=poly_eval, events_per_clip=[1, 3])
+    syn["tasks"]["urban"].update(clips_train=10, clips_eval=8, events_per_clip=[1, 5])  # 3 of 18 clips hold 2+ labels
+    syn["tasks"]["desed"].update(num_classes=4, clips_train=2, clips_eval=2)
     return params, syn
 
 
@@ -88,7 +89,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["download"]["params"]["params.yaml"]["download"]["synthetic"]["num_classes"] == 10
     metrics = yaml.safe_load((repo / "metrics" / "download.json").read_text())
-    assert metrics["num_clips"] == 60 + 4 * 5 + 15 + 2 * 4 + 15
+    assert metrics["num_clips"] == 60 + 4 * 5 + 15 + 2 * 4 + 18 + 4
     assert len(list((repo / "data" / "corpus").rglob("*.flac"))) == metrics["num_clips"]
     pre = yaml.safe_load((repo / "metrics" / "pretrain_stage1.json").read_text())
     assert pre["steps"] == 10 and pre["loss_curve"]["logged_steps"] == 10
@@ -103,7 +104,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert kws["protocol"] == "train_valid_test" and kws["recipe"]["select_every"] == 10
     assert all(1 <= e["selection"]["selected_epoch"] <= 5 for e in kws["encoders"].values())
     urban = json.loads((repo / "metrics" / "eval" / "urban_linear.json").read_text())["encoders"]["stage2"]
-    assert urban["clips_kept"] + urban["clips_dropped"] == 15 and urban["clips_dropped"] > 0
+    assert urban["clips_kept"] + urban["clips_dropped"] == 18 and urban["clips_dropped"] > 0
     as20k = json.loads((repo / "metrics" / "eval" / "as20k_linear.json").read_text())
     assert as20k["data"] == "audioset" and 0.0 < as20k["encoders"]["stage2"]["map"] <= 1.0
     report = (repo / "metrics" / "report.md").read_text()

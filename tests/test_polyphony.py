@@ -111,7 +111,7 @@ def test_synthetic_truth_is_recovered_by_keep_specific(tmp_path):
     from sslam.data.synthetic import generate_corpus
 
     cfg = SyntheticConfig.model_validate({"clips": {"unbalanced": 60, "balanced": 30, "eval": 30},
-                                          "tasks": {"mono": {"clips_per_class_per_fold": 1}, "urban": {"clips_train": 1, "clips_eval": 1},
+                                          "tasks": {"mono": {"clips_per_class_per_fold": 1}, "urban": {"clips_train": 1, "clips_eval": 1}, "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
                                                     "keywords": {"clips_per_class": {"train": 1, "valid": 1, "test": 1}}, "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1}}})
     generate_corpus(cfg, tmp_path, 16000)
     res = analyse_folder(tmp_path, [1, 4])

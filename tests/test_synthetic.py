@@ -28,7 +28,10 @@ def small_config(**overrides) -> SyntheticConfig:
         clip_seconds=2.0,
         clips={"unbalanced": 30, "balanced": 24, "eval": 24},
         tasks={"mono": {"num_classes": 6, "clips_per_class_per_fold": 2},
-               "poly": {"environments": ["square", "park"], "clips_train": 40, "clips_eval": 10, "events_per_clip": [2, 5]}},
+               "poly": {"environments": ["square", "park"], "clips_train": 40, "clips_eval": 10, "events_per_clip": [2, 5]},
+               "keywords": {"num_classes": 4, "clips_per_class": {"train": 3, "valid": 2, "test": 1}},
+               "urban": {"clips_train": 20, "clips_eval": 10, "events_per_clip": [1, 4]},
+               "desed": {"num_classes": 5, "clips_train": 10, "clips_eval": 6, "events_per_clip": [1, 3]}},
     )
     base.update(overrides)
     return SyntheticConfig.model_validate(base)
@@ -181,3 +184,22 @@ def test_task_sets(corpus):
         counts = strong["label"].value_counts(normalize=True)
         dists.append(counts.reindex(build_catalogue(12).leaf_ids, fill_value=0.0).to_numpy())
     assert 0.5 * np.abs(dists[0] - dists[1]).sum() > 0.25  # environments differ in what they hold
+
+    cat = build_catalogue(12)
+    kws = json.loads((out / "tasks" / "keywords" / "task.json").read_text())
+    assert (kws["kind"], kws["protocol"], kws["splits"]) == ("single_label", "train_valid_test", ["train", "valid", "test"])
+    assert kws["classes"] == list(cat.leaf_ids[-4:]) and not set(kws["classes"]) & set(mono["classes"])
+    m = read_manifest(out / "tasks" / "keywords" / "manifest.csv")
+    assert Counter(m["split"]) == {"train": 12, "valid": 8, "test": 4}
+    strong = fmt.read_strong_labels(out / "tasks" / "keywords" / "strong.tsv")
+    dur = strong["end_time_seconds"] - strong["start_time_seconds"]
+    assert len(strong) == 24 and dur.between(0.25 - 1e-3, 0.6 + 1e-3).all()  # one short event per clip
+
+    urban = read_manifest(out / "tasks" / "urban" / "manifest.csv")
+    n_labels = urban["labels"].map(len)
+    assert Counter(urban["split"]) == {"train": 20, "eval": 10} and (n_labels == 1).any() and (n_labels > 1).any()
+
+    desed = json.loads((out / "tasks" / "desed" / "task.json").read_text())
+    assert len(desed["classes"]) == 5 and desed["protocol"] == "train_eval"
+    d = read_manifest(out / "tasks" / "desed" / "manifest.csv")
+    assert set().union(*d["labels"]) <= set(desed["classes"]) and Counter(d["split"]) == {"train": 10, "eval": 6}

@@ -38,6 +38,12 @@ def _check_range(name: str, pair: list[int] | list[float]) -> None:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")
 
 
+def _check_events(pair: list[int]) -> None:
+    _check_range("events_per_clip", pair)
+    if pair[0] < 1:
+        raise ValueError("events_per_clip must start at 1 or more")
+
+
 # ----------------------------------------------------------------------------- data / download
 
 
@@ -57,17 +63,24 @@ class MonoTaskConfig(Section):
     clips_per_class_per_fold: Positive = 4
 
 
-class PolyTaskConfig(Section):
-    environments: Annotated[list[Name], Field(min_length=1)] = ["square", "park", "street"]
+class SoundscapeConfig(Section):
+    """Sizes and polyphony of a soundscape task: ``train`` and ``eval`` clips, events per clip."""
+
     clips_train: Positive = 60
     clips_eval: Positive = 40
     events_per_clip: Pair = [2, 8]
 
     @model_validator(mode="after")
+    def _check_events(self) -> "SoundscapeConfig":
+        _check_events(self.events_per_clip)
+        return self
+
+
+class PolyTaskConfig(SoundscapeConfig):
+    environments: Annotated[list[Name], Field(min_length=1)] = ["square", "park", "street"]
+
+    @model_validator(mode="after")
     def _check(self) -> "PolyTaskConfig":
-        _check_range("events_per_clip", self.events_per_clip)
-        if self.events_per_clip[0] < 1:
-            raise ValueError("events_per_clip must start at 1 or more")
         if len(set(self.environments)) != len(self.environments):
             raise ValueError(f"environments must be unique, got {self.environments}")
         if "mono" in self.environments:
@@ -92,20 +105,19 @@ class KeywordsTaskConfig(Section):
         return self
 
 
-class UrbanTaskConfig(Section):
+class UrbanTaskConfig(SoundscapeConfig):
     """URBAN-SED analogue: street soundscapes where some clips hold a single class; the task keeps
     only clips with more than one label (``tasks.urban.min_labels: 2``), as the paper's protocol."""
 
-    clips_train: Positive = 60
-    clips_eval: Positive = 40
     events_per_clip: Pair = [1, 4]
 
-    @model_validator(mode="after")
-    def _check(self) -> "UrbanTaskConfig":
-        _check_range("events_per_clip", self.events_per_clip)
-        if self.events_per_clip[0] < 1:
-            raise ValueError("events_per_clip must start at 1 or more")
-        return self
+
+class DesedTaskConfig(SoundscapeConfig):
+    """IDMT-DESED-FL analogue: Scaper-style soundscapes over a small class set of their own (DESED's
+    10 domestic classes), every clip polyphonic or not as drawn; mAP on ``eval``."""
+
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    events_per_clip: Pair = [1, 5]
 
 
 class SyntheticTasksConfig(Section):
@@ -113,10 +125,11 @@ class SyntheticTasksConfig(Section):
     keywords: KeywordsTaskConfig = KeywordsTaskConfig()
     poly: PolyTaskConfig = PolyTaskConfig()
     urban: UrbanTaskConfig = UrbanTaskConfig()
+    desed: DesedTaskConfig = DesedTaskConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticTasksConfig":
-        taken = {"mono", "keywords", "urban"} & set(self.poly.environments)
+        taken = {"mono", "keywords", "urban", "desed"} & set(self.poly.environments)
         if taken:
             raise ValueError(f"poly.environments {sorted(taken)} clash with the names of other synthetic tasks")
         return self
@@ -134,10 +147,8 @@ class SyntheticConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticConfig":
-        _check_range("events_per_clip", self.events_per_clip)
-        if self.events_per_clip[0] < 1:
-            raise ValueError("events_per_clip must start at 1 or more")
-        for name in ("mono", "keywords"):
+        _check_events(self.events_per_clip)
+        for name in ("mono", "keywords", "desed"):
             k = getattr(self.tasks, name).num_classes
             if k > self.num_classes:
                 raise ValueError(f"tasks.{name}.num_classes ({k}) exceeds num_classes ({self.num_classes})")
@@ -360,9 +371,15 @@ class FinetuneConfig(Section):
 
 
 class LinearEvalConfig(Section):
+    """The linear-evaluation recipe (paper Table 8: AdamW, cosine, warm-up); per task: ``tasks.<name>.linear``."""
+
     epochs: Positive = 30
     batch_size: Positive = 32
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
+    schedule: Literal["cosine", "constant"] = "cosine"  # cosine: linear warm-up, then cosine to min_lr
+    warmup_epochs: NonNegative = 0
+    betas: FloatPair = [0.9, 0.95]
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     norm_stats: Literal["pretrain", "task"] = "pretrain"
     select_every: Positive = 10  # epochs between validation checks (train_valid_test tasks)

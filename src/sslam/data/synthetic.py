@@ -30,6 +30,7 @@ YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-
 MONO_TASK = "mono"
 KEYWORDS_TASK = "keywords"
 URBAN_TASK = "urban"
+DESED_TASK = "desed"
 NUM_FOLDS = 5
 
 
@@ -196,11 +197,12 @@ def plan_keywords_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str])
 
 
 def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set[str],
-                   sizes: tuple[int, int] | None = None, events_per_clip: Sequence[int] | None = None) -> list[ClipPlan]:
+                   sizes: tuple[int, int] | None = None, events_per_clip: Sequence[int] | None = None,
+                   classes: Sequence[str] | None = None) -> list[ClipPlan]:
     """SPASS-like soundscape: the environment has its own skewed class prior; labels are event classes.
-    ``sizes`` (train, eval) and ``events_per_clip`` default to ``tasks.poly``'s."""
+    ``sizes`` (train, eval), ``events_per_clip`` and ``classes`` default to ``tasks.poly``'s and all leaves."""
     t = cfg.tasks.poly
-    classes = list(cat.leaf_ids)
+    classes = list(classes or cat.leaf_ids)
     prior = _class_prior(cfg.seed, env, len(classes), concentration=0.5)
     lo, hi = events_per_clip or t.events_per_clip
     n_train, n_eval = sizes or (t.clips_train, t.clips_eval)
@@ -220,6 +222,13 @@ def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set
             )
             i += 1
     return plans
+
+
+def desed_class_subset(cat: Catalogue, n: int) -> list[str]:
+    """Every other leaf, starting from the second, so the subset spans the sound families (as DESED's
+    classes span speech, appliances, animals and water) and differs from the mono task's prefix."""
+    picked = list(cat.leaf_ids[1::2])[:n]
+    return picked + [c for c in cat.leaf_ids if c not in picked][: n - len(picked)]
 
 
 def _unique_ytid(rng: np.random.Generator, used: set[str]) -> str:
@@ -290,6 +299,10 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
         tasks[env] = (plan_poly_task(cfg, cat, env, used), cat.leaf_ids, "multi_label", "train_eval")
     tasks[URBAN_TASK] = (plan_poly_task(cfg, cat, URBAN_TASK, used, (u.clips_train, u.clips_eval), u.events_per_clip),
                          cat.leaf_ids, "multi_label", "train_eval")
+    d = cfg.tasks.desed
+    desed_classes = desed_class_subset(cat, d.num_classes)
+    tasks[DESED_TASK] = (plan_poly_task(cfg, cat, DESED_TASK, used, (d.clips_train, d.clips_eval), d.events_per_clip,
+                                        desed_classes), desed_classes, "multi_label", "train_eval")
     for name, (plans, classes, kind, protocol) in tasks.items():
         all_plans += plans
         task_dir = out_dir / "tasks" / name

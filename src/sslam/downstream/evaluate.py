@@ -229,6 +229,14 @@ def folds(task: Task, store: TaskStore) -> list[Fold]:
     return out
 
 
+def warmup_cosine(step: int, total: int, warmup: int, base: float, min_lr: float) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine down to ``min_lr`` at ``total``."""
+    if step < warmup:
+        return min_lr + (base - min_lr) * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def _batches(n: int, size: int, generator: torch.Generator | None = None):
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for k in range(0, n, size):
@@ -276,13 +284,18 @@ def linear_eval(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalC
         y_valid = targets(task, store, fold.valid) if fold.valid is not None else None
         torch.manual_seed(seed)
         head = Head(z.shape[1], len(task.classes))
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         g = torch.Generator().manual_seed(seed)
         z_train = z[fold.train]
-        best = None  # (valid score, epoch, state)
+        per_epoch = math.ceil(len(fold.train) / cfg.batch_size)
+        step, best = 0, None  # best: (valid score, epoch, state)
         t1 = time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
             for b in _batches(len(fold.train), cfg.batch_size, g):
+                if cfg.schedule == "cosine":
+                    for grp in opt.param_groups:
+                        grp["lr"] = warmup_cosine(step, cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch, cfg.lr, cfg.min_lr)
+                step += 1
                 loss = loss_fn(task, head(z_train[b]), y_train[b])
                 opt.zero_grad()
                 loss.backward()
@@ -350,9 +363,8 @@ def finetune(make_encoder, task: Task, store: TaskStore, cfg: FinetuneConfig, se
                      else torch.randperm(len(fold.train), generator=g))
             for k in range(0, len(order), cfg.batch_size):
                 b = order[k : k + cfg.batch_size]
-                scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
                 for grp in opt.param_groups:
-                    grp["lr"] = cfg.min_lr + (grp["base_lr"] - cfg.min_lr) * scale
+                    grp["lr"] = warmup_cosine(step, steps, warm, grp["base_lr"], cfg.min_lr)
                 x = data.batch(fold.train[b.numpy()])
                 y = y_train[b]
                 if not task.multi_label:
