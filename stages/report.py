@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
 
     m = Path(args.metrics_dir)
     configured = {(t, "linear") for t in cfg.tasks} | {(t, "finetune") for t in cfg.evaluate.finetune_tasks}
-    evals = {k: v for k, v in load_eval(m / "eval").items() if k in configured}
-    for stale in sorted(set(load_eval(m / "eval")) - configured):  # a task removed from params leaves its file
+    found = load_eval(m / "eval")
+    evals = {k: v for k, v in found.items() if k in configured}
+    for stale in sorted(set(found) - configured):  # a task removed from params leaves its file
         print(f"report: ignoring metrics/eval/{stale[0]}_{stale[1]}.json (not in tasks / evaluate.finetune_tasks)")
     settings = {"variant": cfg.pretrain.stage2.variant, "mix.strategy": cfg.mix.strategy, "mix.partial": cfg.mix.partial,
                 "mix.partial_mode": cfg.mix.partial_mode, "srl.aggregation": cfg.srl.aggregation}

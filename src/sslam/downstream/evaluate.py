@@ -262,23 +262,19 @@ def linear_eval(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalC
     """Frozen encoder, LayerNorm + linear head; every clip embedded once (no input augmentation), so the
     folds of a cross-validation share one encoder pass."""
     fold_list = folds(task, store)
-    t0 = time.perf_counter()
-    used = np.unique(np.concatenate([np.concatenate([f.train, f.test] + ([f.valid] if f.valid is not None else []))
-                                     for f in fold_list]))
-    z_all = None if cfg.norm_stats == "task" else torch.zeros(len(store), pooled_dim(encoder, cfg.pooling))
-    if z_all is not None:
-        z_all[used] = embed(encoder, store, used, cfg.pooling)
-    embed_s_per_clip = (time.perf_counter() - t0) / max(1, len(used))
+    used = np.unique(np.concatenate([r for f in fold_list for r in (f.train, f.test, f.valid) if r is not None]))
+
+    def embed_used(data: TaskStore) -> tuple[torch.Tensor, float]:
+        """Embeddings of every clip a fold uses (rows of ``store``), and the encoder's seconds per clip."""
+        t0 = time.perf_counter()
+        z = torch.zeros(len(store), pooled_dim(encoder, cfg.pooling))
+        z[used] = embed(encoder, data, used, cfg.pooling)
+        return z, (time.perf_counter() - t0) / max(1, len(used))
+
+    shared = embed_used(store) if cfg.norm_stats == "pretrain" else None  # task stats depend on the fold
     results, speed = [], None
     for fold in fold_list:
-        if z_all is None:  # the stats depend on the fold's training clips
-            s = _task_normalised(store, fold, cfg.norm_stats)
-            t0 = time.perf_counter()
-            z = torch.zeros(len(store), pooled_dim(encoder, cfg.pooling))
-            z[used] = embed(encoder, s, used, cfg.pooling)
-            embed_s_per_clip = (time.perf_counter() - t0) / max(1, len(used))
-        else:
-            z = z_all
+        z, embed_s_per_clip = shared or embed_used(_task_normalised(store, fold, cfg.norm_stats))
         uncached_epoch_s = embed_s_per_clip * len(fold.train)  # what every epoch would cost without the cache
         y_train, y_test = targets(task, store, fold.train), targets(task, store, fold.test)
         y_valid = targets(task, store, fold.valid) if fold.valid is not None else None
@@ -346,6 +342,7 @@ def finetune(make_encoder, task: Task, store: TaskStore, cfg: FinetuneConfig, se
         groups = layer_decay_groups(encoder, head, cfg.lr, cfg.layer_decay, cfg.weight_decay)
         opt = torch.optim.AdamW(groups, betas=tuple(cfg.betas))
         y_train, y_test = targets(task, store, fold.train), targets(task, store, fold.test)
+        y_valid = targets(task, store, fold.valid) if fold.valid is not None else None
         weights = class_balanced_weights([store.labels[r] for r in fold.train], task.classes) if cfg.weighted_sampling else None
         steps = cfg.epochs * math.ceil(len(fold.train) / cfg.batch_size)
         warm = max(1, int(cfg.warmup_share * steps))
@@ -383,7 +380,7 @@ def finetune(make_encoder, task: Task, store: TaskStore, cfg: FinetuneConfig, se
                 opt.step()
                 step += 1
             if fold.valid is not None and (epoch % cfg.select_every == 0 or epoch == cfg.epochs):
-                v = score(task, targets(task, store, fold.valid), predict(fold.valid))
+                v = score(task, y_valid, predict(fold.valid))
                 if best is None or v > best[0]:
                     best = (v, epoch, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
         selection = {}
