@@ -41,6 +41,7 @@ def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 
     from sslam.features.dataset import FeatureStore
     from sslam.pretrain.diagnostics import target_diagnostics
     from sslam.pretrain.model import Student, make_teacher
+    from sslam.pretrain.targets import PositionCentring
 
     store = FeatureStore(features, cfg.pretrain.train_set)
     x = store.batch(np.arange(min(clips, len(store))))
@@ -49,9 +50,12 @@ def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 
     teacher = make_teacher(student)
     teacher.load_state_dict(load_file(final / "teacher.safetensors"))
     scfg = getattr(cfg.pretrain, stage)
+    centring = PositionCentring(scfg.center_targets, scfg.center_momentum)
+    if (final / "centring.safetensors").is_file():
+        centring.load_state_dict(load_file(final / "centring.safetensors"))
     with torch.random.fork_rng():
         return target_diagnostics(student, teacher, x, scfg.top_k_layers, cfg.mask.ratio, cfg.mask.block_size,
-                                  cfg.mask.prob_adjust, seed=cfg.pretrain.seed, center_targets=scfg.center_targets)
+                                  cfg.mask.prob_adjust, seed=cfg.pretrain.seed, centring=centring)
 
 
 def main(argv: list[str] | None = None) -> int:

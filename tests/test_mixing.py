@@ -75,14 +75,14 @@ def test_waveform_mixing_equals_fbank_of_the_averaged_waveform():
     n = 400 + 63 * 160
     waves = torch.randn(2, n) * 0.1
     fm = torch.ones(2, 64, dtype=torch.bool)
-    got = M.mix_waveforms(waves, fm, 160, -5.0, 3.0, 16000, 128, 64)
+    got = M.mix_waveforms(waves, torch.tensor([n, n]), fm, 160, -5.0, 3.0, 16000, 128, 64)
     for i in range(2):
         avg = 0.5 * (waves[i] + waves[1 - i])
         fb = torchaudio.compliance.kaldi.fbank((avg - avg.mean())[None], htk_compat=True, sample_frequency=16000,
                                                use_energy=False, window_type="hanning", num_mel_bins=128,
                                                dither=0.0, frame_shift=10)
         assert torch.allclose(got[i], (fb - -5.0) / 6.0, atol=1e-4)
-    none = M.mix_waveforms(waves, torch.zeros(2, 64, dtype=torch.bool), 160, 0.0, 1.0, 16000, 128, 64)
+    none = M.mix_waveforms(waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 160, 0.0, 1.0, 16000, 128, 64)
     assert not torch.allclose(none, got)
 
 

@@ -59,7 +59,69 @@ def test_relations_within_levels(graph):
 )
 def test_each_rule_on_hand_made_clips(graph, labels, level, expected):
     for rule in RULES:
-        assert count(graph, labels, level, rule) == expected[rule], rule
+        # no abstract node in this ontology: the concrete reading is drop_both itself
+        want = expected["drop_both" if rule == "drop_both_concrete" else rule]
+        assert count(graph, labels, level, rule) == want, rule
+
+
+#   music ─ genre (abstract) ─ rock          animal ─ dog ─ bark
+#         │                  └ jazz
+#         └ guitar
+ABSTRACT_EDGES = {
+    "music": ["genre", "guitar"], "genre": ["rock", "jazz"], "rock": [], "jazz": [], "guitar": [],
+    "animal": ["dog"], "dog": ["bark"], "bark": [],
+}
+
+
+@pytest.fixture(scope="module")
+def abstract_graph() -> OntologyGraph:
+    return OntologyGraph.from_nodes([OntologyNode(id=k, name=k, child_ids=v, restrictions=["abstract"] if k == "genre" else [])
+                                     for k, v in ABSTRACT_EDGES.items()])
+
+
+def test_concrete_hierarchy_leaves_abstract_nodes_out(abstract_graph):
+    assert abstract_graph.abstract == {"genre"}
+    concrete = abstract_graph.concrete()
+    assert abstract_graph.ancestors_within("rock", 2) == {"genre", "music"}
+    assert concrete.ancestors_within("rock", 9) == set() and concrete.descendants_within("music", 9) == {"guitar"}
+    assert concrete.ancestors_within("genre", 9) == set() and concrete.descendants_within("genre", 9) == set()
+    assert concrete.ancestors_within("bark", 2) == {"dog", "animal"}  # a concrete chain is untouched
+
+
+# distinct events at L = 1, 2, 3: (drop_both, drop_both_concrete), counted by hand
+ABSTRACT_CLIPS = [
+    # music and rock are two steps apart through the abstract genre: related from L=2 only under
+    # drop_both, never under the concrete reading
+    (["music", "rock"], (2, 0, 0), (2, 2, 2)),
+    # music-guitar is a concrete pair at L=1 (both dropped); rock survives unless linked through genre
+    (["music", "guitar", "rock"], (1, 0, 0), (1, 1, 1)),
+    # a concrete chain counts steps the same way under both readings
+    (["animal", "bark"], (2, 0, 0), (2, 0, 0)),
+    (["animal", "dog", "bark"], (0, 0, 0), (0, 0, 0)),
+    # siblings under the abstract node: unrelated in both
+    (["rock", "jazz"], (2, 2, 2), (2, 2, 2)),
+    # an abstract label present is related to nothing under the concrete reading
+    (["genre", "rock", "music"], (0, 0, 0), (3, 3, 3)),
+    (["bark", "rock"], (2, 2, 2), (2, 2, 2)),
+    (["dog", "bark", "music", "rock"], (2, 0, 0), (2, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("labels,drop_both,concrete", ABSTRACT_CLIPS)
+def test_drop_both_concrete_by_hand(abstract_graph, labels, drop_both, concrete):
+    for level in (1, 2, 3):
+        assert count(abstract_graph, labels, level, "drop_both") == drop_both[level - 1], level
+        assert count(abstract_graph, labels, level, "drop_both_concrete") == concrete[level - 1], level
+
+
+def test_drop_both_concrete_polyphonic_percent(abstract_graph):
+    clips = [c[0] for c in ABSTRACT_CLIPS]
+    res = analyse(clips, abstract_graph, [1, 2, 3], ["drop_both", "drop_both_concrete"])
+    # polyphonic (>= 2 events) by hand, clips 1..8. drop_both: L=1 clips 1,3,5,7,8; L>=2 clips 5,7
+    assert res.percent["drop_both"] == {1: 62.5, 2: 25.0, 3: 25.0}
+    # drop_both_concrete: L=1 clips 1,3,5,6,7,8; L>=2 clips 1,5,6,7,8
+    assert res.percent["drop_both_concrete"] == {1: 75.0, 2: 62.5, 3: 62.5}
+    assert res.histogram["drop_both_concrete"][2] == {0: 2, 1: 1, 2: 4, 3: 1}
 
 
 def test_every_rule_is_independent_of_label_order(graph):
@@ -88,11 +150,16 @@ def test_real_audioset_figures(shared_audioset):
     assert res["balanced"]["clips"] == 22160 and res["eval"]["clips"] == 20371
     assert res["balanced"]["percent"]["components"] == {"1": 62.0, "2": 53.97, "3": 49.77, "4": 48.46}
     assert res["eval"]["percent"]["drop_both"] == {"1": 54.97, "2": 44.44, "3": 39.88, "4": 38.7}
+    assert res["balanced"]["percent"]["drop_both_concrete"] == {"1": 53.89, "2": 50.92, "3": 49.04, "4": 47.65}
+    assert res["eval"]["percent"]["drop_both_concrete"] == {"1": 54.97, "2": 51.56, "3": 49.67, "4": 48.49}
     for split in ("balanced", "eval"):
         for rule in RULES:
             p = res[split]["percent"][rule]
             assert p["1"] >= p["2"] >= p["3"] >= p["4"]  # deeper levels merge more labels
         assert res[split]["percent"]["drop_both"]["1"] <= res[split]["percent"]["components"]["1"] <= res[split]["percent"]["keep_specific"]["1"]
+        # no clip holds an abstract label, and at L=1 a related pair is a direct edge between two
+        # present (concrete) labels: the concrete reading differs from drop_both only from L=2
+        assert res[split]["percent"]["drop_both_concrete"]["1"] == res[split]["percent"]["drop_both"]["1"]
     # an independent count for one cell: clips whose labels hold >= 2 labels with no parent/child pair at L=1
     graph = OntologyGraph.from_nodes(read_ontology(shared_audioset / "ontology.json"))
     segs = read_segments_csv(shared_audioset / "eval_segments.csv")

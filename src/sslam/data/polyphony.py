@@ -13,6 +13,12 @@ admits several readings, all offered here and all independent of label order:
   in the clip; the most general labels remain.
 - ``keep_specific``: one way, toward descendants: a label is removed when one of its descendants within
   L is in the clip; the most specific labels remain.
+- ``drop_both_concrete``: ``drop_both`` over the concrete hierarchy only. AudioSet marks some nodes
+  ``abstract`` (e.g. "Music genre", "Human voice"): grouping nodes that are never used as labels. Here
+  they are left out of the hierarchy entirely, with their edges: no path passes through an abstract
+  node, so with A -> X (abstract) -> B, A and B are unrelated at every L, while a chain A -> B -> C of
+  concrete nodes counts steps exactly as before. An abstract label present in a clip (the published
+  AudioSet lists hold none) is related to nothing, so it counts as a distinct event of its own.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from typing import Iterable, Literal, Sequence
 
 from sslam.data.audioset_format import SPLIT_FILES, OntologyNode, read_ontology, read_segments_csv, read_strong_labels
 
-Rule = Literal["components", "drop_both", "keep_general", "keep_specific"]
-RULES: tuple[Rule, ...] = ("components", "drop_both", "keep_general", "keep_specific")
+Rule = Literal["components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete"]
+RULES: tuple[Rule, ...] = ("components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete")
 # Figure 3 of the paper (AS-2M, its own copy): % of clips with >= 2 distinct events for L = 1..4
 PAPER_PERCENT = {1: 42.5, 2: 37.8, 3: 36.4, 4: 35.6}
 
@@ -34,6 +40,7 @@ PAPER_PERCENT = {1: 42.5, 2: 37.8, 3: 36.4, 4: 35.6}
 class OntologyGraph:
     parents: dict[str, tuple[str, ...]]
     children: dict[str, tuple[str, ...]]
+    abstract: frozenset[str] = frozenset()  # nodes whose restrictions hold "abstract"
 
     @classmethod
     def from_nodes(cls, nodes: Iterable[OntologyNode]) -> "OntologyGraph":
@@ -43,7 +50,18 @@ class OntologyGraph:
         for n in nodes:
             for c in n.child_ids:
                 parents[c].append(n.id)
-        return cls({k: tuple(v) for k, v in parents.items()}, children)
+        abstract = frozenset(n.id for n in nodes if "abstract" in n.restrictions)
+        return cls({k: tuple(v) for k, v in parents.items()}, children, abstract)
+
+    def concrete(self) -> "OntologyGraph":
+        """The same nodes with every edge to or from an abstract node removed: no path crosses one.
+        Abstract nodes stay as isolated nodes, so a clip holding one is still accepted."""
+        ab = self.abstract
+
+        def keep(edges: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+            return {k: () if k in ab else tuple(m for m in v if m not in ab) for k, v in edges.items()}
+
+        return OntologyGraph(keep(self.parents), keep(self.children), ab)
 
     def _within(self, start: str, level: int, step: dict[str, tuple[str, ...]]) -> frozenset[str]:
         seen: set[str] = set()
@@ -62,12 +80,15 @@ class OntologyGraph:
 
 
 class RelationIndex:
-    """Ancestors within L for every label, computed once per L (a clip's test is then set lookups)."""
+    """Ancestors within L for every label, computed once per L (a clip's test is then set lookups),
+    in the full hierarchy and, for ``drop_both_concrete``, in the one without abstract nodes."""
 
     def __init__(self, graph: OntologyGraph, level: int):
         self.level = level
         self.graph = graph
         self._anc: dict[str, frozenset[str]] = {}
+        self._concrete_graph: OntologyGraph | None = None
+        self._concrete_anc: dict[str, frozenset[str]] = {}
 
     def ancestors(self, label: str) -> frozenset[str]:
         a = self._anc.get(label)
@@ -77,10 +98,29 @@ class RelationIndex:
             a = self._anc[label] = self.graph.ancestors_within(label, self.level)
         return a
 
+    def concrete_ancestors(self, label: str) -> frozenset[str]:
+        """Ancestors within L along paths through concrete nodes only (empty for an abstract label)."""
+        a = self._concrete_anc.get(label)
+        if a is None:
+            if label not in self.graph.parents:
+                raise KeyError(f"label {label!r} is not in the ontology")
+            if self._concrete_graph is None:
+                self._concrete_graph = self.graph.concrete()
+            a = self._concrete_anc[label] = self._concrete_graph.ancestors_within(label, self.level)
+        return a
+
 
 def distinct_events(labels: Sequence[str], index: RelationIndex, rule: Rule) -> int:
     """Number of distinct sound events a clip's labels stand for, under ``rule``."""
     present = set(labels)
+    if rule == "drop_both_concrete":
+        related = set()
+        for lab in present:
+            hit = index.concrete_ancestors(lab) & present
+            if hit:
+                related |= hit
+                related.add(lab)
+        return len(present - related)
     # related pairs (ancestor, descendant) present in the clip
     pairs = [(a, lab) for lab in present for a in index.ancestors(lab) & present]
     if rule == "components":

@@ -68,8 +68,14 @@ class FeatureStore:
         return x.sub_(self.mean).div_(2.0 * self.std)
 
     def waves(self, indices: Sequence[int]) -> torch.Tensor:
-        """(B, samples) float32 waveforms of many clips."""
+        """(B, samples) float32 waveforms of many clips, zero-padded at the end like the stored fbanks."""
         return torch.stack([self.waveform(int(i)) for i in indices])
+
+    def wave_lengths(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B,) valid samples of each stored waveform (the rest is padding)."""
+        if "samples" not in self.index:
+            raise ValueError(f"{self.set_dir}/index.csv has no 'samples' column: an older cache; rerun the features stage")
+        return torch.as_tensor(self.index["samples"].to_numpy()[np.asarray(indices, dtype=np.int64)])
 
     def waveform(self, i: int) -> torch.Tensor:
         """The stored waveform as float32 in [-1, 1), for waveform-domain mixing."""

@@ -6,7 +6,8 @@ Layout under ``features_dir`` (one folder per clip set: each AudioSet split and 
     <set>/shard-00000.json   that shard's rows (clip_id, frames before padding, labels) and failures;
                              written last, so a shard counts as done only when both files exist
     <set>/wave-00000.npy     int16 (clips, samples): the waveforms, when ``store_waveforms``
-    <set>/index.csv          clip_id, split, shard, row, frames, labels: one row per cached clip
+    <set>/index.csv          clip_id, split, shard, row, frames, samples, labels: one row per cached clip
+                             (frames: valid log-mel frames; samples: valid waveform samples)
     <set>/failures.csv       clip_id, reason: clips that could not be decoded (never zero-filled)
     stats.json               mean and std over the valid frames of the statistics split (or pinned)
 
@@ -38,10 +39,11 @@ from tqdm import tqdm
 from sslam.config import FeaturesConfig
 from sslam.data.manifest import read_manifest
 from sslam.features.fbank import kaldi_fbank
-from sslam.features.stats import RunningStats
+from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
-INDEX_COLUMNS = ("clip_id", "split", "shard", "row", "frames", "labels")
+INDEX_COLUMNS = ("clip_id", "split", "shard", "row", "frames", "samples", "labels")
+INDEX_VERSION = "2"  # 2: the valid sample count of each stored waveform (waveform mixing pads like the store)
 
 
 def num_samples_for(frames: int, sample_rate: int, shift_ms: float, length_ms: float) -> int:
@@ -110,12 +112,13 @@ def _compute_shard(job: ShardJob) -> dict:
             continue
         fb, frames = clip_features(pcm.astype(np.float32) / 32768.0, job.sample_rate, cfg)
         feats.append(fb.astype(np.float16))
-        stats = stats.merge(RunningStats.of(fb[:frames]))
+        stats = stats.merge(clip_stats(fb, frames))  # valid frames only: the rule TaskStore.train_stats shares
         if cfg.store_waveforms:
             w = np.zeros(n_samples, dtype=np.int16)
             w[: min(n_samples, len(pcm))] = pcm[:n_samples]
             waves.append(w)
-        rows.append({"clip_id": clip_id, "split": split, "row": len(rows), "frames": frames, "labels": labels})
+        rows.append({"clip_id": clip_id, "split": split, "row": len(rows), "frames": frames,
+                     "samples": min(n_samples, len(pcm)), "labels": labels})
     shape = (0, cfg.target_frames, cfg.num_mel_bins)
     _save_npy(set_dir / f"shard-{job.shard:05d}.npy", np.stack(feats) if feats else np.zeros(shape, np.float16))
     if cfg.store_waveforms:
@@ -135,6 +138,7 @@ def _fingerprint(manifest: Path, cfg: FeaturesConfig, sample_rate: int) -> str:
     h = hashlib.sha256(manifest.read_bytes())
     h.update(json.dumps(cfg.model_dump(exclude={"norm_mean", "norm_std", "stats_split"}), sort_keys=True).encode())
     h.update(str(sample_rate).encode())
+    h.update(INDEX_VERSION.encode())
     return h.hexdigest()
 
 
@@ -230,7 +234,7 @@ def _write_index(set_dir: Path, metas: Sequence[dict]) -> None:
     fw.writerow(["clip_id", "reason"])
     for m in metas:
         for r in m["rows"]:
-            w.writerow([r["clip_id"], r["split"], m["shard"], r["row"], r["frames"], r["labels"]])
+            w.writerow([r["clip_id"], r["split"], m["shard"], r["row"], r["frames"], r["samples"], r["labels"]])
         fw.writerows(m["failures"])
     write_text_atomic(set_dir / "index.csv", buf.getvalue())
     write_text_atomic(set_dir / "failures.csv", fails.getvalue())

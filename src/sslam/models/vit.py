@@ -7,7 +7,9 @@ Reference details (EAT and SSLAM code, via ../shared/reference/sslam-eat-referen
 - a LayerNorm (eps 1e-6) on [CLS; tokens] before block 0; post-LN blocks
   ``x = x + attn(x); r = ln1(x); t = mlp(r); x = ln2(r + t)``; the layer target is ``t`` (the MLP
   output before the residual); no final norm;
-- Linear layers N(0, 0.02) with zero bias (BERT init); no dropout in pretraining.
+- Linear layers N(0, 0.02) with zero bias (BERT init); the patch conv's weight, seen as a
+  (D, patch * patch) matrix, xavier-uniform (``patch_init: xavier``, EAT) or PyTorch's Conv2d default
+  (``pytorch``: kaiming-uniform with a = sqrt(5), about 3x smaller at dim 128); no dropout in pretraining.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, patch: int = 16,
-                 frames: int = 1024, mel: int = 128):
+                 frames: int = 1024, mel: int = 128, patch_init: str = "xavier"):
         super().__init__()
         self.dim = dim
         self.patch_embed = PatchEmbed(dim, patch)
@@ -108,6 +110,11 @@ class Encoder(nn.Module):
         self.pre_norm = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.apply(_bert_init)
+        if patch_init == "xavier":  # EAT: the conv weight as a (D, 1 * patch * patch) matrix
+            w = self.patch_embed.proj.weight
+            nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
+        elif patch_init != "pytorch":
+            raise ValueError(f"model.patch_init must be 'xavier' or 'pytorch', got {patch_init!r}")
 
     def set_drop_path(self, rate: float) -> None:
         """Linearly increasing stochastic depth over the blocks, up to ``rate`` (fine-tuning)."""

@@ -3,13 +3,16 @@
 Masked latent bootstrapping regresses teacher features. When those features are mostly a function of
 the patch position (fixed sin-cos positions, a background that looks the same in every clip, a teacher
 that has barely moved from its initialisation), a predictor that knows only the position does well and
-the student learns little about the sound. These numbers make that visible after a run:
+the student learns little about the sound. These numbers make that visible after a run; all are
+losses per masked token on the same clips and masks:
 
-- ``position_only_loss``: the local loss of predicting, for each position, the mean target at that
-  position over the other half of the batch;
-- ``zero_loss``: the loss of predicting zeros (the targets' scale);
-- ``position_share`` = 1 - position_only / zero: the share of the target that position alone explains;
-- ``student_loss``: the student's local loss on the same clips and masks.
+- on the reference (uncentred) targets, whatever ``center_targets`` the run trained with:
+  ``position_only_loss`` (predict, at each position, the mean target there over the other half of the
+  batch), ``zero_loss`` (predict zeros: the targets' scale) and ``position_share`` = 1 - position_only
+  / zero, the share of the reference target that position alone explains;
+- on the targets the student was trained on (centred or not): ``student_loss``, beside
+  ``trained_position_only_loss`` and ``trained_zero_loss`` computed the same way. A student that
+  learned content scores below the position-only predictor of its own targets.
 """
 
 from __future__ import annotations
@@ -18,28 +21,39 @@ import torch
 
 from sslam.pretrain.losses import token_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
-from sslam.pretrain.targets import layer_averaged_targets
+from sslam.pretrain.targets import PositionCentring, average_top_layers, final_target
+
+
+def _position_only_and_zero(y: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Losses on the second half of the batch of predicting the first half's per-position mean, and zeros."""
+    half = y.shape[0] // 2
+    a, b = y[:half], y[half:]
+    by_position = a.mean(0, keepdim=True).expand_as(b)
+    m = mask[half:]
+    return float(token_loss(by_position, b)[m].mean()), float(token_loss(torch.zeros_like(b), b)[m].mean())
 
 
 @torch.no_grad()
 def target_diagnostics(student: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor, top_k: int,
                        mask_ratio: float, block: int, adjust: float, seed: int = 0,
-                       center_targets: bool = False) -> dict[str, float]:
+                       centring: PositionCentring | None = None) -> dict[str, float]:
+    """``centring``: how the run centred its targets (None: not at all); its running means are used as
+    they are, never updated here."""
     if x.shape[0] < 4:
         raise ValueError(f"target diagnostics need at least 4 clips, got {x.shape[0]}")
     student.eval()
     teacher.eval()
     _, layers = teacher(x.float(), return_layers=True)
-    y = layer_averaged_targets(layers, top_k, center=center_targets)
+    pre = average_top_layers(layers, top_k)
+    reference = final_target(pre)
+    trained = final_target(centring(pre, "local", update=False)) if centring is not None else reference
     g = torch.Generator().manual_seed(seed)
     mask = inverse_block_mask(x.shape[0], teacher.grid, mask_ratio, block, adjust, g).to(x.device)
     _, pred = student(x, visible_indices(mask), 1, torch.Generator(device=x.device).manual_seed(seed + 1))
     half = x.shape[0] // 2
-    a, b = slice(0, half), slice(half, None)
-    by_position = y[a].mean(0, keepdim=True).expand_as(y[b])
-    m = mask[b]
-    zero = token_loss(torch.zeros_like(y[b]), y[b])[m].mean()
-    pos = token_loss(by_position, y[b])[m].mean()
-    stu = token_loss(pred[b], y[b])[m].mean()
-    return {"student_loss": round(float(stu), 4), "position_only_loss": round(float(pos), 4),
-            "zero_loss": round(float(zero), 4), "position_share": round(float(1 - pos / zero), 4)}
+    pos, zero = _position_only_and_zero(reference, mask)
+    t_pos, t_zero = _position_only_and_zero(trained, mask)
+    stu = float(token_loss(pred[half:], trained[half:])[mask[half:]].mean())
+    return {"position_only_loss": round(pos, 4), "zero_loss": round(zero, 4),
+            "position_share": round(1 - pos / zero, 4), "student_loss": round(stu, 4),
+            "trained_position_only_loss": round(t_pos, 4), "trained_zero_loss": round(t_zero, 4)}

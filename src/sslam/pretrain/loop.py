@@ -28,6 +28,7 @@ from sslam.config import Config, StageConfig
 from sslam.features.dataset import FeatureStore, ShardedSampler
 from sslam.io import write_json_atomic
 from sslam.pretrain.ema import ema_decay, ema_update
+from sslam.pretrain.targets import PositionCentring
 from sslam.pretrain.model import (
     Stage2Settings,
     StepSettings,
@@ -96,7 +97,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, student: torch.nn.Module, teacher: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, meta: dict, keep: int) -> Path:
+                    optimizer: torch.optim.Optimizer, meta: dict, keep: int,
+                    centring: PositionCentring | None = None) -> Path:
     """Weights as safetensors, optimizer and RNG state as torch pickles; written to a temporary folder
     renamed into place, meta.json last, so a half-written checkpoint is never taken for one."""
     final = ckpt_dir / f"step-{step:07d}"
@@ -105,7 +107,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, student: torch.nn.Module, teacher
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, tmp / "student.safetensors")
     save_file({k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}, tmp / "teacher.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "train_state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "centring": centring.state_dict() if centring is not None else {}}, tmp / "train_state.pt")
     write_json_atomic(tmp / "meta.json", meta | {"step": step})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -115,13 +118,17 @@ def save_checkpoint(ckpt_dir: Path, step: int, student: torch.nn.Module, teacher
     return final
 
 
-def export_final(ckpt_dir: Path, student: torch.nn.Module, teacher: torch.nn.Module, meta: dict) -> None:
-    """``final/``: the weights later stages load (student encoder + decoder, and the EMA teacher)."""
+def export_final(ckpt_dir: Path, student: torch.nn.Module, teacher: torch.nn.Module, meta: dict,
+                 centring: PositionCentring | None = None) -> None:
+    """``final/``: the weights later stages load (student encoder + decoder, and the EMA teacher; with
+    ``center_targets: running`` also the running target means, for the diagnostics)."""
     tmp = ckpt_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, tmp / "student.safetensors")
     save_file({k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}, tmp / "teacher.safetensors")
+    if centring is not None and centring.means:
+        save_file(centring.state_dict(), tmp / "centring.safetensors")
     write_json_atomic(tmp / "meta.json", meta)
     shutil.rmtree(ckpt_dir / "final", ignore_errors=True)
     os.replace(tmp, ckpt_dir / "final")
@@ -183,6 +190,7 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
     optimizer = torch.optim.AdamW(param_groups(student, scfg.weight_decay, scfg.decay_all_params),
                                   lr=scfg.lr, betas=tuple(scfg.betas), eps=1e-8)
     fingerprint = _fingerprint(cfg, stage, init_from)
+    centring = PositionCentring(scfg.center_targets, scfg.center_momentum)  # stage 2 starts its own means
     start = 0
     if acc.is_main_process:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +208,7 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         teacher.load_state_dict(load_file(last / "teacher.safetensors"))
         state = torch.load(last / "train_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
+        centring.load_state_dict(state.get("centring", {}))
         start = json.loads((last / "meta.json").read_text())["step"]
         acc.print(f"resuming {stage} from {last} (step {start})")
     elif init_from is not None:
@@ -207,6 +216,7 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         teacher.load_state_dict(load_file(init_from / "teacher.safetensors"))
         acc.print(f"{stage} starts from {init_from}")
     teacher.to(acc.device)
+    centring.to(acc.device)
     student, optimizer = acc.prepare(student, optimizer)
 
     settings = StepSettings(clones=scfg.clone_batch or cfg.mask.clone_batch, mask_ratio=cfg.mask.ratio,
@@ -216,18 +226,20 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
     if stage == "stage2":
         s2 = Stage2Settings(settings, scfg.variant, scfg.global_top_k_layers, scfg.global_unmixed, scfg.global_mixed,
                             cfg.srl.weight, cfg.srl.aggregation, cfg.mix.strategy, cfg.mix.partial,
-                            cfg.mix.partial_mode, cfg.mix.mixed_fraction, cfg.model.patch_size)
+                            cfg.mix.partial_mode, cfg.mix.mixed_fraction, cfg.model.patch_size,
+                            srl_global=cfg.srl.global_loss)
         hop = int(cfg.data.sample_rate * cfg.features.frame_shift_ms / 1000)
 
         def step_losses(x, idx, seed):
             wave = None
             if s2.strategy == "waveform" and s2.variant != "mb_ua":
-                wave = WaveformInputs(store.waves(idx).to(acc.device), hop, store.mean, store.std,
-                                      cfg.data.sample_rate, cfg.features.num_mel_bins)
-            return stage2_losses(student, teacher, x, s2, seed, wave)
+                wave = WaveformInputs(store.waves(idx).to(acc.device), store.wave_lengths(idx), hop, store.mean,
+                                      store.std, cfg.data.sample_rate, cfg.features.num_mel_bins,
+                                      cfg.features.frame_length_ms)
+            return stage2_losses(student, teacher, x, s2, seed, wave, centring)
     else:
         def step_losses(x, idx, seed):
-            return stage1_losses(student, teacher, x, settings, seed)
+            return stage1_losses(student, teacher, x, settings, seed, centring)
     sampler = ShardedSampler(len(store), acc.process_index, acc.num_processes, seed=cfg.pretrain.seed)
     per_step = scfg.batch_size * scfg.grad_accum
     batches_per_epoch = len(sampler) // scfg.batch_size
@@ -304,13 +316,14 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
             acc.wait_for_everyone()
             if acc.is_main_process:
                 last_ckpt = str(save_checkpoint(ckpt_dir, done, acc.unwrap_model(student), teacher, optimizer,
-                                                {"fingerprint": fingerprint}, scfg.keep_checkpoints))
+                                                {"fingerprint": fingerprint}, scfg.keep_checkpoints, centring))
             acc.wait_for_everyone()
     seconds = time.perf_counter() - t_start
     if end == scfg.steps:
         acc.wait_for_everyone()
         if acc.is_main_process:
-            export_final(ckpt_dir, acc.unwrap_model(student), teacher, {"fingerprint": fingerprint, "step": end})
+            export_final(ckpt_dir, acc.unwrap_model(student), teacher, {"fingerprint": fingerprint, "step": end},
+                         centring)
     if end_hook is not None:  # on every rank: (student, teacher), e.g. to compare ranks in a test
         end_hook(acc.unwrap_model(student), teacher)
     if live is not None:

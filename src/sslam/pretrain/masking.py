@@ -49,7 +49,12 @@ def inverse_block_mask(num_masks: int, grid: tuple[int, int], mask_ratio: float,
 
 
 def visible_indices(mask: torch.Tensor) -> torch.Tensor:
-    """(B, K) sorted indices of the visible patches; K is the same for every row by construction."""
-    k = int((~mask[0]).sum())
+    """(B, K) sorted indices of the visible patches. Every row must keep the same number K of patches
+    (the masks of a batch pack into one tensor); unequal counts would silently misalign tokens."""
+    counts = (~mask).sum(dim=1)
+    if mask.shape[0] and not bool((counts == counts[0]).all()):
+        raise ValueError(f"visible_indices: every mask row must keep the same number of patches, got counts "
+                         f"{sorted(set(counts.tolist()))} over {mask.shape[0]} rows")
+    k = int(counts[0]) if mask.shape[0] else 0
     idx = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :k]
     return idx.sort(dim=1).values

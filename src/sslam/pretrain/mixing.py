@@ -96,10 +96,18 @@ def mix_spectrograms(x: torch.Tensor, frames_mixed: torch.Tensor, strategy: str)
     raise ValueError(f"mix_spectrograms handles 'max' and 'average', got {strategy!r}")
 
 
-def mix_waveforms(waves: torch.Tensor, frames_mixed: torch.Tensor, hop: int, mean: float, std: float,
-                  sample_rate: int, num_mel_bins: int, target_frames: int) -> torch.Tensor:
+def mix_waveforms(waves: torch.Tensor, lengths: torch.Tensor, frames_mixed: torch.Tensor, hop: int, mean: float,
+                  std: float, sample_rate: int, num_mel_bins: int, target_frames: int,
+                  frame_length_ms: float = 25.0) -> torch.Tensor:
     """``waveform`` strategy (Table 10): average the waveforms over the samples of the mixed frames, then
-    compute the normalised log-mel of each mixture (fbank on whatever device ``waves`` lives on)."""
+    compute the normalised log-mel of each mixture (fbank on whatever device ``waves`` lives on).
+
+    Each mixture is cut to its clip's own ``lengths`` (the partner is zero past its end) and its fbank
+    zero-padded to ``target_frames`` before normalising, exactly as the features stage stores a clip: a
+    mixture with no mixed frames is the stored clip again, and the waveform mean is never taken over
+    padding."""
+    from sslam.features.store import pad_or_crop
+
     b, n = waves.shape
     samples = frames_mixed.repeat_interleave(hop, dim=1)
     if samples.shape[1] < n:  # the tail beyond the last hop belongs to the last frame
@@ -107,8 +115,8 @@ def mix_waveforms(waves: torch.Tensor, frames_mixed: torch.Tensor, hop: int, mea
     samples = samples[:, :n].to(waves.device)
     mixed = torch.where(samples, 0.5 * (waves + partner(waves)), waves)
     out = []
-    for w in mixed:
-        fb = kaldi_fbank(w, sample_rate, num_mel_bins)
-        fb = torch.nn.functional.pad(fb, (0, 0, 0, max(0, target_frames - fb.shape[0])))[:target_frames]
+    for w, length in zip(mixed, lengths.tolist()):
+        fb = pad_or_crop(kaldi_fbank(w[: int(length)], sample_rate, num_mel_bins, 1000.0 * hop / sample_rate,
+                                     frame_length_ms), target_frames)
         out.append((fb - mean) / (2 * std))
     return torch.stack(out)

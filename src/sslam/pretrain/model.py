@@ -13,7 +13,7 @@ from sslam.models.decoder import CnnDecoder
 from sslam.models.vit import Encoder
 from sslam.pretrain.losses import cls_loss, patch_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
-from sslam.pretrain.targets import cls_target, layer_averaged_targets
+from sslam.pretrain.targets import PositionCentring, average_top_layers, cls_target, final_target
 
 
 class Student(nn.Module):
@@ -21,7 +21,8 @@ class Student(nn.Module):
         super().__init__()
         if cfg.encoder != "transformer":
             raise NotImplementedError(f"model.encoder {cfg.encoder!r}: only 'transformer' is built so far")
-        self.encoder = Encoder(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch_size, frames, mel)
+        self.encoder = Encoder(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch_size, frames, mel,
+                               cfg.patch_init)
         self.decoder = CnnDecoder(cfg.embed_dim, self.encoder.grid, cfg.decoder_layers, cfg.decoder_kernel,
                                   cfg.decoder_groups, fill=cfg.decoder_fill)
 
@@ -47,14 +48,17 @@ class StepSettings:
     top_k: int
     cls_weight: float
     cls_reduction: str
-    center: bool = False  # per-position centring of the teacher targets (pretrain.<stage>.center_targets)
+    center: str = "none"  # pretrain.<stage>.center_targets: none (reference) | batch | running
 
 
-def stage1_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: StepSettings, seed: int) -> dict[str, torch.Tensor]:
+def stage1_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: StepSettings, seed: int,
+                  centring: PositionCentring | None = None) -> dict[str, torch.Tensor]:
     """Masked latent bootstrapping (paper Section 3.1): local loss on masked patches, global on CLS.
 
     ``seed`` fixes this step's masks and decoder noise, so a resumed run repeats an uninterrupted one.
+    ``centring`` carries the running means of ``center_targets: running`` from step to step.
     """
+    centring = centring or PositionCentring(s.center)
     b = x.shape[0]
     grid = teacher.grid
     g_mask = torch.Generator().manual_seed(seed)
@@ -62,7 +66,7 @@ def stage1_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Step
     keep = visible_indices(mask)
     with torch.no_grad():  # the teacher sees each whole clip once, not once per clone
         _, layers = teacher(x.float(), return_layers=True)
-        y = layer_averaged_targets(layers, s.top_k, s.center)
+        y = final_target(centring(average_top_layers(layers, s.top_k), "local"))
         y_cls = cls_target(y).repeat_interleave(s.clones, dim=0)
         y = y.repeat_interleave(s.clones, dim=0)
     g_noise = torch.Generator(device=x.device).manual_seed(seed + 1)
@@ -91,6 +95,7 @@ class Stage2Settings:
     partial_mode: str
     mixed_fraction: float
     patch: int
+    srl_global: bool = False  # srl.global_loss: a CLS term of the SRL too (Table 5's last row)
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,13 @@ class WaveformInputs:
     """What the ``waveform`` strategy needs: the clips' waveforms and how to turn a mix into log-mel."""
 
     waves: torch.Tensor
+    lengths: torch.Tensor  # (B,) valid samples of each clip (the rest of ``waves`` is zero padding)
     hop: int
     mean: float
     std: float
     sample_rate: int
     num_mel_bins: int
+    frame_length_ms: float = 25.0
 
 
 def srl_target(own: torch.Tensor, partner_part: torch.Tensor, mixed_tokens: torch.Tensor, aggregation: str) -> torch.Tensor:
@@ -124,10 +131,24 @@ def srl_target(own: torch.Tensor, partner_part: torch.Tensor, mixed_tokens: torc
     return out.scatter(1, idx[:, :, None].expand(-1, -1, own.shape[2]), agg)
 
 
+def srl_cls_target(own_cls: torch.Tensor, partner_cls: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Global source retention target (Table 5, last row): the mixed clip's CLS should hold both
+    sources, so its target aggregates its own unmixed CLS target and the partner's CLS target (the mean
+    of the partner's teacher target over the tokens that enter the mixture)."""
+    if aggregation == "mean":
+        return 0.5 * (own_cls + partner_cls)
+    if aggregation == "max":
+        return torch.maximum(own_cls, partner_cls)
+    raise ValueError(f"srl.aggregation must be 'mean' or 'max', got {aggregation!r}")
+
+
 def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stage2Settings, seed: int,
-                  wave: WaveformInputs | None = None) -> dict[str, torch.Tensor]:
+                  wave: WaveformInputs | None = None, centring: PositionCentring | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Algorithm 1: unmixed batch B and its partial mixture B_m go through student and teacher together
-    (2B); the mixed clip i reuses clip i's masks; five losses, as ``variant`` selects."""
+    (2B); the mixed clip i reuses clip i's masks; five losses, as ``variant`` selects (six with the
+    global SRL term of Table 5). ``wave``: the clips' waveforms (and valid lengths) for waveform mixing."""
+    centring = centring or PositionCentring(s.base.center)
     from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mix_waveforms, mixed_time_patches, partner
 
     if s.variant not in VARIANTS:
@@ -146,8 +167,8 @@ def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stag
             if wave is None:
                 raise ValueError("mix.strategy 'waveform' needs the stored waveforms (features.store_waveforms: true)")
             fm = frames_mask(mixed_tp, s.patch, frames)
-            parts.append(mix_waveforms(wave.waves, fm, wave.hop, wave.mean, wave.std, wave.sample_rate,
-                                       wave.num_mel_bins, frames).to(x.dtype))
+            parts.append(mix_waveforms(wave.waves, wave.lengths, fm, wave.hop, wave.mean, wave.std,
+                                       wave.sample_rate, wave.num_mel_bins, frames, wave.frame_length_ms).to(x.dtype))
         else:
             parts.append(mix_spectrograms(x, frames_mask(mixed_tp, s.patch, frames), s.strategy))
     inputs = torch.cat(parts)
@@ -156,8 +177,8 @@ def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stag
     keep = visible_indices(mask)
     with torch.no_grad():
         _, layers = teacher(inputs.float(), return_layers=True)
-        y = layer_averaged_targets(layers, s.base.top_k, s.base.center)
-        y_cls = cls_target(layer_averaged_targets(layers, s.global_top_k, s.base.center))
+        y = final_target(centring(average_top_layers(layers, s.base.top_k), "local"))
+        y_cls = cls_target(final_target(centring(average_top_layers(layers, s.global_top_k), "global")))
     g_noise = torch.Generator(device=x.device).manual_seed(seed + 1)
     cls, pred = student(inputs, keep, c, g_noise)
 
@@ -177,10 +198,16 @@ def stage2_losses(student: nn.Module, teacher: Encoder, x: torch.Tensor, s: Stag
         with torch.no_grad():  # teacher pass 2: the partner, only its tokens that enter the mixture
             where = visible_indices(~mixed_tok)
             _, layers2 = teacher(partner(x).float(), keep=where, return_layers=True)
-            t_part = layer_averaged_targets(layers2, s.base.top_k, s.base.center, where)
+            t_part = final_target(centring(average_top_layers(layers2, s.base.top_k), "local", where))
             target = srl_target(y[:b], t_part, mixed_tok, s.srl_aggregation)
+            if s.srl_global:
+                part_cls = cls_target(final_target(centring(average_top_layers(layers2, s.global_top_k), "global", where)))
+                target_cls = srl_cls_target(y_cls[:b], part_cls, s.srl_aggregation)
         out["srl"] = patch_loss(pred[b * c :], rep(target), mask_b)
         total = total + s.srl_weight * out["srl"]
+        if s.srl_global:
+            out["global_srl"] = cls_loss(cls[b * c :], rep(target_cls), s.base.cls_reduction)
+            total = total + s.srl_weight * s.base.cls_weight * out["global_srl"]
     out["local"] = local
     out["loss"] = total
     return out
