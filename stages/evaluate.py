@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task not in cfg.tasks:
         print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
         return 2
-    from sslam.downstream.evaluate import build_encoder, distinct_events, finetune, linear_eval, load_task
+    from sslam.downstream.evaluate import WaveFeatures, build_encoder, distinct_events, finetune, linear_eval, load_task
     from sslam.io import write_json_atomic
 
     task_cfg = cfg.tasks[args.task]
@@ -43,16 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     linear = args.regime == "linear"
     recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
     encoders = cfg.evaluate.linear_encoders if linear else cfg.evaluate.finetune_encoders
+    wave = WaveFeatures(cfg.features, cfg.data.sample_rate)  # roll_domain: waveform recomputes the log-mel
     out = {"task": args.task, "regime": args.regime, "metric": task_cfg.metric, "protocol": task.protocol,
            "data": task_cfg.feature_set(args.task), "recipe": recipe.model_dump(), "encoders": {}}
     for name in encoders:
         t0 = time.perf_counter()
         try:
             if linear:
-                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe, cfg.evaluate.seed, events)
+                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe, cfg.evaluate.seed, events,
+                                  wave_features=wave)
             else:
                 res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe,
-                               cfg.evaluate.seed, events)
+                               cfg.evaluate.seed, events, wave_features=wave)
         except (FileNotFoundError, ValueError) as err:  # a missing checkpoint, an empty split after filtering
             print(f"evaluate: {err}", file=sys.stderr)
             return 2

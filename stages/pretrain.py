@@ -68,13 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-dir", default="metrics")
     ap.add_argument("--cpu", action="store_true", help="force the CPU (DDP over gloo when several processes)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this step (testing resume)")
+    ap.add_argument("--run", default=None, help="stage 2: a key of pretrain.stage2_runs (its variant and seed)")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)
     from sslam.io import write_json_atomic
     from sslam.pretrain.loop import NonFiniteLoss, train_stage
 
-    ckpt = Path(args.checkpoints or f"checkpoints/{args.stage}")
+    name, metrics_file = args.stage, Path(args.metrics_dir) / f"pretrain_{args.stage}.json"
     live_dir = Path(args.metrics_dir) / f"{args.stage}_live"
+    if args.run is not None:
+        if args.stage != "stage2" or args.run not in cfg.pretrain.stage2_runs:
+            print(f"pretrain: --run {args.run!r} must name a key of pretrain.stage2_runs "
+                  f"({sorted(cfg.pretrain.stage2_runs)}) with --stage stage2", file=sys.stderr)
+            return 2
+        cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.stage2_run(args.run)})
+        name, metrics_file = args.run, Path(args.metrics_dir) / "stage2_runs" / f"{args.run}.json"
+        live_dir = Path(args.metrics_dir) / "stage2_runs" / f"{args.run}_live"
+    ckpt = Path(args.checkpoints or f"checkpoints/{name}")
     try:
         result = train_stage(cfg, args.stage, args.features, ckpt, live_dir, cpu=args.cpu, stop_after=args.stop_after,
                              init_from=args.init if args.stage == "stage2" else None)
@@ -90,17 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         curves = live_dir / "plots" / "metrics" / args.stage
         summary = {
             "steps": result.steps,
+            "seed": cfg.pretrain.seed,
             "final": {t.stem: round(curve_values(t)[-1], 5) for t in sorted(curves.glob("*.tsv"))
                       if t.stem not in ("lr", "ema_decay", "samples_per_s", "memory_mb")},
             "loss_curve": curve_summary(curves / "loss.tsv"),
-            # the median over logged steps: also right when this call only found a finished run to resume
-            "samples_per_second": round(statistics.median(curve_values(curves / "samples_per_s.tsv")), 2),
             "resumed_from_step": result.resumed_from,
             "target_diagnostics": final_diagnostics(cfg, args.stage, args.features, ckpt / "final"),
         }
-        write_json_atomic(Path(args.metrics_dir) / f"pretrain_{args.stage}.json", summary)
-        print(f"pretrain {args.stage}: {result.steps} steps, loss {summary['loss_curve']['first']:.4f} -> "
-              f"{summary['loss_curve']['last']:.4f}, {summary['samples_per_second']:.1f} clips/s")
+        # throughput is a timing, not science: printed and in the dvclive curves, never in the metrics;
+        # the median over logged steps is also right when this call only found a finished run to resume
+        speed = statistics.median(curve_values(curves / "samples_per_s.tsv"))
+        if args.stage == "stage2":
+            summary["variant"] = cfg.pretrain.stage2.variant
+        write_json_atomic(metrics_file, summary)
+        print(f"pretrain {name}: {result.steps} steps, loss {summary['loss_curve']['first']:.4f} -> "
+              f"{summary['loss_curve']['last']:.4f}, {speed:.1f} clips/s")
     return 0
 
 

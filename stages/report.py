@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic, write_text_atomic
     from sslam.report.tables import (control_check, load_eval, plot_loss_curves, plot_mixture, plot_polyphony,
-                                     render_markdown, render_pretrain)
+                                     render_comparison, render_markdown, render_pretrain, variant_comparison)
 
     m = Path(args.metrics_dir)
     configured = {(t, "linear") for t in cfg.tasks} | {(t, "finetune") for t in cfg.evaluate.finetune_tasks}
@@ -32,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
                 "mix.partial_mode": cfg.mix.partial_mode, "srl.aggregation": cfg.srl.aggregation}
     pretrain = {st: json.loads((m / f"pretrain_{st}.json").read_text()) for st in ("stage1", "stage2")
                 if (m / f"pretrain_{st}.json").is_file()}
-    md = render_markdown(evals, settings) + render_pretrain(pretrain)
+    pretrain |= {name: json.loads((m / "stage2_runs" / f"{name}.json").read_text()) for name in cfg.pretrain.stage2_runs
+                 if (m / "stage2_runs" / f"{name}.json").is_file()}
+    runs = {"stage2": (cfg.pretrain.stage2.variant, cfg.pretrain.seed)} | {
+        name: (r.variant, r.seed) for name, r in cfg.pretrain.stage2_runs.items()}
+    comparison = variant_comparison(evals, runs)
+    md = render_markdown(evals, settings) + render_comparison(comparison) + render_pretrain(pretrain)
     write_text_atomic(m / "report.md", md)
-    write_json_atomic(m / "report.json", {"control_check": control_check(evals)})
+    write_json_atomic(m / "report.json", {"control_check": control_check(evals), "sslam_vs_mb_ua": comparison})
     plot_loss_curves({"stage1": m / "stage1_live", "stage2": m / "stage2_live"}, m / "plots" / "pretrain_losses.png")
     plot_polyphony(evals, m / "plots" / "map_by_polyphony.png")
     first_poly = next((t for t, c in cfg.tasks.items() if c.kind == "multi_label" and c.data != "audioset"), None)

@@ -40,7 +40,8 @@ def test_params_file_is_valid_and_complete(raw):
         ("pretrain.stage1.warmup_steps", 10_000, ["warmup_steps", "exceeds steps"]),
         ("tasks", {"Mono": {}}, ["tasks.Mono", "pattern"]),
         ("evaluate.finetune_tasks", ["nope"], ["finetune_tasks", "nope"]),
-        ("evaluate.linear_encoders", ["stage3"], ["evaluate.linear_encoders.0", "pattern"]),
+        ("evaluate.linear_encoders", ["stage3"], ["evaluate.linear_encoders ['stage3']", "pretrain.stage2_runs"]),
+        ("evaluate.linear_encoders", ["Stage2"], ["evaluate.linear_encoders.0", "pattern"]),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(raw, key, value, expected):
@@ -117,3 +118,31 @@ def test_params_survive_the_yaml_round_trip_of_dvc_exp_run(tmp_path):
     rt.dump(data, buf)
     cfg = parse_config(yaml.safe_load(buf.getvalue()))
     assert cfg.mix.strategy == "average" and cfg.pretrain.mixed_precision == "fp32"
+
+
+def test_downstream_recipe_defaults_equal_params_yaml():
+    """params.yaml is the single source of truth: the typed defaults of the two recipes are its values."""
+    from sslam.config import FinetuneConfig, LinearEvalConfig
+
+    cfg = load_config(REPO / "params.yaml")
+    assert FinetuneConfig() == cfg.finetune
+    assert LinearEvalConfig() == cfg.linear_eval
+    assert cfg.linear_eval.protocol == "cached"
+
+
+def test_cached_linear_eval_refuses_input_augmentation(raw):
+    with pytest.raises(ConfigError, match=r"linear_eval.*protocol 'cached'"):
+        parse_config(set_dotted(copy.deepcopy(raw), "linear_eval.mixup", True), "params.yaml")
+    cfg = parse_config(set_dotted(set_dotted(copy.deepcopy(raw), "linear_eval.mixup", True), "linear_eval.protocol", "paper"))
+    assert cfg.linear_eval.protocol == "paper" and cfg.linear_eval.mixup
+
+
+def test_audioset_profile_sets_the_paper_downstream_recipes():
+    from sslam.profile import profile_overrides
+
+    cfg = load_config(REPO / "params.yaml", profile_overrides("audioset"))
+    lin, ft = cfg.linear_eval, cfg.finetune
+    assert (lin.protocol, lin.lr, lin.epochs, lin.batch_size, lin.warmup_epochs, lin.pooling) == ("paper", 1e-3, 50, 48, 5, "cls")
+    assert (lin.mixup, lin.mixup_alpha, lin.mixup_prob, lin.specaug_freq, lin.specaug_time) == (True, 0.8, 0.9, 0.2, 0.2)
+    assert (ft.lr, ft.min_lr, ft.batch_size, ft.pooling, ft.epochs) == (5e-5, 1e-6, 48, "cls", 94)
+    assert (ft.decay_norm_and_bias, ft.bce_reduction, ft.mixup_lambda, ft.roll, ft.roll_gain) == (False, "per_positive", "per_batch", True, True)

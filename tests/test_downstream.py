@@ -216,3 +216,236 @@ def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
     assert a["map"] == pytest.approx(b["map"], abs=1e-6)
     c = E.linear_eval(enc, task, store, lin, seed=0)  # pretraining stats: a different input scale
     assert not torch.equal(by_hand.batch(fold.train), store.batch(fold.train)) and 0 < c["map"] <= 1
+
+
+# ----------------------------------------------------------------------------- reference recipe points
+
+
+def test_layer_decay_floor_scales_with_each_group():
+    """Each group's lr = its scale x the one schedule: at lr 5e-5, min_lr 1e-6, decay 0.65 over 12 blocks
+    no group falls below scale x min_lr, none rises after warm-up, and the top group peaks at lr."""
+    from sslam.downstream import evaluate as E
+    from sslam.models.vit import Encoder
+
+    lr, min_lr, decay, depth = 5e-5, 1e-6, 0.65, 12
+    assert lr * decay**depth < min_lr  # block 0's peak is below min_lr: a shared floor would make its lr rise
+    enc = Encoder(16, depth, 2, patch=16, frames=32, mel=32)
+    groups = E.layer_decay_groups(enc, E.Head(16, 3), lr, decay, 0.05)
+    block0 = {id(p) for p in enc.blocks[0].parameters()}
+    assert [g["lr_scale"] for g in groups if block0 & {id(p) for p in g["params"]}] == [pytest.approx(0.65**12)]
+    assert sorted(g["lr_scale"] for g in groups) == pytest.approx(sorted([0.65 ** (12 - i) for i in range(12)] + [1.0]))
+    total, warm = 400, 40
+    lrs = []
+    for step in range(total + 1):
+        E.apply_schedule(groups, E.warmup_cosine(step, total, warm, lr, min_lr))
+        lrs.append([g["lr"] for g in groups])
+    lrs = np.array(lrs)  # (steps, groups)
+    scale = np.array([g["lr_scale"] for g in groups])
+    assert (lrs >= scale * min_lr * (1 - 1e-12)).all()
+    assert (np.diff(lrs[warm - 1 :], axis=0) <= 0).all()  # monotone non-increasing once warmed up
+    top = int(np.argmax(scale))
+    assert lrs[warm - 1, top] == lr  # exactly the peak at the last warm-up step
+    np.testing.assert_allclose(lrs[-1], scale * min_lr, rtol=1e-12)  # every group ends on its own floor
+    old = [E.warmup_cosine(s, total, warm, lr * 0.65**12, min_lr) for s in (warm - 1, total)]
+    assert old[1] > old[0]  # the former shared floor: block 0's lr rose from 2.8e-7 to 1e-6
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    from sslam.downstream import evaluate as E
+    from sslam.models.vit import Encoder
+
+    enc, head = Encoder(16, 3, 2, patch=16, frames=32, mel=32), E.Head(16, 4)
+    named = dict(enc.named_parameters()) | {f"head.{n}": p for n, p in head.named_parameters()}
+    by_name = {n for n in named if n.endswith(".bias") or "norm" in n}  # written from the names, not shapes
+    groups = E.layer_decay_groups(enc, head, 1e-3, 0.65, 0.05, decay_norm_and_bias=False)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in named.values())  # every parameter exactly once
+    undecayed = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert undecayed == {id(named[n]) for n in by_name}
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of[id(enc.blocks[0].norm1.bias)] == scale_of[id(enc.blocks[0].attn.qkv.weight)] == pytest.approx(0.65**3)
+    assert scale_of[id(head.fc.bias)] == scale_of[id(enc.cls_token)] == 1.0
+    assert all(g["weight_decay"] == 0.05 for g in E.layer_decay_groups(enc, head, 1e-3, 0.65, 0.05))  # default: all
+
+
+def test_bce_per_positive_against_a_direct_computation():
+    from sslam.downstream.evaluate import Task, loss_fn
+
+    z = np.array([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.5]])
+    y = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # 3 positive labels
+    p = 1 / (1 + np.exp(-z))
+    direct = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum() / 3
+    task = Task("t", "multi_label", "train_eval", ["a", "b", "c"], [])
+    got = loss_fn(task, torch.tensor(z), torch.tensor(y), "per_positive")
+    assert got.item() == pytest.approx(direct, rel=1e-12)
+    assert loss_fn(task, torch.tensor(z), torch.tensor(y)).item() == pytest.approx(direct * 3 / 6, rel=1e-12)  # mean
+
+
+def test_per_batch_mixup_draws_one_lambda():
+    from sslam.features import augment as A
+
+    torch.manual_seed(0)
+    lam, partner = A.draw_mixup(6, 0.8, 1.0, per_batch=True)
+    assert (lam == lam[0]).all() and 0 < lam[0] < 1 and partner.tolist() == [5, 4, 3, 2, 1, 0]
+    assert (A.draw_mixup(6, 0.8, 0.0, per_batch=True)[0] == 1).all()
+    applied = [bool(A.draw_mixup(4, 0.8, 0.9, per_batch=True)[0][0] < 1) for _ in range(2000)]
+    assert 0.87 < np.mean(applied) < 0.93  # whole batches mixed with probability 0.9
+    per_clip = A.draw_mixup(64, 0.8, 1.0)[0]
+    assert len(set(per_clip.tolist())) > 1  # the default draws one per clip
+    # one lambda + flipped partner: the soft labels of the batch sum to its hard positives
+    y = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.float64)
+    _, ym = A.mixup(torch.zeros(4, 1, dtype=torch.float64), y, lam[:4].double(), torch.arange(3, -1, -1))
+    assert ym.sum().item() == pytest.approx(y.sum().item(), rel=1e-12)
+
+
+def test_logmel_gain_equals_the_fbank_of_the_scaled_waveform():
+    """The roll gain on the log-mel is the waveform gain's exact image: compare with the Kaldi fbank
+    of the scaled waveform, normalised the reference's way."""
+    from sslam.features import augment as A
+    from sslam.features.fbank import kaldi_fbank
+
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    w = torch.from_numpy(0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(len(t))).float()
+    target, mean, std, gain = 60, -5.0, 3.0, 1.37
+
+    def normalised(wave):
+        fb = kaldi_fbank(wave)
+        return (torch.nn.functional.pad(fb, (0, 0, 0, target - fb.shape[0])) - mean) / (2 * std), fb.shape[0]
+
+    x, frames = normalised(w)
+    want, _ = normalised(w * gain)
+    got = A.logmel_gain(x[None], torch.tensor([gain]), torch.tensor([frames]), mean, std)[0]
+    assert frames < target
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert torch.equal(got[frames:], x[frames:])  # padding untouched
+    assert A.roll_waveform(torch.tensor([1.0, 2, 3, 4]), 1, 2.0).tolist() == [8.0, 2.0, 4.0, 6.0]
+
+
+def test_waveform_roll_recomputes_the_log_mel_of_the_rolled_clip(tiny):
+    """roll_domain: waveform: the batch is the fbank of the stored waveform shifted and scaled, padded and
+    normalised like the store; with shift 0 and gain 1 the path gives back the stored features."""
+    from sslam.config import FeaturesConfig
+    from sslam.downstream import evaluate as E
+    from sslam.features.fbank import kaldi_fbank
+
+    cfg, feats = tiny
+    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    wave = E.WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)  # as tiny_setup
+    frames, mel = store.raw(0).shape
+    same = (torch.from_numpy(wave.logmel(store.waveform(0))) - store.mean) / (2 * store.std)
+    torch.testing.assert_close(same, store.batch([0])[0], atol=2e-3, rtol=0)  # float16 storage
+    recipe = cfg.finetune.model_copy(update={"roll": True, "roll_gain": True, "roll_domain": "waveform"})
+    rows = np.array([0, 1])
+    torch.manual_seed(3)
+    got = E.load_batch(store, rows, recipe, torch.Generator().manual_seed(5), wave)
+    torch.manual_seed(3)
+    gains = (torch.distributions.Beta(10.0, 10.0).sample((2,)) + 0.5).tolist()
+    g = torch.Generator().manual_seed(5)
+    for k, r in enumerate(rows):
+        w = store.waveform(int(r)).numpy()
+        shift = int(torch.randint(0, len(w), (1,), generator=g))
+        fb = kaldi_fbank(torch.from_numpy(np.roll(w, shift) * gains[k]))[:frames]
+        fb = torch.nn.functional.pad(fb, (0, 0, 0, frames - fb.shape[0]))
+        torch.testing.assert_close(got[k], (fb - store.mean) / (2 * store.std), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="wave_features"):
+        E.load_batch(store, rows, recipe, torch.Generator(), None)
+
+
+def test_finetune_runs_the_paper_recipe_switches(tiny):
+    """Per-positive BCE, per-batch mixup, waveform roll with gain, no decay on biases and norms: a real
+    run whose result is a valid mAP."""
+    from sslam.config import FeaturesConfig
+    from sslam.downstream import evaluate as E
+
+    cfg, feats = tiny
+    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    frames, mel = store.raw(0).shape
+    recipe = cfg.finetune.model_copy(update={
+        "epochs": 2, "batch_size": 2, "bce_reduction": "per_positive", "mixup_lambda": "per_batch", "roll_gain": True,
+        "roll_domain": "waveform", "decay_norm_and_bias": False, "pooling": "cls", "lr": 5e-5})
+    wave = E.WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
+    res = E.finetune(lambda: E.build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave)
+    assert 0.0 < res["map"] <= 1.0
+
+
+def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny):
+    """protocol: paper: one encoder pass per training step (plus the test pass), the encoder unchanged,
+    and the head sees different inputs every epoch (mixup and SpecAugment), unlike the cached protocol."""
+    from pydantic import ValidationError
+
+    from sslam.config import LinearEvalConfig
+    from sslam.downstream import evaluate as E
+
+    cfg, feats = tiny
+    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    (fold,) = E.folds(task, store)
+    enc = E.build_encoder(cfg, "random0", *store.raw(0).shape)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    epochs, n = 4, len(fold.train)
+    lin = cfg.linear_eval.model_copy(update={
+        "protocol": "paper", "epochs": epochs, "batch_size": n, "warmup_epochs": 1, "lr": 1e-3, "pooling": "cls",
+        "mixup": True, "mixup_prob": 1.0, "specaug_freq": 0.2, "specaug_time": 0.2})
+    calls, head_inputs = [], []
+    h1 = enc.register_forward_hook(lambda m, args, out: calls.append((m.training, args[0].shape[0])))
+    real_head = E.Head.forward
+
+    def spy(self, z):
+        head_inputs.append(z.detach().clone())
+        return real_head(self, z)
+
+    E.Head.forward = spy
+    try:
+        res = E.linear_eval(enc, task, store, lin, seed=0)
+    finally:
+        E.Head.forward = real_head
+        h1.remove()
+    assert 0.0 < res["map"] <= 1.0 and "embedding_cache_speedup" not in res
+    assert calls == [(False, n)] * epochs + [(False, len(fold.test))]  # every step, then the test clips
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())  # frozen
+    train_inputs = head_inputs[:epochs]
+    clean = E.embed(enc, store, fold.train, "cls")
+    for i in range(epochs):
+        assert torch.cdist(train_inputs[i], clean).min() > 1e-4  # augmented, never the clean embedding
+        for j in range(i):
+            assert torch.cdist(train_inputs[i], train_inputs[j]).min() > 1e-4  # new inputs every epoch
+    with pytest.raises(ValueError, match="cached"):
+        E.linear_eval(enc, task, store, cfg.linear_eval.model_copy(update={"mixup": True}), seed=0)
+    with pytest.raises(ValidationError, match="cached"):
+        LinearEvalConfig(specaug_time=0.2)
+    assert "protocol" in cfg.linear_eval.model_dump()  # the metrics files record it with the recipe
+
+
+def test_task_stats_equal_the_features_stage_stats(tmp_path):
+    """TaskStore.train_stats and the features stage share one rule (valid frames only, Chan's merge): on
+    clips of different lengths, a task's stats over a whole set equal that set's stats.json (up to the
+    float16 storage; stats.json is computed before it) and a float64 numpy computation over the stored
+    valid frames; counting the padding, as before, would not."""
+    import json
+
+    from sslam.config import FeaturesConfig
+    from sslam.data.manifest import ManifestRow, write_manifest
+    from sslam.downstream.evaluate import TaskStore
+    from sslam.features.store import build_features
+    from sslam.io import write_flac_atomic
+
+    corpus, sr = tmp_path / "corpus", 16000
+    rng = np.random.default_rng(1)
+    rows = []
+    for k, seconds in enumerate([0.3, 1.0, 1.7, 2.5]):
+        t = np.arange(int(seconds * sr)) / sr
+        x = 0.2 * np.sin(2 * np.pi * (250 + 300 * k) * t) + 0.02 * rng.standard_normal(len(t))
+        write_flac_atomic(corpus / f"audio/unbalanced/c{k}.flac", x, sr)
+        rows.append(ManifestRow(f"c{k}", "unbalanced", f"audio/unbalanced/c{k}.flac", seconds, sr, ("/m/0",), "ok", ""))
+    write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
+    build_features(corpus, tmp_path / "features", FeaturesConfig(target_frames=200, shard_size=3), sr)
+    stage = json.loads((tmp_path / "features" / "stats.json").read_text())
+    store = TaskStore(tmp_path / "features", {"unbalanced": ""})
+    assert [store.frames(i) for i in range(4)] == [28, 98, 168, 200]  # three padded clips, one cropped
+    got = store.train_stats(np.arange(4))
+    valid = np.concatenate([store.raw(i).astype(np.float64)[: store.frames(i)].ravel() for i in range(4)])
+    assert got["mean"] == pytest.approx(valid.mean(), rel=1e-12) and got["std"] == pytest.approx(valid.std(), rel=1e-12)
+    assert got["mean"] == pytest.approx(stage["mean"], abs=1e-3) and got["std"] == pytest.approx(stage["std"], abs=1e-3)
+    assert stage["frames"] == len(valid) // 128
+    padded = np.stack([store.raw(i).astype(np.float64) for i in range(4)])
+    assert abs(padded.mean() - stage["mean"]) > 0.5  # the old rule, padding counted, is far off

@@ -141,3 +141,24 @@ def test_unusable_inputs_fail_with_a_clear_message(tmp_path, lab):
         run(tmp_path, audio, tmp_path / "nope.csv")
     with pytest.raises(FolderSourceError, match="audio_dir: .* is not a folder"):
         run(tmp_path, tmp_path / "nope", bad)
+
+
+def test_clipping_is_recorded_as_a_conversion(tmp_path):
+    """Float input beyond full scale cannot be stored as 16-bit: it is clipped, and the manifest and the
+    download metrics say so (half of this file's samples are at 1.5)."""
+    audio = tmp_path / "loud"
+    audio.mkdir()
+    n = SR
+    x = np.where(np.arange(n) % 2 == 0, 1.5, -0.25) * np.sign(np.sin(2 * np.pi * 5 * np.arange(n) / SR) + 1e-9)
+    sf.write(audio / "hot.wav", x.astype(np.float32), SR, subtype="FLOAT")
+    sf.write(audio / "fine.wav", tone(440, 1.0, SR), SR)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("filename,labels,split\nhot.wav,dog,balanced\nfine.wav,dog,balanced\n")
+    out, summary = run(tmp_path, audio, labels)
+    rows = read_manifest(out / "manifests" / "balanced.csv").set_index("clip_id")
+    assert rows.loc["hot", "status"] == "ok"
+    assert rows.loc["hot", "reason"] == f"converted: clipped ({n // 2} of {n} samples, 50.0%, beyond full scale)"
+    assert rows.loc["fine", "reason"] == ""
+    assert summary["converted"] == {"clipped": 1}
+    data, _ = sf.read(out / rows.loc["hot", "path"])
+    assert data.max() <= 1.0 and np.isclose(data.max(), 1.0, atol=1e-4)

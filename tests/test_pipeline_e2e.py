@@ -46,15 +46,19 @@ BIT_EXACT_STAGES = ("download", "ontology")
 
 
 def test_default_repro_reproduces_the_committed_lock(tmp_path):
-    """A fresh clone's `dvc repro` on the defaults leaves the committed dvc.lock unchanged."""
+    """A fresh clone's `dvc repro` of the exact stages on the defaults reproduces their committed lock
+    entries byte for byte, and the committed lock names every stage of dvc.yaml. The float stages
+    (pretraining and after) are equal across machines only to a few decimals (README), so they are not
+    rerun here: their whole chain runs in the small end-to-end test below, whose duration does not
+    depend on matching checkpoint hashes made elsewhere."""
     committed = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
     repo = copy_repo(tmp_path / "repo")
-    sh(["dvc", "repro"], repo)
+    sh(["dvc", "repro", *BIT_EXACT_STAGES], repo)
     fresh = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert set(fresh) == set(committed)
     for stage in BIT_EXACT_STAGES:
         assert fresh[stage] == committed[stage], f"stage {stage} does not reproduce its committed lock entry"
-    assert "up to date" in sh(["dvc", "status"], repo).stdout.lower()
+    names = set(sh(["dvc", "stage", "list", "--name-only"], repo).stdout.split())
+    assert names == set(committed), f"dvc.lock and dvc.yaml disagree: {sorted(names ^ set(committed))}"
 
 
 def small_corpus(repo: Path, clip_seconds: float, poly_train: int, poly_eval: int) -> tuple[dict, dict]:
@@ -78,7 +82,8 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
     params["pretrain"]["stage2"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2)
     params["tasks"] = {k: params["tasks"][k] for k in ("mono", "keywords", "square", "urban", "as20k")}
-    params["evaluate"].update(finetune_tasks=["square"])
+    params["pretrain"]["stage2_runs"] = {"mb_ua_s0": {"variant": "mb_ua", "seed": 0}}
+    params["evaluate"].update(finetune_tasks=["square"], linear_encoders=["stage2", "mb_ua_s0", "random0", "random1"])
     params["finetune"].update(epochs=2)
     params["linear_eval"].update(epochs=5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -95,7 +100,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert pre["steps"] == 10 and pre["loss_curve"]["logged_steps"] == 10
     assert (repo / "checkpoints" / "stage1" / "final" / "student.safetensors").is_file()
     lin = json.loads((repo / "metrics" / "eval" / "square_linear.json").read_text())
-    assert lin["metric"] == "map" and set(lin["encoders"]) == {"stage2", "random0", "random1"}
+    assert lin["metric"] == "map" and set(lin["encoders"]) == {"stage2", "mb_ua_s0", "random0", "random1"}
     assert 0.0 < lin["encoders"]["stage2"]["map"] <= 1.0
     assert set(json.loads((repo / "metrics" / "eval" / "square_finetune.json").read_text())["encoders"]) == {"stage2", "random0"}
     diag = pre["target_diagnostics"]
@@ -109,6 +114,9 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert as20k["data"] == "audioset" and 0.0 < as20k["encoders"]["stage2"]["map"] <= 1.0
     report = (repo / "metrics" / "report.md").read_text()
     assert "## Table 2 (shape)" in report and "square" in report
+    assert "## SSLAM vs MB-UA" in report and "| square | map |" in report
+    run = json.loads((repo / "metrics" / "stage2_runs" / "mb_ua_s0.json").read_text())
+    assert run["variant"] == "mb_ua" and set(run["final"]) >= {"local_unmixed", "global_unmixed"} and "srl" not in run["final"]
     for png in ("pretrain_losses.png", "map_by_polyphony.png", "mixture_example.png"):
         assert (repo / "metrics" / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     png = (repo / "metrics" / "plots" / "corpus_overview.png").read_bytes()
@@ -123,7 +131,7 @@ def test_small_pipeline_end_to_end(tmp_path):
     changed = set(json.loads(sh(["dvc", "status", "--json"], repo).stdout))
     # stage 2 and the report (which prints the mixing settings) now; the evaluations follow once stage 2's
     # checkpoint changes; nothing upstream of stage 2
-    assert changed == {"pretrain_stage2", "report"}, changed
+    assert changed == {"pretrain_stage2", "pretrain_stage2_run@mb_ua_s0", "report"}, changed
     # a bad param stops the stage at start-up, naming the key
     params["mix"]["strategy"] = "foo"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sslam.report.tables import control_check, render_markdown
 
 
@@ -38,8 +40,35 @@ def test_markdown_tables_hold_the_numbers():
 def test_pretrain_section_shows_the_target_diagnostics():
     from sslam.report.tables import render_pretrain
 
-    d = {"steps": 900, "loss_curve": {"first": 700.0, "last": 200.5}, "samples_per_second": 66.0,
-         "target_diagnostics": {"position_share": 0.234, "student_loss": 1.5, "position_only_loss": 8.7}}
-    md = render_pretrain({"stage1": d})
-    assert "| stage1 | 900 | 700.0 -> 200.5 | 66.0 | 23% | 1.5 | 8.7 |" in md
+    d = {"steps": 900, "seed": 0, "loss_curve": {"first": 700.0, "last": 200.5},
+         "target_diagnostics": {"position_share": 0.234, "student_loss": 1.5, "position_only_loss": 8.7,
+                                "trained_position_only_loss": 2.5}}
+    md = render_pretrain({"stage1": d, "mb_ua_s1": d | {"variant": "mb_ua", "seed": 1}})
+    assert "| stage1 | - | 0 | 900 | 700.0 -> 200.5 | 23% | 1.5 | 2.5 |" in md
+    assert "| mb_ua_s1 | mb_ua | 1 | 900 |" in md
     assert render_pretrain({}) == ""
+
+
+def test_sslam_vs_mb_ua_table_by_hand():
+    from sslam.report.tables import render_comparison, variant_comparison
+
+    def ev(task, metric, values):
+        return {"task": task, "regime": "linear", "metric": metric, "encoders": {e: {metric: v} for e, v in values.items()}}
+
+    runs = {"stage2": ("sslam", 0), "sslam_s1": ("sslam", 1), "mb_ua_s0": ("mb_ua", 0), "mb_ua_s1": ("mb_ua", 1)}
+    evals = {("a", "linear"): ev("a", "map", {"stage2": 0.50, "sslam_s1": 0.52, "mb_ua_s0": 0.40, "mb_ua_s1": 0.43, "random0": 0.1}),
+             ("b", "linear"): ev("b", "accuracy", {"stage2": 0.50, "sslam_s1": 0.60, "mb_ua_s0": 0.52, "mb_ua_s1": 0.54}),
+             ("c", "linear"): ev("c", "map", {"stage2": 0.30, "sslam_s1": 0.30, "mb_ua_s0": 0.40, "mb_ua_s1": 0.40}),
+             ("a", "finetune"): ev("a", "map", {"stage2": 0.9})}
+    evals[("a", "finetune")]["regime"] = "finetune"
+    c = variant_comparison(evals, runs)
+    assert set(c) == {"a", "b", "c"}
+    # a: means 0.51 vs 0.415, spreads 0.02 / 0.03 -> +0.095 beyond the spread
+    assert c["a"]["sslam_mean"] == pytest.approx(0.51) and c["a"]["mb_ua_mean"] == pytest.approx(0.415)
+    assert c["a"]["spread"] == pytest.approx(0.03) and c["a"]["verdict"] == "sslam higher"
+    # b: +0.02 but the sslam seeds differ by 0.10 -> not visible
+    assert c["b"]["difference"] == pytest.approx(0.02) and c["b"]["verdict"] == "within the seed spread"
+    assert c["c"]["verdict"] == "mb_ua higher" and c["c"]["sslam"] == {"0": 0.3, "1": 0.3}
+    md = render_comparison(c)
+    assert "| a | map | 50.0 / 52.0 | 40.0 / 43.0 | 51.0 | 41.5 | +9.5 | 3.0 | sslam higher |" in md
+    assert "SSLAM higher beyond the seed spread on 1 of 3 tasks, MB-UA on 1, within the spread on 1." in md

@@ -219,7 +219,7 @@ class OntologyConfig(Section):
     """Polyphony analysis of the labels (paper Appendix B.1, Algorithm 2)."""
 
     levels: Annotated[list[Annotated[int, Field(ge=1, le=10)]], Field(min_length=1)] = [1, 2, 3, 4]
-    rule: Literal["components", "drop_both", "keep_general", "keep_specific"] = "components"
+    rule: Literal["components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete"] = "components"
 
     @model_validator(mode="after")
     def _check(self) -> "OntologyConfig":
@@ -260,6 +260,7 @@ class ModelConfig(Section):
     decoder_kernel: Positive = 3
     decoder_groups: Positive = 16
     decoder_fill: Literal["noise", "learned"] = "noise"  # masked slots: N(0, 0.01^2) noise (reference) or a learned token
+    patch_init: Literal["xavier", "pytorch"] = "xavier"  # patch conv: xavier_uniform_ (EAT) | PyTorch's Conv2d default
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -292,6 +293,7 @@ class MixConfig(Section):
 class SrlConfig(Section):
     weight: Annotated[float, Field(ge=0.0)] = 1.0
     aggregation: Literal["mean", "max"] = "mean"  # how own and partner targets combine in mixed tokens (Table 11)
+    global_loss: bool = False  # a CLS (global) SRL term too (Table 5's last row; the paper found it hurt)
 
 
 class StageConfig(Section):
@@ -308,7 +310,9 @@ class StageConfig(Section):
     top_k_layers: Positive = 4
     cls_loss_weight: Annotated[float, Field(ge=0.0)] = 1.0
     cls_loss_reduction: Literal["sum", "mean"] = "sum"  # reference: summed over the per-device CLS tokens
-    center_targets: bool = False  # not in the reference: subtract the per-position batch mean of the targets
+    center_targets: Literal["none", "batch", "running"] = "none"  # none: the reference; batch | running: remove
+    #   the per-position mean of the targets (over the per-process batch | a running mean kept like the EMA)
+    center_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99  # running: the mean's EMA momentum
     decay_all_params: bool = True  # reference (a fairseq quirk): weight decay on biases, norms and CLS too
     checkpoint_every: Positive = 50
     keep_checkpoints: Positive = 2
@@ -333,6 +337,14 @@ class Stage2Config(StageConfig):
     global_mixed: bool = True
 
 
+class Stage2Run(Section):
+    """One more stage-2 run from the same stage-1 checkpoint: ``pretrain.stage2`` with this variant and
+    seed (the paper's central comparison, SSLAM vs MB-UA, Tables 2 and 3, with a seed spread)."""
+
+    variant: Literal["mb_ua", "mb_pma", "mb_ua_pma", "sslam"] = "sslam"
+    seed: NonNegative = 0
+
+
 class PretrainConfig(Section):
     seed: NonNegative = 0
     train_set: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_/]*$")] = "unbalanced"  # feature set to pretrain on
@@ -342,48 +354,101 @@ class PretrainConfig(Section):
     cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
     stage1: StageConfig = StageConfig()
     stage2: Stage2Config = Stage2Config(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)
+    stage2_runs: dict[Name, Stage2Run] = {}  # checkpoints/<name>/, evaluated under <name>
+
+    @model_validator(mode="after")
+    def _check_runs(self) -> "PretrainConfig":
+        taken = [n for n in self.stage2_runs if re.fullmatch(r"random\d+|stage[12]", n)]
+        if taken:
+            raise ValueError(f"stage2_runs names {taken} clash with the built-in encoder names (stage1, stage2, random<N>)")
+        return self
+
+    def stage2_run(self, name: str) -> "PretrainConfig":
+        """This config as the run ``name`` sees it: its variant in ``stage2``, its seed in ``seed``."""
+        run = self.stage2_runs[name]
+        return self.model_copy(update={"seed": run.seed, "stage2": self.stage2.model_copy(update={"variant": run.variant})})
 
 
 class FinetuneConfig(Section):
-    """The fine-tuning recipe (paper Tables 7 and 8); ``tasks.<name>.recipe`` overrides any key per task."""
+    """The fine-tuning recipe (paper Tables 7 and 8); ``tasks.<name>.recipe`` overrides any key per task.
 
-    epochs: Positive = 10
+    Defaults equal ``params.yaml``. ``decay_norm_and_bias: false`` exempts biases and norm weights
+    (1-D parameters) from weight decay; ``bce_reduction: per_positive`` is the reference's AudioSet loss
+    (BCE summed over the batch / the number of positive labels); ``mixup_lambda: per_batch`` draws one
+    lambda per batch as the reference; ``roll_gain`` multiplies the clip by Beta(10, 10) + 0.5 and
+    ``roll_domain: waveform`` rolls the stored waveform and recomputes the log-mel (the reference).
+    """
+
+    epochs: Positive = 100
     batch_size: Positive = 16
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
-    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
+    min_lr: Annotated[float, Field(ge=0.0)] = 1e-6  # every group's floor is its layer-decay scale x min_lr
     warmup_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1  # of the steps; linear warm-up, then cosine
     optimizer: Literal["adamw"] = "adamw"
-    betas: FloatPair = [0.9, 0.999]
+    betas: FloatPair = [0.9, 0.95]
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
+    decay_norm_and_bias: bool = True  # false: no weight decay on biases and norm weights (the paper recipe)
     layer_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.65
     drop_path: Prob = 0.1
     mixup: bool = True
     mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
     mixup_prob: Prob = 0.9
+    mixup_lambda: Literal["per_clip", "per_batch"] = "per_clip"  # per_batch: one lambda per batch (reference)
     specaug_freq: Prob = 0.2
     specaug_time: Prob = 0.2
     roll: bool = True
+    roll_gain: bool = False  # gain Beta(10, 10) + 0.5 with the roll (reference)
+    roll_domain: Literal["logmel", "waveform"] = "logmel"  # waveform: the reference (features.store_waveforms)
     noise_std: Annotated[float, Field(ge=0.0)] = 0.0  # Gaussian noise on the normalised log-mel
+    bce_reduction: Literal["mean", "per_positive"] = "mean"  # multi-label loss; per_positive: the reference (AudioSet)
     weighted_sampling: bool = False  # class-balanced sampling with replacement (AS-2M recipe)
     norm_stats: Literal["pretrain", "task"] = "pretrain"  # normalise with pretraining's or the task's train stats
     select_every: Positive = 1  # epochs between validation checks (train_valid_test tasks)
-    pooling: Literal["cls", "mean", "freq_mean"] = "cls"
+    pooling: Literal["cls", "mean", "freq_mean"] = "mean"
 
 
 class LinearEvalConfig(Section):
-    """The linear-evaluation recipe (paper Table 8: AdamW, cosine, warm-up); per task: ``tasks.<name>.linear``."""
+    """The linear-evaluation recipe (paper Table 8: AdamW, cosine, warm-up); per task: ``tasks.<name>.linear``.
 
-    epochs: Positive = 30
+    Defaults equal ``params.yaml``. ``protocol``: ``cached`` embeds every clip once (exact only without
+    input augmentation, so mixup, SpecAugment and roll must be off) and trains the head on the cached
+    embeddings; ``paper`` runs the frozen encoder on every step's augmented batch (the reference: mixup
+    and SpecAugment stay on), through the fine-tuning loop with the encoder frozen.
+    """
+
+    protocol: Literal["cached", "paper"] = "cached"
+    epochs: Positive = 200
     batch_size: Positive = 32
-    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    lr: Annotated[float, Field(gt=0.0)] = 1e-2
     min_lr: Annotated[float, Field(ge=0.0)] = 1e-6
     schedule: Literal["cosine", "constant"] = "cosine"  # cosine: linear warm-up, then cosine to min_lr
-    warmup_epochs: NonNegative = 0
+    warmup_epochs: NonNegative = 20
     betas: FloatPair = [0.9, 0.95]
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     norm_stats: Literal["pretrain", "task"] = "pretrain"
     select_every: Positive = 10  # epochs between validation checks (train_valid_test tasks)
-    pooling: Literal["cls", "mean", "freq_mean"] = "cls"
+    pooling: Literal["cls", "mean", "freq_mean"] = "mean"
+    mixup: bool = False  # the augmentation keys act under protocol: paper only
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = 0.8
+    mixup_prob: Prob = 0.9
+    mixup_lambda: Literal["per_clip", "per_batch"] = "per_batch"
+    specaug_freq: Prob = 0.0
+    specaug_time: Prob = 0.0
+    roll: bool = False
+    roll_gain: bool = False
+    roll_domain: Literal["logmel", "waveform"] = "logmel"
+
+    @property
+    def augmented(self) -> bool:
+        """Whether the recipe changes the input from one epoch to the next (then nothing can be cached)."""
+        return self.mixup or self.specaug_freq > 0 or self.specaug_time > 0 or self.roll
+
+    @model_validator(mode="after")
+    def _check_protocol(self) -> "LinearEvalConfig":
+        if self.protocol == "cached" and self.augmented:
+            raise ValueError("protocol 'cached' computes each embedding once, so it cannot augment the input: "
+                             "set mixup: false, specaug_freq: 0, specaug_time: 0, roll: false, or protocol: paper")
+        return self
 
 
 def _overrides_of(model: type[Section], name: str) -> type[Section]:
@@ -429,7 +494,7 @@ class TaskConfig(Section):
         return self.data or f"tasks/{key}"
 
 
-EncoderName = Annotated[str, Field(pattern=r"^(random\d+|stage[12])$")]
+EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | stage2 | random<N> | a stage2_runs key
 
 
 class EvaluateConfig(Section):
@@ -469,6 +534,12 @@ class Config(Section):
         unknown = [t for t in self.evaluate.finetune_tasks if t not in self.tasks]
         if unknown:
             raise ValueError(f"evaluate.finetune_tasks {unknown} are not in tasks ({sorted(self.tasks)})")
+        for key in ("linear_encoders", "finetune_encoders"):
+            bad = [e for e in getattr(self.evaluate, key)
+                   if not (re.fullmatch(r"random\d+|stage[12]", e) or e in self.pretrain.stage2_runs)]
+            if bad:
+                raise ValueError(f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N> or a key of "
+                                 f"pretrain.stage2_runs ({sorted(self.pretrain.stage2_runs)})")
         return self
 
 
@@ -482,7 +553,8 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelt? see src/sslam/config.py for the allowed keys)"
-        got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e['input']!r})"
+        # a whole-section check (empty loc) names its keys in its message: the section itself is no help
+        got = "" if e["type"] in ("extra_forbidden", "missing") or not e["loc"] else f" (got {e['input']!r})"
         lines.append(f"  - {key}: {msg}{got}")
     return "\n".join(lines)
 

@@ -48,7 +48,7 @@ class FolderItem:
 @dataclass(frozen=True)
 class IngestResult:
     row: ManifestRow
-    notes: tuple[str, ...]  # conversions applied: resampled, downmixed, truncated
+    notes: tuple[str, ...]  # conversions applied: resampled, downmixed, truncated, clipped
 
 
 def decode_audio(path: Path) -> tuple[np.ndarray, int]:
@@ -134,9 +134,15 @@ def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: 
     rms_db = 20 * np.log10(rms) if rms > 0 else -np.inf
     if rms_db < silence_dbfs:
         return failed(f"silent: RMS {rms_db:.1f} dBFS is below silence_dbfs {silence_dbfs:.1f}")
+    over = int(np.count_nonzero(np.abs(mono) > 1.0))
+    detail = ""
+    if over:  # float input beyond full scale: 16-bit FLAC cannot hold it, so it is clipped, and said so
+        notes.append("clipped")
+        detail = f" ({over} of {len(mono)} samples, {100 * over / len(mono):.1f}%, beyond full scale)"
     rel = f"audio/{item.split}/{item.clip_id}.flac"
     write_flac_atomic(out_dir / rel, np.clip(mono, -1.0, 1.0), sample_rate)
-    row = ManifestRow(item.clip_id, item.split, rel, len(mono) / sample_rate, sample_rate, item.labels, "ok", "")
+    reason = f"converted: {', '.join(notes)}{detail}" if notes else ""
+    row = ManifestRow(item.clip_id, item.split, rel, len(mono) / sample_rate, sample_rate, item.labels, "ok", reason)
     return IngestResult(row, tuple(notes))
 
 

@@ -10,8 +10,10 @@ after the last epoch: nothing is selected on evaluation data.
 Representation for linear evaluation (``pooling``): ``mean`` of the final patch tokens (the default:
 measured better than CLS on the tiny model), ``cls`` (the reference; the global loss trains that token),
 or ``freq_mean`` (time-average per frequency row, rows concatenated: keeps where in frequency a source
-sits). Then LayerNorm and one linear layer. Nothing about the input changes between epochs, so the
-frozen embeddings are computed once and cached.
+sits). Then LayerNorm and one linear layer. ``linear_eval.protocol``: ``cached`` (the default) leaves
+the input unaugmented, so the frozen embeddings are computed once and cached; ``paper`` (the
+reference) runs the frozen encoder on every step's mixup / SpecAugment / roll batch through the
+fine-tuning loop.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from sslam.config import Config, FinetuneConfig, LinearEvalConfig, TaskConfig
+from sslam.config import Config, FeaturesConfig, FinetuneConfig, LinearEvalConfig, TaskConfig
 from sslam.downstream.metrics import accuracy, mean_average_precision, polyphony_breakdown
 from sslam.features import augment as A
 from sslam.features.dataset import FeatureStore, class_balanced_weights
+from sslam.features.stats import valid_frame_stats
+from sslam.features.store import clip_features
 from sslam.models.vit import Encoder
 from sslam.pretrain.model import Student
 
@@ -81,6 +85,29 @@ class TaskStore:
     def raw(self, i: int) -> np.ndarray:
         return self.parts[self._part[i]].raw(int(self._local[i]))
 
+    def frames(self, i: int) -> int:
+        """Valid (unpadded) log-mel frames of row ``i``."""
+        return self.parts[self._part[i]].frames(int(self._local[i]))
+
+    def waveform(self, i: int) -> torch.Tensor:
+        """The stored waveform of row ``i``, cut to its valid samples (needs features.store_waveforms)."""
+        part, local = self.parts[self._part[i]], int(self._local[i])
+        try:
+            wave = part.waveform(local)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err.filename}: no stored waveforms (roll_domain: waveform needs "
+                                    "features.store_waveforms: true)") from err
+        return wave[: int(part.wave_lengths([local])[0])]
+
+    @property
+    def mean(self) -> float:
+        return self.parts[0].mean
+
+    @property
+    def std(self) -> float:
+        """The normalisation std, ``x_norm = (x - mean) / (2 std)``."""
+        return self.parts[0].std
+
     def batch(self, rows: np.ndarray) -> torch.Tensor:
         rows = np.asarray(rows, dtype=np.int64)
         parts = self._part[rows]
@@ -95,13 +122,11 @@ class TaskStore:
         return out
 
     def train_stats(self, rows: np.ndarray) -> dict:
-        """Mean and std of the stored log-mel over the given clips (a task's own normalisation)."""
-        total = total_sq = count = 0.0
-        for r in rows:
-            x = self.raw(int(r)).astype(np.float64)
-            total, total_sq, count = total + x.sum(), total_sq + (x**2).sum(), count + x.size
-        mean = total / count
-        return {"mean": mean, "std": math.sqrt(max(total_sq / count - mean**2, 1e-12))}
+        """Mean and std of the stored log-mel over the valid frames of the given clips (a task's own
+        normalisation), by the features stage's rule (:func:`valid_frame_stats`: padding excluded,
+        float64, Chan's merge), so a task's statistics and ``stats.json`` mean the same thing."""
+        st = valid_frame_stats((self.raw(int(r)), self.frames(int(r))) for r in rows)
+        return {"mean": st.mean, "std": max(st.std, 1e-6)}
 
     def renormalised(self, stats: dict) -> "TaskStore":
         return TaskStore(self.features_dir, self.sets, stats)
@@ -182,8 +207,24 @@ def targets(task: Task, store: TaskStore, rows: np.ndarray) -> torch.Tensor:
     return torch.tensor([idx[store.labels[r][0]] for r in rows])
 
 
-def loss_fn(task: Task, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def bce_per_positive(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference's AudioSet loss: BCE with logits summed over clips and classes, divided by the
+    number of positive labels in the batch (the sum of the targets: after mixup the soft targets, whose
+    sum equals the hard positives' under one lambda per batch with the flipped partner).
+
+    Against the mean over clips x classes it scales the loss, and so the gradient, by classes / positives
+    per clip (about 527 / 2.7 on AudioSet): the scale the paper's lr 5e-5 goes with. An all-negative
+    batch (impossible on AudioSet) is divided by 1 instead of 0.
+    """
+    return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / y.sum().clamp(min=1.0)
+
+
+def loss_fn(task: Task, logits: torch.Tensor, y: torch.Tensor, bce_reduction: str = "mean") -> torch.Tensor:
+    """BCE for multi-label tasks (``bce_reduction``: ``mean`` over clips x classes | ``per_positive``),
+    cross-entropy otherwise (soft targets after mixup)."""
     if task.multi_label:
+        if bce_reduction == "per_positive":
+            return bce_per_positive(logits, y)
         return F.binary_cross_entropy_with_logits(logits, y)
     if y.dim() == 2:  # soft targets after mixup
         return -(y * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -230,11 +271,32 @@ def folds(task: Task, store: TaskStore) -> list[Fold]:
 
 
 def warmup_cosine(step: int, total: int, warmup: int, base: float, min_lr: float) -> float:
-    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine down to ``min_lr`` at ``total``."""
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine down to ``min_lr`` at ``total``.
+    Written as ``w * base + (1 - w) * min_lr`` so the peak and the floor come out exactly."""
     if step < warmup:
-        return min_lr + (base - min_lr) * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        w = (step + 1) / warmup
+    else:
+        w = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return w * base + (1 - w) * min_lr
+
+
+def apply_schedule(groups: list[dict], schedule_lr: float) -> None:
+    """Set every parameter group's lr to its ``lr_scale`` times the one schedule's lr (warm-up to ``lr``,
+    cosine to ``min_lr``), as the reference's lr_scale does. The floor is scaled with the peak (group
+    floor ``scale * min_lr``): with one shared floor, a block whose peak ``scale * lr`` is below
+    ``min_lr`` (block 0 of 12 at lr 5e-5: 5e-5 x 0.65^12 = 2.8e-7 < 1e-6) would see its lr RISE
+    during the cosine."""
+    for grp in groups:
+        grp["lr"] = grp["lr_scale"] * schedule_lr
+
+
+def linear_schedule(cfg: LinearEvalConfig, steps_per_epoch: int):
+    """Linear evaluation's lr at a step: warm-up over ``warmup_epochs`` then cosine to ``min_lr`` over
+    ``epochs`` (``schedule: cosine``), or constant ``lr``."""
+    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        return lambda step: warmup_cosine(step, total, warm, cfg.lr, cfg.min_lr)
+    return lambda step: cfg.lr
 
 
 def _batches(n: int, size: int, generator: torch.Generator | None = None):
@@ -257,10 +319,123 @@ def _task_normalised(store: TaskStore, fold: Fold, norm_stats: str) -> TaskStore
     return store.renormalised(store.train_stats(fold.train)) if norm_stats == "task" else store
 
 
+@dataclass(frozen=True)
+class WaveFeatures:
+    """What recomputing a log-mel from a stored waveform needs (``roll_domain: waveform``): the features
+    stage's settings, so a rolled clip goes through exactly the stage's fbank, padding and cropping."""
+
+    cfg: FeaturesConfig
+    sample_rate: int
+
+    def logmel(self, wave: torch.Tensor) -> np.ndarray:
+        """(target_frames, mel) raw log-mel of a float waveform, zero-padded as the store."""
+        return clip_features(wave.numpy(), self.sample_rate, self.cfg)[0]
+
+
+def load_batch(data: TaskStore, rows: np.ndarray, cfg, g: torch.Generator, wave: WaveFeatures | None) -> torch.Tensor:
+    """A normalised training batch. ``roll`` with ``roll_domain: waveform`` is the reference's roll: each
+    clip's stored waveform (its valid samples) circularly shifted by U[0, samples) samples, times the gain
+    Beta(10, 10) + 0.5 when ``roll_gain``, then the features stage's log-mel and padding."""
+    if not (cfg.roll and cfg.roll_domain == "waveform"):
+        return data.batch(rows)
+    if wave is None:
+        raise ValueError("roll_domain: waveform needs the features settings (pass wave_features)")
+    gains = A.draw_gain(len(rows)).tolist() if cfg.roll_gain else [1.0] * len(rows)
+    raw = []
+    for r, gain in zip(rows, gains):
+        w = data.waveform(int(r))
+        shift = int(torch.randint(0, len(w), (1,), generator=g))
+        raw.append(wave.logmel(A.roll_waveform(w, shift, gain)))
+    return (torch.from_numpy(np.stack(raw)).float() - data.mean) / (2.0 * data.std)
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg, g: torch.Generator, frames: torch.Tensor, mean: float,
+                  std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recipe's augmentation of a normalised batch, shared by fine-tuning and paper-protocol linear
+    evaluation: the log-mel roll gain (``roll_gain`` with ``roll_domain: logmel``: +2 ln(gain) on the valid
+    frames above Kaldi's floor, the log-mel image of the waveform gain), mixup (soft targets; ``mixup_lambda``), the
+    log-mel roll along time (the whole padded clip), SpecAugment (after mixup, as the reference), then
+    noise (``noise_std``, fine-tuning only). ``frames``: valid frames per clip; ``mean``, ``std``: the
+    normalisation's."""
+    logmel_roll = cfg.roll and cfg.roll_domain == "logmel"
+    if logmel_roll and cfg.roll_gain:
+        x = A.logmel_gain(x, A.draw_gain(len(x)), frames, mean, std)
+    if cfg.mixup and cfg.mixup_alpha > 0:
+        lam, partner = A.draw_mixup(len(x), cfg.mixup_alpha, cfg.mixup_prob, per_batch=cfg.mixup_lambda == "per_batch")
+        x, y = A.mixup(x, y, lam, partner)
+    if logmel_roll:
+        x = A.roll_time(x, torch.randint(0, x.shape[1], (len(x),), generator=g))
+    x = A.spec_augment(x, int(cfg.specaug_time * x.shape[1]), int(cfg.specaug_freq * x.shape[2]), g)
+    noise = getattr(cfg, "noise_std", 0.0)
+    if noise > 0:
+        x = A.add_noise(x, noise, g)
+    return x, y
+
+
+def _predict(encoder: Encoder, head: Head, data: TaskStore, rows: np.ndarray, pooling: str) -> torch.Tensor:
+    encoder.eval()
+    with torch.no_grad():
+        return torch.cat([head(pool(encoder, data.batch(rows[k : k + 64]), pooling)) for k in range(0, len(rows), 64)])
+
+
+def _fit(encoder: Encoder, head: Head, groups: list[dict], data: TaskStore, task: Task, store: TaskStore, fold: Fold,
+         cfg, seed: int, lr_at, frozen: bool, weights: torch.Tensor | None = None,
+         wave: WaveFeatures | None = None) -> dict:
+    """The training loop of fine-tuning and of paper-protocol linear evaluation. Each step: every group's
+    lr = its ``lr_scale`` x ``lr_at(step)``; a batch (class-balanced draws with replacement when
+    ``weights``), loaded (waveform roll) and augmented; encoder -> pooling -> head; AdamW. ``frozen``:
+    the encoder stays in eval mode under no_grad (linear evaluation: only the head's groups learn, but
+    the encoder still runs on every augmented batch). ``train_valid_test``: the state at the epoch with
+    the best validation score is restored; returns that selection (empty otherwise)."""
+    opt = torch.optim.AdamW(groups, betas=tuple(cfg.betas))
+    y_train = targets(task, store, fold.train)
+    y_valid = targets(task, store, fold.valid) if fold.valid is not None else None
+    bce_reduction = getattr(cfg, "bce_reduction", "mean")
+    g = torch.Generator().manual_seed(seed)
+    step, best = 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        encoder.train(not frozen)
+        order = (torch.multinomial(weights, len(fold.train), replacement=True, generator=g) if weights is not None
+                 else torch.randperm(len(fold.train), generator=g))
+        for k in range(0, len(order), cfg.batch_size):
+            b = order[k : k + cfg.batch_size]
+            rows = fold.train[b.numpy()]
+            apply_schedule(opt.param_groups, lr_at(step))
+            x = load_batch(data, rows, cfg, g, wave)
+            y = y_train[b] if task.multi_label else F.one_hot(y_train[b], len(task.classes)).float()
+            x, y = augment_batch(x, y, cfg, g, torch.tensor([data.frames(int(r)) for r in rows]), data.mean, data.std)
+            if frozen:
+                with torch.no_grad():
+                    z = pool(encoder, x, cfg.pooling)
+            else:
+                z = pool(encoder, x, cfg.pooling)
+            loss = loss_fn(task, head(z), y, bce_reduction)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        if fold.valid is not None and (epoch % cfg.select_every == 0 or epoch == cfg.epochs):
+            v = score(task, y_valid, _predict(encoder, head, data, fold.valid, cfg.pooling))
+            if best is None or v > best[0]:
+                best = (v, epoch, copy.deepcopy(head.state_dict()), None if frozen else copy.deepcopy(encoder.state_dict()))
+    if best is None:
+        return {}
+    head.load_state_dict(best[2])
+    if best[3] is not None:
+        encoder.load_state_dict(best[3])
+    return {"selected_epoch": best[1], "valid": round(best[0], 5)}
+
+
 def linear_eval(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int,
-                events: dict[str, int] | None = None) -> dict:
-    """Frozen encoder, LayerNorm + linear head; every clip embedded once (no input augmentation), so the
-    folds of a cross-validation share one encoder pass."""
+                events: dict[str, int] | None = None, wave_features: WaveFeatures | None = None) -> dict:
+    """Frozen encoder, LayerNorm + linear head. ``protocol: cached``: every clip embedded once (no input
+    augmentation), so the folds of a cross-validation share one encoder pass; ``paper``: the reference's
+    protocol, the frozen encoder run on every step's augmented batch through the fine-tuning loop."""
+    if cfg.protocol == "paper":
+        return _linear_eval_paper(encoder, task, store, cfg, seed, events, wave_features)
+    if cfg.augmented:  # a task's overrides are merged without validation: check the merged recipe here
+        raise ValueError(f"task {task.name!r}: linear_eval protocol 'cached' cannot use input augmentation "
+                         "(mixup, specaug_freq, specaug_time, roll): set them off or use protocol: paper")
     fold_list = folds(task, store)
     used = np.unique(np.concatenate([r for f in fold_list for r in (f.train, f.test, f.valid) if r is not None]))
 
@@ -283,14 +458,13 @@ def linear_eval(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalC
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         g = torch.Generator().manual_seed(seed)
         z_train = z[fold.train]
-        per_epoch = math.ceil(len(fold.train) / cfg.batch_size)
+        lr_at = linear_schedule(cfg, math.ceil(len(fold.train) / cfg.batch_size))
         step, best = 0, None  # best: (valid score, epoch, state)
         t1 = time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
             for b in _batches(len(fold.train), cfg.batch_size, g):
-                if cfg.schedule == "cosine":
-                    for grp in opt.param_groups:
-                        grp["lr"] = warmup_cosine(step, cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch, cfg.lr, cfg.min_lr)
+                for grp in opt.param_groups:
+                    grp["lr"] = lr_at(step)
                 step += 1
                 loss = loss_fn(task, head(z_train[b]), y_train[b])
                 opt.zero_grad()
@@ -313,25 +487,50 @@ def linear_eval(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalC
     return _summarise(task, store, results, {"embedding_cache_speedup": round(speed, 1)}, events)
 
 
-def layer_decay_groups(encoder: Encoder, head: Head, lr: float, decay: float, weight_decay: float) -> list[dict]:
-    """Block i gets lr * decay^(depth - i); patch embedding, CLS, norms and head keep lr (reference)."""
+def _linear_eval_paper(encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int,
+                       events: dict[str, int] | None, wave: WaveFeatures | None) -> dict:
+    """The paper's linear evaluation: the fine-tuning loop (:func:`_fit`) with the encoder frozen and one
+    parameter group, the head's, on the linear schedule; mixup, SpecAugment and roll as the recipe says."""
+    results = []
+    for fold in folds(task, store):
+        data = _task_normalised(store, fold, cfg.norm_stats)
+        torch.manual_seed(seed)
+        head = Head(pooled_dim(encoder, cfg.pooling), len(task.classes))
+        groups = [{"params": list(head.parameters()), "lr": cfg.lr, "lr_scale": 1.0, "weight_decay": cfg.weight_decay}]
+        lr_at = linear_schedule(cfg, math.ceil(len(fold.train) / cfg.batch_size))
+        selection = _fit(encoder, head, groups, data, task, store, fold, cfg, seed, lr_at, frozen=True, wave=wave)
+        y_test = targets(task, store, fold.test)
+        logits = _predict(encoder, head, data, fold.test, cfg.pooling)
+        results.append((fold.name, score(task, y_test, logits), y_test, logits, fold.test, selection))
+    return _summarise(task, store, results, {}, events)
+
+
+def layer_decay_groups(encoder: Encoder, head: Head, lr: float, decay: float, weight_decay: float,
+                       decay_norm_and_bias: bool = True) -> list[dict]:
+    """Block i gets ``lr_scale`` decay^(depth - i); patch embedding, CLS, the pre-norm and the head keep
+    scale 1 (reference). ``decay_norm_and_bias: false`` puts the 1-D parameters (every bias and norm
+    weight) of each scale into a twin group without weight decay (the paper's fine-tuning recipe).
+    ``lr`` starts as scale x lr; the training loop sets it every step with :func:`apply_schedule`."""
     depth = len(encoder.blocks)
-    groups = []
-    for i, blk in enumerate(encoder.blocks):
-        groups.append({"params": list(blk.parameters()), "lr": lr * decay ** (depth - i), "weight_decay": weight_decay})
     in_blocks = {id(p) for blk in encoder.blocks for p in blk.parameters()}
-    rest = [p for p in encoder.parameters() if id(p) not in in_blocks] + list(head.parameters())
-    groups.append({"params": rest, "lr": lr, "weight_decay": weight_decay})
-    for g in groups:
-        g["base_lr"] = g["lr"]
+    scaled = [(decay ** (depth - i), list(blk.parameters())) for i, blk in enumerate(encoder.blocks)]
+    scaled.append((1.0, [p for p in encoder.parameters() if id(p) not in in_blocks] + list(head.parameters())))
+    groups = []
+    for scale, params in scaled:
+        if decay_norm_and_bias:
+            parts = [(params, weight_decay)]
+        else:
+            parts = [([p for p in params if p.ndim > 1], weight_decay), ([p for p in params if p.ndim <= 1], 0.0)]
+        groups += [{"params": ps, "lr": lr * scale, "lr_scale": scale, "weight_decay": wd} for ps, wd in parts if ps]
     return groups
 
 
 def finetune(make_encoder, task: Task, store: TaskStore, cfg: FinetuneConfig, seed: int,
-             events: dict[str, int] | None = None) -> dict:
-    """Whole network: layer-wise lr decay, drop path, mixup (soft labels), SpecAugment, roll, noise,
-    optional class-balanced sampling; warm-up then cosine to ``min_lr``. Evaluated after the last epoch,
-    or, for ``train_valid_test``, at the epoch with the best validation score."""
+             events: dict[str, int] | None = None, wave_features: WaveFeatures | None = None) -> dict:
+    """Whole network: layer-wise lr decay (each group's lr and floor scaled), drop path, mixup (soft
+    labels), SpecAugment, roll, noise, optional class-balanced sampling; warm-up then cosine to
+    ``min_lr``. Evaluated after the last epoch, or, for ``train_valid_test``, at the epoch with the best
+    validation score."""
     results = []
     for fold in folds(task, store):
         data = _task_normalised(store, fold, cfg.norm_stats)
@@ -339,56 +538,15 @@ def finetune(make_encoder, task: Task, store: TaskStore, cfg: FinetuneConfig, se
         encoder.set_drop_path(cfg.drop_path)
         torch.manual_seed(seed)
         head = Head(pooled_dim(encoder, cfg.pooling), len(task.classes))
-        groups = layer_decay_groups(encoder, head, cfg.lr, cfg.layer_decay, cfg.weight_decay)
-        opt = torch.optim.AdamW(groups, betas=tuple(cfg.betas))
-        y_train, y_test = targets(task, store, fold.train), targets(task, store, fold.test)
-        y_valid = targets(task, store, fold.valid) if fold.valid is not None else None
+        groups = layer_decay_groups(encoder, head, cfg.lr, cfg.layer_decay, cfg.weight_decay, cfg.decay_norm_and_bias)
         weights = class_balanced_weights([store.labels[r] for r in fold.train], task.classes) if cfg.weighted_sampling else None
         steps = cfg.epochs * math.ceil(len(fold.train) / cfg.batch_size)
         warm = max(1, int(cfg.warmup_share * steps))
-        g = torch.Generator().manual_seed(seed)
-        step, best = 0, None
-
-        def predict(rows: np.ndarray) -> torch.Tensor:
-            encoder.eval()
-            with torch.no_grad():
-                return torch.cat([head(pool(encoder, data.batch(rows[k : k + 64]), cfg.pooling)) for k in range(0, len(rows), 64)])
-
-        for epoch in range(1, cfg.epochs + 1):
-            encoder.train()
-            order = (torch.multinomial(weights, len(fold.train), replacement=True, generator=g) if weights is not None
-                     else torch.randperm(len(fold.train), generator=g))
-            for k in range(0, len(order), cfg.batch_size):
-                b = order[k : k + cfg.batch_size]
-                for grp in opt.param_groups:
-                    grp["lr"] = warmup_cosine(step, steps, warm, grp["base_lr"], cfg.min_lr)
-                x = data.batch(fold.train[b.numpy()])
-                y = y_train[b]
-                if not task.multi_label:
-                    y = F.one_hot(y, len(task.classes)).float()
-                if cfg.mixup and cfg.mixup_alpha > 0:
-                    lam, partner = A.draw_mixup(len(b), cfg.mixup_alpha, cfg.mixup_prob)
-                    x, y = A.mixup(x, y, lam, partner)
-                if cfg.roll:
-                    x = A.roll_time(x, torch.randint(0, x.shape[1], (len(b),), generator=g))
-                x = A.spec_augment(x, int(cfg.specaug_time * x.shape[1]), int(cfg.specaug_freq * x.shape[2]), g)
-                if cfg.noise_std > 0:
-                    x = A.add_noise(x, cfg.noise_std, g)
-                loss = loss_fn(task, head(pool(encoder, x, cfg.pooling)), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
-            if fold.valid is not None and (epoch % cfg.select_every == 0 or epoch == cfg.epochs):
-                v = score(task, y_valid, predict(fold.valid))
-                if best is None or v > best[0]:
-                    best = (v, epoch, copy.deepcopy(encoder.state_dict()), copy.deepcopy(head.state_dict()))
-        selection = {}
-        if best is not None:
-            encoder.load_state_dict(best[2])
-            head.load_state_dict(best[3])
-            selection = {"selected_epoch": best[1], "valid": round(best[0], 5)}
-        logits = predict(fold.test)
+        selection = _fit(encoder, head, groups, data, task, store, fold, cfg, seed,
+                         lambda step: warmup_cosine(step, steps, warm, cfg.lr, cfg.min_lr), frozen=False,
+                         weights=weights, wave=wave_features)
+        y_test = targets(task, store, fold.test)
+        logits = _predict(encoder, head, data, fold.test, cfg.pooling)
         results.append((fold.name, score(task, y_test, logits), y_test, logits, fold.test, selection))
     return _summarise(task, store, results, {}, events)
 

@@ -1,11 +1,14 @@
 """Fine-tuning augmentations as small pure functions on (batch, frames, mel) tensors.
 
 Each takes its randomness as arguments (or a generator), so a test can pin it and check the output by
-hand. The fine-tuning recipe (reference): mixup alpha 0.8 with probability 0.9 on the batch and its
-flip, then SpecAugment masks (value 0 after normalisation), roll along time, optional noise.
+hand. The fine-tuning recipe (reference): roll of the waveform with a gain, mixup alpha 0.8 with
+probability 0.9 on the batch and its flip, then SpecAugment masks (value 0 after normalisation);
+optional noise.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -48,12 +51,48 @@ def mixup(x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Te
     return lx * x + (1 - lx) * x[partner], ly * y + (1 - ly) * y[partner]
 
 
-def draw_mixup(batch: int, alpha: float, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_mixup(batch: int, alpha: float, prob: float, per_batch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """lam ~ Beta(alpha, alpha) for a share ``prob`` of clips (1 for the rest); partner = flipped batch.
+
+    ``per_batch``: one lam and one apply draw for the whole batch, the reference's mixup (timm's
+    ``mode='batch'``): with the flipped partner the batch's soft labels then sum to its hard positives,
+    which the per-positive BCE divides by. The per-clip default draws both for each clip.
     Uses the global torch generator (torch.distributions takes no other), seeded by the training loop."""
-    lam = torch.distributions.Beta(alpha, alpha).sample((batch,)) if alpha > 0 else torch.ones(batch)
-    apply = torch.rand(batch) < prob
-    return torch.where(apply, lam, torch.ones_like(lam)), torch.arange(batch - 1, -1, -1)
+    n = 1 if per_batch else batch
+    lam = torch.distributions.Beta(alpha, alpha).sample((n,)) if alpha > 0 else torch.ones(n)
+    apply = torch.rand(n) < prob
+    lam = torch.where(apply, lam, torch.ones_like(lam))
+    return lam.expand(batch).clone(), torch.arange(batch - 1, -1, -1)
+
+
+def draw_gain(batch: int) -> torch.Tensor:
+    """The reference's roll gain: Beta(10, 10) + 0.5 per clip, in [0.5, 1.5] around 1 (global generator)."""
+    return torch.distributions.Beta(10.0, 10.0).sample((batch,)) + 0.5
+
+
+KALDI_LOG_FLOOR = math.log(torch.finfo(torch.float32).eps)  # Kaldi fbank: log(max(mel energy, eps))
+
+
+def logmel_gain(x: torch.Tensor, gain: torch.Tensor, frames: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """A waveform gain applied to a normalised log-mel, as the log-mel of the scaled waveform would be.
+
+    Scaling the waveform by g scales the power spectrum, hence every mel energy E, by g^2, and Kaldi's
+    log(max(E, eps)) becomes max(log E + 2 ln g, log eps) wherever E was above the floor. Bins at the
+    floor (empty mel filters at 128 bins, digital silence) stay there (exact for E = 0). Undone and
+    redone around the reference normalisation x = (raw - mean) / (2 std). The zero padding after
+    ``frames`` is not audio and is left as it is. x: (B, T, F); gain, frames: (B,).
+    """
+    raw = x * (2 * std) + mean
+    valid = torch.arange(x.shape[1], device=x.device)[None, :, None] < frames.to(x.device)[:, None, None]
+    live = valid & (raw > KALDI_LOG_FLOOR + 0.01)  # 0.01: float16 storage of the floor value
+    shifted = torch.clamp(raw + 2 * torch.log(gain.to(x.device))[:, None, None], min=KALDI_LOG_FLOOR)
+    return torch.where(live, (shifted - mean) / (2 * std), x)
+
+
+def roll_waveform(wave: torch.Tensor, shift: int, gain: float = 1.0) -> torch.Tensor:
+    """The reference's roll augmentation on one clip's (valid) waveform: a circular shift by ``shift``
+    samples, times ``gain``."""
+    return torch.roll(wave, shift) * gain
 
 
 def add_noise(x: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -7,6 +7,7 @@ answer as one pass over all the data, without the catastrophic cancellation of s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -40,3 +41,23 @@ class RunningStats:
     def std(self) -> float:
         """Population standard deviation (what the reference's dataset statistics use)."""
         return float(np.sqrt(self.m2 / self.count)) if self.count else 0.0
+
+
+def clip_stats(logmel: np.ndarray, frames: int) -> RunningStats:
+    """Statistics of one clip's valid frames: rows ``[0, frames)`` of its (target_frames, mel) log-mel.
+
+    The zero rows after them are padding, not audio; counting them would pull the mean towards 0 and
+    inflate the std by an amount that depends on how short the clips are (the reference's dataset
+    statistics are over real frames). The one rule for every statistic of the project: the features
+    stage's ``stats.json`` and a downstream task's own statistics.
+    """
+    return RunningStats.of(np.asarray(logmel)[:frames])
+
+
+def valid_frame_stats(clips: Iterable[tuple[np.ndarray, int]]) -> RunningStats:
+    """:func:`clip_stats` of each (log-mel, valid frames) pair, merged with Chan's update (float64),
+    in the order given: what the features stage computes for a clip set, for any clips."""
+    total = RunningStats()
+    for logmel, frames in clips:
+        total = total.merge(clip_stats(logmel, frames))
+    return total

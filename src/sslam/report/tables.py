@@ -64,6 +64,55 @@ def control_check(evals: dict) -> dict:
     return out
 
 
+def variant_comparison(evals: dict, runs: dict[str, tuple[str, int]], a: str = "sslam", b: str = "mb_ua") -> dict:
+    """The paper's central comparison (Tables 2 and 3), linear evaluation: per task, the mean over the
+    stage-2 seeds of variant ``a`` and of ``b`` (same stage-1 checkpoint, same steps, same recipe), each
+    variant's seed spread (max - min) and the difference of the means; ``runs`` maps an encoder name to
+    its (variant, seed). The difference counts as visible only when larger than both spreads."""
+    out = {}
+    for (task, regime), d in sorted(evals.items()):
+        if regime != "linear":
+            continue
+        m = d["metric"]
+        per = {v: {seed: d["encoders"][e][m] for e, (var, seed) in runs.items() if var == v and e in d["encoders"]}
+               for v in (a, b)}
+        if not per[a] or not per[b]:
+            continue
+        mean = {v: float(np.mean(list(per[v].values()))) for v in per}
+        spread = {v: float(max(per[v].values()) - min(per[v].values())) for v in per}
+        diff = mean[a] - mean[b]
+        noise = max(spread.values())
+        verdict = f"{a} higher" if diff > noise else f"{b} higher" if -diff > noise else "within the seed spread"
+        out[task] = {"metric": m, a: {str(k): round(v, 5) for k, v in sorted(per[a].items())},
+                     b: {str(k): round(v, 5) for k, v in sorted(per[b].items())},
+                     f"{a}_mean": round(mean[a], 5), f"{b}_mean": round(mean[b], 5),
+                     "spread": round(noise, 5), "difference": round(diff, 5), "verdict": verdict}
+    return out
+
+
+def render_comparison(comparison: dict, a: str = "sslam", b: str = "mb_ua") -> str:
+    if not comparison:
+        return ""
+    label = {"sslam": "SSLAM", "mb_ua": "MB-UA", "mb_pma": "MB-PMA", "mb_ua_pma": "MB-UA-PMA"}
+    la, lb = label.get(a, a), label.get(b, b)
+    lines = ["", f"## {la} vs {lb} (linear evaluation; paper Tables 2 and 3)", "",
+             f"Stage 2 as `{a}` and as `{b}` from the same stage-1 checkpoint, same steps, same evaluation recipe; "
+             "per seed of stage 2, then the means. Visible only when the difference exceeds the larger seed spread.", "",
+             f"| task | metric | {la} (per seed) | {lb} (per seed) | {la} mean | {lb} mean | difference | seed spread | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    wins = {a: 0, b: 0}
+    for task, c in comparison.items():
+        seeds = lambda v: " / ".join(_pct(x) for x in c[v].values())  # noqa: E731
+        lines.append(f"| {task} | {c['metric']} | {seeds(a)} | {seeds(b)} | {_pct(c[f'{a}_mean'])} | {_pct(c[f'{b}_mean'])} | "
+                     f"{100 * c['difference']:+.1f} | {_pct(c['spread'])} | {c['verdict']} |")
+        for v in (a, b):
+            wins[v] += c["verdict"] == f"{v} higher"
+    n = len(comparison)
+    lines += ["", f"{la} higher beyond the seed spread on {wins[a]} of {n} tasks, {lb} on {wins[b]}, "
+              f"within the spread on {n - wins[a] - wins[b]}."]
+    return "\n".join(lines) + "\n"
+
+
 def _rows(evals: dict, tasks: list[str], encoders: list[str], metric_of) -> list[str]:
     out = []
     for regime in ("linear", "finetune"):
@@ -131,13 +180,19 @@ def render_pretrain(pretrain: dict[str, dict]) -> str:
     if not pretrain:
         return ""
     lines = ["", "## Pretraining", "",
-             "| stage | steps | loss first -> last | clips/s | target share explained by position | student loss | position-only loss |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "Target diagnostics on 64 training clips (`pretrain/diagnostics.py`): the share of the reference "
+             "(uncentred) target that the patch position alone explains, and the student's loss on the targets it "
+             "was trained on beside a position-only predictor of those same targets.", "",
+             "| run | variant | seed | steps | loss first -> last | reference target explained by position | "
+             "student loss | position-only loss (trained targets) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for stage, d in pretrain.items():
         diag = d.get("target_diagnostics") or {}
         share = f"{100 * diag['position_share']:.0f}%" if "position_share" in diag else "-"
-        lines.append(f"| {stage} | {d['steps']} | {d['loss_curve']['first']:.1f} -> {d['loss_curve']['last']:.1f} | "
-                     f"{d['samples_per_second']} | {share} | {diag.get('student_loss', '-')} | {diag.get('position_only_loss', '-')} |")
+        pos = diag.get("trained_position_only_loss", diag.get("position_only_loss", "-"))
+        lines.append(f"| {stage} | {d.get('variant', '-')} | {d.get('seed', '-')} | {d['steps']} | "
+                     f"{d['loss_curve']['first']:.1f} -> {d['loss_curve']['last']:.1f} | "
+                     f"{share} | {diag.get('student_loss', '-')} | {pos} |")
     return "\n".join(lines) + "\n"
 
 
