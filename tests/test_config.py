@@ -146,3 +146,22 @@ def test_audioset_profile_sets_the_paper_downstream_recipes():
     assert (lin.mixup, lin.mixup_alpha, lin.mixup_prob, lin.specaug_freq, lin.specaug_time) == (True, 0.8, 0.9, 0.2, 0.2)
     assert (ft.lr, ft.min_lr, ft.batch_size, ft.pooling, ft.epochs) == (5e-5, 1e-6, 48, "cls", 94)
     assert (ft.decay_norm_and_bias, ft.bce_reduction, ft.mixup_lambda, ft.roll, ft.roll_gain) == (False, "per_positive", "per_batch", True, True)
+
+
+def _diff(a, b, prefix=""):
+    """Dotted keys where two nested mappings differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [f"{prefix}: code {a!r} vs params.yaml {b!r}"]
+
+
+def test_code_defaults_equal_params_yaml_everywhere():
+    """params.yaml is the one source of truth: a Config() built without it (a test, a notebook, a key
+    deleted from params.yaml) runs exactly the configured setup. Compared key by key, nested."""
+    from sslam.config import Config, load_config
+
+    diffs = _diff(Config().model_dump(), load_config(REPO / "params.yaml").model_dump())
+    assert not diffs, "config.py defaults disagree with params.yaml:\n" + "\n".join(diffs)

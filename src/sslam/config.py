@@ -251,16 +251,16 @@ class FeaturesConfig(Section):
 
 class ModelConfig(Section):
     encoder: Literal["transformer"] = "transformer"  # Mamba and xLSTM encoders are not built yet
-    embed_dim: Positive = 192
+    embed_dim: Positive = 128
     depth: Positive = 4
-    num_heads: Positive = 3
+    num_heads: Positive = 4
     mlp_ratio: Annotated[float, Field(gt=0.0)] = 4.0
     patch_size: Positive = 16
-    decoder_layers: NonNegative = 6
+    decoder_layers: NonNegative = 4
     decoder_kernel: Positive = 3
     decoder_groups: Positive = 16
     decoder_fill: Literal["noise", "learned"] = "noise"  # masked slots: N(0, 0.01^2) noise (reference) or a learned token
-    patch_init: Literal["xavier", "pytorch"] = "xavier"  # patch conv: xavier_uniform_ (EAT) | PyTorch's Conv2d default
+    patch_init: Literal["xavier", "pytorch"] = "pytorch"  # patch conv: PyTorch's Conv2d default | xavier_uniform_ (EAT)
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -280,7 +280,7 @@ class MaskConfig(Section):
     ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
     block_size: Positive = 5
     prob_adjust: Annotated[float, Field(ge=0.0, le=1.0)] = 0.07  # extra block centres drawn, then trimmed (reference)
-    clone_batch: Positive = 16
+    clone_batch: Positive = 4
 
 
 class MixConfig(Section):
@@ -297,24 +297,26 @@ class SrlConfig(Section):
 
 
 class StageConfig(Section):
-    steps: Positive = 200
-    batch_size: Positive = 8
+    """A pretraining stage; the defaults are params.yaml's stage 1 (Stage2Config restates stage 2's)."""
+
+    steps: Positive = 900
+    batch_size: Positive = 16
     lr: Annotated[float, Field(gt=0.0)] = 5e-4
-    warmup_steps: NonNegative = 20
+    warmup_steps: NonNegative = 30
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.05
     betas: FloatPair = [0.9, 0.95]
     grad_clip: Annotated[float, Field(ge=0.0)] = 4.0
     grad_accum: Positive = 1
-    ema_decay: FloatPair = [0.9998, 0.99999]
-    ema_anneal_steps: NonNegative = 100000
+    ema_decay: FloatPair = [0.999, 0.9999]
+    ema_anneal_steps: NonNegative = 900
     top_k_layers: Positive = 4
     cls_loss_weight: Annotated[float, Field(ge=0.0)] = 1.0
     cls_loss_reduction: Literal["sum", "mean"] = "sum"  # reference: summed over the per-device CLS tokens
-    center_targets: Literal["none", "batch", "running"] = "none"  # none: the reference; batch | running: remove
+    center_targets: Literal["none", "batch", "running"] = "batch"  # none: the reference; batch | running: remove
     #   the per-position mean of the targets (over the per-process batch | a running mean kept like the EMA)
     center_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99  # running: the mean's EMA momentum
     decay_all_params: bool = True  # reference (a fairseq quirk): weight decay on biases, norms and CLS too
-    checkpoint_every: Positive = 50
+    checkpoint_every: Positive = 150
     keep_checkpoints: Positive = 2
     log_every: Positive = 1
     clone_batch: Positive | None = None  # null: mask.clone_batch
@@ -332,6 +334,13 @@ class StageConfig(Section):
 
 class Stage2Config(StageConfig):
     variant: Literal["mb_ua", "mb_pma", "mb_ua_pma", "sslam"] = "sslam"  # the rows of Tables 2 and 3
+    steps: Positive = 150
+    batch_size: Positive = 8
+    lr: Annotated[float, Field(gt=0.0)] = 2e-4
+    warmup_steps: NonNegative = 15
+    ema_anneal_steps: NonNegative = 150
+    checkpoint_every: Positive = 50
+    clone_batch: Positive | None = 4
     global_top_k_layers: Positive = 1  # teacher layers behind the CLS targets (reference: the last)
     global_unmixed: bool = True  # Table 5
     global_mixed: bool = True
@@ -353,8 +362,10 @@ class PretrainConfig(Section):
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
     stage1: StageConfig = StageConfig()
-    stage2: Stage2Config = Stage2Config(steps=100, lr=5e-5, warmup_steps=10, clone_batch=8)
-    stage2_runs: dict[Name, Stage2Run] = {}  # checkpoints/<name>/, evaluated under <name>
+    stage2: Stage2Config = Stage2Config()
+    stage2_runs: dict[Name, Stage2Run] = {  # checkpoints/<name>/, evaluated under <name>
+        "sslam_s1": Stage2Run(variant="sslam", seed=1), "mb_ua_s0": Stage2Run(variant="mb_ua", seed=0),
+        "mb_ua_s1": Stage2Run(variant="mb_ua", seed=1)}
 
     @model_validator(mode="after")
     def _check_runs(self) -> "PretrainConfig":
@@ -498,9 +509,10 @@ EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | st
 
 
 class EvaluateConfig(Section):
-    linear_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0", "random1"]
+    linear_encoders: Annotated[list[EncoderName], Field(min_length=1)] = [
+        "stage2", "sslam_s1", "mb_ua_s0", "mb_ua_s1", "random0", "random1"]
     finetune_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0"]
-    finetune_tasks: list[Name] = ["square", "park", "street"]
+    finetune_tasks: list[Name] = ["keywords", "square", "street"]
     seed: NonNegative = 0
 
 
@@ -519,7 +531,11 @@ class Config(Section):
     tasks: Annotated[dict[Name, TaskConfig], Field(min_length=1)] = {
         "mono": TaskConfig(kind="single_label", metric="accuracy", protocol="cross_validation",
                            recipe=FinetuneOverrides(mixup=False)),
-        "square": TaskConfig(), "park": TaskConfig(), "street": TaskConfig()}
+        "keywords": TaskConfig(kind="single_label", metric="accuracy", protocol="train_valid_test",
+                               recipe=FinetuneOverrides(epochs=40, noise_std=0.1, roll=False, specaug_freq=0.1,
+                                                        specaug_time=0.1)),
+        "square": TaskConfig(), "park": TaskConfig(), "street": TaskConfig(), "desed": TaskConfig(),
+        "urban": TaskConfig(min_labels=2), "as20k": TaskConfig(data="audioset")}
     evaluate: EvaluateConfig = EvaluateConfig()
 
     def finetune_recipe(self, task: str) -> FinetuneConfig:
