@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: repro test test-fast bench lock
+.PHONY: repro test test-fast bench lock exp dvc
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(RUN) python -m pytest -m "not slow"
+
+# Any dvc command inside the project's environment, e.g. make exp ARGS="-S mix.strategy=average"
+exp: $(STAMP)
+	$(RUN) dvc exp run $(ARGS)
+
+dvc: $(STAMP)
+	$(RUN) dvc $(ARGS)
 
 bench: $(STAMP)
 	$(RUN) sh -c 'for b in bench/*.py; do python "$$b" || exit 1; done'

@@ -38,8 +38,10 @@ class Ablation:
 ABLATIONS = (
     Ablation("Table 4", "partial vs full mixing", ("mix.partial", "mix.partial_mode", "mix.mixed_fraction"),
              {"Stage 2 with partial mixed audio": 40.6, "Stage 2 with mixed audio 75% of updates": 40.4}),
-    Ablation("Table 5", "global loss on unmixed / mixed data", ("pretrain.stage2.global_unmixed", "pretrain.stage2.global_mixed"),
-             {"UM + PM global loss": 40.9, "UM global loss only": 40.7, "no global loss": 40.4}),
+    Ablation("Table 5", "global loss on unmixed / mixed data / SRL",
+             ("pretrain.stage2.global_unmixed", "pretrain.stage2.global_mixed", "srl.global_loss"),
+             {"UM + PM global loss": 40.9, "UM global loss only": 40.7, "no global loss": 40.4,
+              "UM + PM + SRL global loss": 40.6}),
     Ablation("Table 6", "top-k teacher layers (global, local)", ("pretrain.stage2.global_top_k_layers", "pretrain.stage2.top_k_layers"),
              {"Global 12, Local 12": 40.5, "Global 1, Local 12": 40.6, "Global 3, Local 3": 39.3, "Global 1, Local 3": 39.4,
               "Global 1, Local 1": 38.8}),
