@@ -127,6 +127,12 @@ def render_markdown(evals: dict, settings: dict) -> str:
     lines = ["# Results", "", "Stage-2 settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()), "",
              "Synthetic analogues of the paper's datasets (column headers say which); the paper's SSLAM numbers "
              "(ViT-B, AS-2M pretraining, real data) stand beside ours as context, not as a target.", ""]
+    protocols = sorted({f"{r} `{d.get('recipe', {}).get('protocol', 'finetune' if r == 'finetune' else 'cached')}`"
+                        for (_, r), d in evals.items() if r == "linear"})
+    if protocols:
+        lines += ["Linear-evaluation protocol of these numbers: " + ", ".join(protocols)
+                  + " (`cached`: frozen embeddings computed once, no input augmentation; `paper`: the paper's "
+                  "Table 8 protocol, encoder run on augmented inputs every step).", ""]
     metric = {t: d["metric"] for (t, _), d in evals.items()}
     table1 = sorted({t for t, m in metric.items() if m == "accuracy" or t in PAPER_TABLE1}, key=lambda t: (metric[t] == "accuracy", t))
     poly = sorted({t for t, m in metric.items() if m == "map"}, key=lambda t: (t == "as20k", t == "urban", t == "desed", t))
