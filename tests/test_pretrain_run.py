@@ -108,8 +108,8 @@ def test_non_finite_loss_names_step_term_and_checkpoint(tmp_path, monkeypatch):
     params, feats = tiny_setup(tmp_path, steps=8, checkpoint_every=2)
     real = L.stage1_losses
 
-    def poisoned(student, teacher, x, s, seed, _calls=[0]):
-        out = real(student, teacher, x, s, seed)
+    def poisoned(student, teacher, x, s, seed, centring=None, _calls=[0]):
+        out = real(student, teacher, x, s, seed, centring)
         _calls[0] += 1
         if _calls[0] == 4:  # step 3
             out["local"] = out["local"] * float("nan")
