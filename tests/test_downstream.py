@@ -140,6 +140,8 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
     assert res["selection"]["valid"] == pytest.approx(max(valid_scores), abs=1e-5)
     assert res["selection"]["selected_epoch"] == [4, 8, 9][int(np.argmax(valid_scores))]
     assert res["accuracy"] == pytest.approx(test_score, abs=1e-5)
+    # metrics hold what params, code and data determine: no wall-clock figure in the result
+    assert set(res) == {"accuracy", "folds", "selection"}
 
 
 def test_finetune_runs_every_recipe_switch(tiny):

@@ -73,7 +73,7 @@ def test_stage_deps_are_exactly_the_code_it_imports(name):
     assert str(script.relative_to(REPO)) in st["deps"], f"stage {name}: its own script {script.name} is not a dep"
 
 
-def test_the_closure_sees_function_level_and_from_imports(tmp_path):
+def test_the_closure_sees_function_level_and_from_imports():
     script = REPO / "stages" / "evaluate.py"
     files = {str(f.relative_to(REPO)) for f in import_closure(script)}
     assert "src/sslam/config.py" in files  # module level

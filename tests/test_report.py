@@ -72,3 +72,7 @@ def test_sslam_vs_mb_ua_table_by_hand():
     md = render_comparison(c)
     assert "| a | map | 50.0 / 52.0 | 40.0 / 43.0 | 51.0 | 41.5 | +9.5 | 3.0 | sslam higher |" in md
     assert "SSLAM higher beyond the seed spread on 1 of 3 tasks, MB-UA on 1, within the spread on 1." in md
+    # one seed of MB-UA: no spread, so no difference is called visible, however large
+    one = variant_comparison(evals, {k: v for k, v in runs.items() if k != "mb_ua_s1"})
+    assert one["a"]["difference"] == pytest.approx(0.11) and one["a"]["verdict"] == "one seed: no spread to judge by"
+    assert "within the spread on 0, 3 with one seed only." in render_comparison(one)

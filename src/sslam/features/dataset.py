@@ -35,6 +35,7 @@ class FeatureStore:
         self._waves: dict[int, np.ndarray] = {}
         self._shard = self.index["shard"].to_numpy()
         self._row = self.index["row"].to_numpy()
+        self._frames = self.index["frames"].to_numpy()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -83,7 +84,7 @@ class FeatureStore:
         return torch.from_numpy(w.astype(np.float32) / 32768.0)
 
     def frames(self, i: int) -> int:
-        return int(self.index["frames"].iat[i])
+        return int(self._frames[i])
 
     def __getstate__(self) -> dict:  # memory maps are reopened in each worker
         state = self.__dict__.copy()

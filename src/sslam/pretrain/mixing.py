@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from sslam.features.fbank import kaldi_fbank
+from sslam.features.store import pad_or_crop
 
 
 def partner(x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +107,6 @@ def mix_waveforms(waves: torch.Tensor, lengths: torch.Tensor, frames_mixed: torc
     zero-padded to ``target_frames`` before normalising, exactly as the features stage stores a clip: a
     mixture with no mixed frames is the stored clip again, and the waveform mean is never taken over
     padding."""
-    from sslam.features.store import pad_or_crop
-
     b, n = waves.shape
     samples = frames_mixed.repeat_interleave(hop, dim=1)
     if samples.shape[1] < n:  # the tail beyond the last hop belongs to the last frame

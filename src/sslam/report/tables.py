@@ -68,7 +68,8 @@ def variant_comparison(evals: dict, runs: dict[str, tuple[str, int]], a: str = "
     """The paper's central comparison (Tables 2 and 3), linear evaluation: per task, the mean over the
     stage-2 seeds of variant ``a`` and of ``b`` (same stage-1 checkpoint, same steps, same recipe), each
     variant's seed spread (max - min) and the difference of the means; ``runs`` maps an encoder name to
-    its (variant, seed). The difference counts as visible only when larger than both spreads."""
+    its (variant, seed). The difference counts as visible only when larger than both spreads; with a
+    single seed of either variant there is no spread to judge it by, and the verdict says so."""
     out = {}
     for (task, regime), d in sorted(evals.items()):
         if regime != "linear":
@@ -82,7 +83,10 @@ def variant_comparison(evals: dict, runs: dict[str, tuple[str, int]], a: str = "
         spread = {v: float(max(per[v].values()) - min(per[v].values())) for v in per}
         diff = mean[a] - mean[b]
         noise = max(spread.values())
-        verdict = f"{a} higher" if diff > noise else f"{b} higher" if -diff > noise else "within the seed spread"
+        if min(len(per[a]), len(per[b])) < 2:
+            verdict = "one seed: no spread to judge by"
+        else:
+            verdict = f"{a} higher" if diff > noise else f"{b} higher" if -diff > noise else "within the seed spread"
         out[task] = {"metric": m, a: {str(k): round(v, 5) for k, v in sorted(per[a].items())},
                      b: {str(k): round(v, 5) for k, v in sorted(per[b].items())},
                      f"{a}_mean": round(mean[a], 5), f"{b}_mean": round(mean[b], 5),
@@ -108,8 +112,10 @@ def render_comparison(comparison: dict, a: str = "sslam", b: str = "mb_ua") -> s
         for v in (a, b):
             wins[v] += c["verdict"] == f"{v} higher"
     n = len(comparison)
+    within = sum(c["verdict"] == "within the seed spread" for c in comparison.values())
     lines += ["", f"{la} higher beyond the seed spread on {wins[a]} of {n} tasks, {lb} on {wins[b]}, "
-              f"within the spread on {n - wins[a] - wins[b]}."]
+              f"within the spread on {within}" + (f", {n - wins[a] - wins[b] - within} with one seed only." if
+                                                 n - wins[a] - wins[b] - within else ".")]
     return "\n".join(lines) + "\n"
 
 
