@@ -32,7 +32,7 @@ dvc: $(STAMP)
 	$(RUN) dvc $(ARGS)
 
 bench: $(STAMP)
-	$(RUN) sh -c 'for b in bench/*.py; do python "$$b" || exit 1; done'
+	$(RUN) sh -c 'for b in bench/[!_]*.py; do python "$$b" || exit 1; done'
 
 # Refresh the pinned versions after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -30,8 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--metrics", default="metrics/download.json")
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                    help="processes for synthetic/folder (results do not depend on it)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="processes for synthetic/folder (results do not depend on it)",
+    )
     ap.add_argument("--shard", default="0/1", help="audioset only: this machine's part i/N of the segment list")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)

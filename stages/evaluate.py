@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from sslam.config import load_config_or_exit
@@ -27,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.task not in cfg.tasks:
         print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
         return 2
-    from sslam.downstream.evaluate import WaveFeatures, build_encoder, distinct_events, finetune, linear_eval, load_task
+    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.finetune import finetune
+    from sslam.downstream.linear import linear_eval
+    from sslam.downstream.tasks import WaveFeatures, load_task, strong_event_counts
     from sslam.io import write_json_atomic
 
     task_cfg = cfg.tasks[args.task]
@@ -36,30 +40,40 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
-    strong = (Path(cfg.data.corpus_dir) / "strong" / "eval.tsv" if task_cfg.data == "audioset"
-              else Path(cfg.data.corpus_dir) / task_cfg.feature_set(args.task) / "strong.tsv")
-    events = distinct_events(strong, segment_ids=task_cfg.data == "audioset")
+    strong = (
+        Path(cfg.data.corpus_dir) / "strong" / "eval.tsv"
+        if task_cfg.data == "audioset"
+        else Path(cfg.data.corpus_dir) / task_cfg.feature_set(args.task) / "strong.tsv"
+    )
+    events = strong_event_counts(strong, segment_ids=task_cfg.data == "audioset")
     frames, mel = store.raw(0).shape
     linear = args.regime == "linear"
     recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
     encoders = cfg.evaluate.linear_encoders if linear else cfg.evaluate.finetune_encoders
     wave = WaveFeatures(cfg.features, cfg.data.sample_rate)  # roll_domain: waveform recomputes the log-mel
-    out = {"task": args.task, "regime": args.regime, "metric": task_cfg.metric, "protocol": task.protocol,
-           "data": task_cfg.feature_set(args.task), "recipe": recipe.model_dump(), "encoders": {}}
+    out = {
+        "task": args.task,
+        "regime": args.regime,
+        "metric": task_cfg.metric,
+        "protocol": task.protocol,
+        "data": task_cfg.feature_set(args.task),
+        "recipe": recipe.model_dump(),
+        "encoders": {},
+    }
     for name in encoders:
         t0 = time.perf_counter()
         try:
+            make_encoder = partial(build_encoder, cfg, name, frames, mel, args.checkpoints)
             if linear:
-                res = linear_eval(build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe, cfg.evaluate.seed, events,
-                                  wave_features=wave)
-            else:
-                res = finetune(lambda: build_encoder(cfg, name, frames, mel, args.checkpoints), task, store, recipe,
-                               cfg.evaluate.seed, events, wave_features=wave)
+                res = linear_eval(make_encoder(), task, store, recipe, cfg.evaluate.seed, events, wave_features=wave)
+            else:  # a fresh encoder per fold
+                res = finetune(make_encoder, task, store, recipe, cfg.evaluate.seed, events, wave_features=wave)
         except (FileNotFoundError, ValueError) as err:  # a missing checkpoint, an empty split after filtering
             print(f"evaluate: {err}", file=sys.stderr)
             return 2
         out["encoders"][name] = res
-        print(f"{args.task} {args.regime} {name}: {out['metric']} {res[out['metric']]:.4f} ({time.perf_counter() - t0:.1f}s)")
+        seconds = time.perf_counter() - t0
+        print(f"{args.task} {args.regime} {name}: {out['metric']} {res[out['metric']]:.4f} ({seconds:.1f}s)")
     write_json_atomic(Path(args.metrics_dir) / f"{args.task}_{args.regime}.json", out)
     return 0
 

@@ -25,15 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(args.params)
     t0 = time.perf_counter()
     try:
-        summary = build_features(cfg.data.corpus_dir, args.out, cfg.features, cfg.data.sample_rate, workers=args.workers)
+        summary = build_features(
+            cfg.data.corpus_dir, args.out, cfg.features, cfg.data.sample_rate, workers=args.workers
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"features: {err}", file=sys.stderr)
         return 2
     write_json_atomic(args.metrics, summary)
     clips = sum(s["clips"] for s in summary["sets"].values())
     failed = sum(s["failed"] for s in summary["sets"].values())
-    print(f"features: {clips} clips cached, {failed} failed, in {time.perf_counter() - t0:.1f}s; "
-          f"mean {summary['stats']['mean']:.3f} std {summary['stats']['std']:.3f} ({summary['stats']['source']})")
+    print(
+        f"features: {clips} clips cached, {failed} failed, in {time.perf_counter() - t0:.1f}s; "
+        f"mean {summary['stats']['mean']:.3f} std {summary['stats']['std']:.3f} ({summary['stats']['source']})"
+    )
     return 0
 
 

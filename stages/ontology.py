@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
         "paper_as2m_percent": {str(k): v for k, v in PAPER_PERCENT.items()},
         "splits": {
-            s: {k: v for k, v in e.items() if k != "histogram"} | {"polyphonic_percent": {str(lv): e["percent"][rule][str(lv)] for lv in levels}}
+            s: {k: v for k, v in e.items() if k != "histogram"}
+            | {"polyphonic_percent": {str(lv): e["percent"][rule][str(lv)] for lv in levels}}
             for s, e in result.items()
         },
         "histogram": {s: e["histogram"][rule] for s, e in result.items()},

@@ -18,10 +18,13 @@ from pathlib import Path
 from sslam.config import load_config_or_exit
 
 
-def curve_values(tsv: Path) -> list[float]:
+def curve_values(tsv: Path, column: str | None = None) -> list[float]:
+    """The values of a TSV curve: ``column``, or a dvclive file's one value column."""
     with open(tsv) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    name = [c for c in rows[0] if c not in ("timestamp", "step")][0]
+    if not rows:
+        return []
+    name = column or [c for c in rows[0] if c not in ("timestamp", "step")][0]
     return [float(r[name]) for r in rows]
 
 
@@ -39,8 +42,8 @@ def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 
     from safetensors.torch import load_file
 
     from sslam.features.dataset import FeatureStore
+    from sslam.models.student import Student, make_teacher
     from sslam.pretrain.diagnostics import target_diagnostics
-    from sslam.pretrain.model import Student, make_teacher
     from sslam.pretrain.targets import PositionCentring
 
     store = FeatureStore(features, cfg.pretrain.train_set)
@@ -54,8 +57,9 @@ def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 
     if (final / "centring.safetensors").is_file():
         centring.load_state_dict(load_file(final / "centring.safetensors"))
     with torch.random.fork_rng():
-        return target_diagnostics(student, teacher, x, scfg.top_k_layers, cfg.mask.ratio, cfg.mask.block_size,
-                                  cfg.mask.prob_adjust, seed=cfg.pretrain.seed, centring=centring)
+        return target_diagnostics(
+            student, teacher, x, scfg.top_k_layers, cfg.mask, seed=cfg.pretrain.seed, centring=centring
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,16 +82,29 @@ def main(argv: list[str] | None = None) -> int:
     live_dir = Path(args.metrics_dir) / f"{args.stage}_live"
     if args.run is not None:
         if args.stage != "stage2" or args.run not in cfg.pretrain.stage2_runs:
-            print(f"pretrain: --run {args.run!r} must name a key of pretrain.stage2_runs "
-                  f"({sorted(cfg.pretrain.stage2_runs)}) with --stage stage2", file=sys.stderr)
+            print(
+                f"pretrain: --run {args.run!r} must name a key of pretrain.stage2_runs "
+                f"({sorted(cfg.pretrain.stage2_runs)}) with --stage stage2",
+                file=sys.stderr,
+            )
             return 2
         cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.stage2_run(args.run)})
         name, metrics_file = args.run, Path(args.metrics_dir) / "stage2_runs" / f"{args.run}.json"
         live_dir = Path(args.metrics_dir) / "stage2_runs" / f"{args.run}_live"
     ckpt = Path(args.checkpoints or f"checkpoints/{name}")
+    timings = Path(args.metrics_dir) / "timings" / f"{name}.tsv"  # not a DVC output: machine-dependent
     try:
-        result = train_stage(cfg, args.stage, args.features, ckpt, live_dir, cpu=args.cpu, stop_after=args.stop_after,
-                             init_from=args.init if args.stage == "stage2" else None)
+        result = train_stage(
+            cfg,
+            args.stage,
+            args.features,
+            ckpt,
+            live_dir,
+            cpu=args.cpu,
+            stop_after=args.stop_after,
+            init_from=args.init if args.stage == "stage2" else None,
+            timings=timings,
+        )
     except NonFiniteLoss as err:
         print(f"pretrain: {err}", file=sys.stderr)
         return 3
@@ -101,20 +118,25 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "steps": result.steps,
             "seed": cfg.pretrain.seed,
-            "final": {t.stem: round(curve_values(t)[-1], 5) for t in sorted(curves.glob("*.tsv"))
-                      if t.stem not in ("lr", "ema_decay", "samples_per_s", "memory_mb")},
+            "final": {
+                t.stem: round(curve_values(t)[-1], 5)
+                for t in sorted(curves.glob("*.tsv"))
+                if t.stem not in ("lr", "ema_decay")
+            },
             "loss_curve": curve_summary(curves / "loss.tsv"),
-            "resumed_from_step": result.resumed_from,
             "target_diagnostics": final_diagnostics(cfg, args.stage, args.features, ckpt / "final"),
         }
-        # throughput is a timing, not science: printed and in the dvclive curves, never in the metrics;
-        # the median over logged steps is also right when this call only found a finished run to resume
-        speed = statistics.median(curve_values(curves / "samples_per_s.tsv"))
+        # throughput is a timing, not science: printed and in metrics/timings/ (not tracked), never in the
+        # metrics; the median over logged steps is also right when this call only resumed a finished run
+        speed = statistics.median(curve_values(timings, "samples_per_s")) if timings.is_file() else float("nan")
         if args.stage == "stage2":
             summary["variant"] = cfg.pretrain.stage2.variant
         write_json_atomic(metrics_file, summary)
-        print(f"pretrain {name}: {result.steps} steps, loss {summary['loss_curve']['first']:.4f} -> "
-              f"{summary['loss_curve']['last']:.4f}, {speed:.1f} clips/s")
+        # where this call resumed from is how it ran, not what it computed: printed, not a metric
+        print(
+            f"pretrain {name}: {result.steps} steps (this call from step {result.resumed_from}), loss "
+            f"{summary['loss_curve']['first']:.4f} -> {summary['loss_curve']['last']:.4f}, {speed:.1f} clips/s"
+        )
     return 0
 
 

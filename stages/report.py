@@ -19,8 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config_or_exit(args.params)
     from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic, write_text_atomic
-    from sslam.report.tables import (control_check, load_eval, plot_loss_curves, plot_mixture, plot_polyphony,
-                                     render_comparison, render_markdown, render_pretrain, variant_comparison)
+    from sslam.report.tables import (
+        control_check,
+        load_eval,
+        plot_loss_curves,
+        plot_mixture,
+        plot_polyphony,
+        render_comparison,
+        render_markdown,
+        render_pretrain,
+        variant_comparison,
+    )
 
     m = Path(args.metrics_dir)
     configured = {(t, "linear") for t in cfg.tasks} | {(t, "finetune") for t in cfg.evaluate.finetune_tasks}
@@ -28,14 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     evals = {k: v for k, v in found.items() if k in configured}
     for stale in sorted(set(found) - configured):  # a task removed from params leaves its file
         print(f"report: ignoring metrics/eval/{stale[0]}_{stale[1]}.json (not in tasks / evaluate.finetune_tasks)")
-    settings = {"variant": cfg.pretrain.stage2.variant, "mix.strategy": cfg.mix.strategy, "mix.partial": cfg.mix.partial,
-                "mix.partial_mode": cfg.mix.partial_mode, "srl.aggregation": cfg.srl.aggregation}
-    pretrain = {st: json.loads((m / f"pretrain_{st}.json").read_text()) for st in ("stage1", "stage2")
-                if (m / f"pretrain_{st}.json").is_file()}
-    pretrain |= {name: json.loads((m / "stage2_runs" / f"{name}.json").read_text()) for name in cfg.pretrain.stage2_runs
-                 if (m / "stage2_runs" / f"{name}.json").is_file()}
+    settings = {
+        "variant": cfg.pretrain.stage2.variant,
+        "mix.strategy": cfg.mix.strategy,
+        "mix.partial": cfg.mix.partial,
+        "mix.partial_mode": cfg.mix.partial_mode,
+        "srl.aggregation": cfg.srl.aggregation,
+    }
+    pretrain = {
+        st: json.loads((m / f"pretrain_{st}.json").read_text())
+        for st in ("stage1", "stage2")
+        if (m / f"pretrain_{st}.json").is_file()
+    }
+    pretrain |= {
+        name: json.loads((m / "stage2_runs" / f"{name}.json").read_text())
+        for name in cfg.pretrain.stage2_runs
+        if (m / "stage2_runs" / f"{name}.json").is_file()
+    }
     runs = {"stage2": (cfg.pretrain.stage2.variant, cfg.pretrain.seed)} | {
-        name: (r.variant, r.seed) for name, r in cfg.pretrain.stage2_runs.items()}
+        name: (r.variant, r.seed) for name, r in cfg.pretrain.stage2_runs.items()
+    }
     comparison = variant_comparison(evals, runs)
     md = render_markdown(evals, settings) + render_comparison(comparison) + render_pretrain(pretrain)
     write_text_atomic(m / "report.md", md)
@@ -44,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     plot_polyphony(evals, m / "plots" / "map_by_polyphony.png")
     first_poly = next((t for t, c in cfg.tasks.items() if c.kind == "multi_label" and c.data != "audioset"), None)
     if first_poly:
-        plot_mixture(FeatureStore(args.features, cfg.tasks[first_poly].feature_set(first_poly)), cfg.mix.strategy, cfg.mix.mixed_fraction,
-                     cfg.model.patch_size, m / "plots" / "mixture_example.png")
+        plot_mixture(
+            FeatureStore(args.features, cfg.tasks[first_poly].feature_set(first_poly)),
+            cfg.mix.strategy,
+            cfg.mix.mixed_fraction,
+            cfg.model.patch_size,
+            m / "plots" / "mixture_example.png",
+        )
     print(md)
     return 0
 

@@ -10,20 +10,21 @@ from pathlib import Path
 
 from sslam.report.ablations import main, runs_from_exp_show
 
-MAKE = '''import json, yaml
+MAKE = """import json, yaml
 p = yaml.safe_load(open("params.yaml"))
-v = {"max": 0.5, "average": 0.4, "waveform": 0.3}[p["mix"]["strategy"]] + (0.05 if p["srl"]["aggregation"] == "max" else 0)
+v = {"max": 0.5, "average": 0.4, "waveform": 0.3}[p["mix"]["strategy"]]
+v += 0.05 if p["srl"]["aggregation"] == "max" else 0
 json.dump({"task": "square", "regime": "linear", "metric": "map",
            "encoders": {"stage2": {"map": v}, "random0": {"map": 0.2}}}, open("metrics/eval/square_linear.json", "w"))
-'''
-DVC_YAML = '''stages:
+"""
+DVC_YAML = """stages:
   ev:
     cmd: python make.py
     deps: [make.py]
     params: [mix, srl]
     metrics:
       - metrics/eval/square_linear.json: {cache: false}
-'''
+"""
 
 
 def test_ablation_tables_from_dvc_experiments(tmp_path, monkeypatch):
@@ -54,10 +55,10 @@ def test_ablation_tables_from_dvc_experiments(tmp_path, monkeypatch):
     out = tmp_path / "ablations.md"
     assert main(["--json", str(shown), "--out", str(out)]) == 0
     md = out.read_text()
-    t10 = md[md.index("## Table 10"):md.index("## Table 11")]
-    t11 = md[md.index("## Table 11"):]
+    t10 = md[md.index("## Table 10") : md.index("## Table 11")]
+    t11 = md[md.index("## Table 11") :]
     # Table 10: the baseline and the two strategy runs, not `both` (it also changes srl.aggregation)
     assert "| max | 50.0 |" in t10 and "| avg | average | 40.0 |" in t10 and "| wave | waveform | 30.0 |" in t10
     assert "both" not in t10 and "srlmax" not in t10
     assert "| srlmax | max | 55.0 |" in t11 and "avg" not in t11
-    assert "Only the baseline has these settings" in md[md.index("## Table 4"):md.index("## Table 5")]
+    assert "Only the baseline has these settings" in md[md.index("## Table 4") : md.index("## Table 5")]

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
+from conftest import REPO
 
 from sslam.config import AudiosetConfig
 from sslam.data import audioset_format as fmt
@@ -38,7 +39,6 @@ from sslam.data.audioset_download import (
     validate_segment,
 )
 from sslam.data.manifest import read_manifest
-from conftest import REPO
 
 SR = 16000
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -46,14 +46,59 @@ FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 def make_media(path: Path, kind: str) -> None:
     """12 s: 440 Hz for the first 6 s, then 1000 Hz, so a cut's content can be checked."""
-    audio = ["-f", "lavfi", "-i", "sine=frequency=440:duration=6:sample_rate=48000",
-             "-f", "lavfi", "-i", "sine=frequency=1000:duration=6:sample_rate=48000"]
+    audio = [
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=6:sample_rate=48000",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=1000:duration=6:sample_rate=48000",
+    ]
     concat = "[0:a][1:a]concat=n=2:v=0:a=1,pan=stereo|c0=c0|c1=c0[a]"
     if kind == "mp4":
-        cmd = [FFMPEG, "-v", "error", "-y", *audio, "-f", "lavfi", "-i", "color=c=black:s=64x64:d=12:r=10",
-               "-filter_complex", concat, "-map", "2:v", "-map", "[a]", "-c:v", "mpeg4", "-c:a", "aac", "-b:a", "128k", str(path)]
+        cmd = [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            *audio,
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:d=12:r=10",
+            "-filter_complex",
+            concat,
+            "-map",
+            "2:v",
+            "-map",
+            "[a]",
+            "-c:v",
+            "mpeg4",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            str(path),
+        ]
     else:
-        cmd = [FFMPEG, "-v", "error", "-y", *audio, "-filter_complex", concat, "-map", "[a]", "-c:a", "libopus", "-b:a", "96k", str(path)]
+        cmd = [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            *audio,
+            "-filter_complex",
+            concat,
+            "-map",
+            "[a]",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "96k",
+            str(path),
+        ]
     subprocess.run(cmd, check=True)
 
 
@@ -159,8 +204,17 @@ def write_labels(folder: Path, rows: list[tuple[str, float, float, str]], split:
 
 
 def config(server: MediaServer, labels: Path, ext: str = "mp4", **kw) -> AudiosetConfig:
-    base = dict(splits=["balanced"], metadata_dir=str(labels), url_template=server.template(ext), workers=3,
-                retries=2, backoff_base_s=0.01, backoff_max_s=0.05, rate_limit_per_s=0.0, socket_timeout_s=10.0)
+    base = dict(
+        splits=["balanced"],
+        metadata_dir=str(labels),
+        url_template=server.template(ext),
+        workers=3,
+        retries=2,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        rate_limit_per_s=0.0,
+        socket_timeout_s=10.0,
+    )
     base.update(kw)
     return AudiosetConfig.model_validate(base)
 
@@ -293,9 +347,15 @@ def test_faults_retries_and_the_failures_table(server, tmp_path):
     publish(server, IDS["drop"], behaviour="drop_once")
     publish(server, "alwaysDrop1", behaviour="always_drop")
     labels = tmp_path / "labels"
-    rows = [(IDS["ok"], 0.0, 3.0, "/m/a"), (IDS["flaky"], 0.0, 3.0, "/m/a"), (IDS["gone"], 0.0, 3.0, "/m/a"),
-            (IDS["drop"], 0.0, 3.0, "/m/a"), ("alwaysDrop1", 0.0, 3.0, "/m/a"), ("../../etc/p", 0.0, 3.0, "/m/a"),
-            ("okOK_ok-OK1", 5.0, 8.0, "/m/zzz")]
+    rows = [
+        (IDS["ok"], 0.0, 3.0, "/m/a"),
+        (IDS["flaky"], 0.0, 3.0, "/m/a"),
+        (IDS["gone"], 0.0, 3.0, "/m/a"),
+        (IDS["drop"], 0.0, 3.0, "/m/a"),
+        ("alwaysDrop1", 0.0, 3.0, "/m/a"),
+        ("../../etc/p", 0.0, 3.0, "/m/a"),
+        ("okOK_ok-OK1", 5.0, 8.0, "/m/zzz"),
+    ]
     write_labels(labels, rows)
     out = tmp_path / "corpus"
     sleeps: list[float] = []
@@ -314,7 +374,8 @@ def test_faults_retries_and_the_failures_table(server, tmp_path):
     assert len(sleeps) == 1 + 1 + 2  # flaky once, drop once, always-drop twice: backoff between attempts
     # no partial files anywhere, only complete FLACs of the good segments
     assert sorted(p.name for p in out.rglob("*.flac")) == sorted(
-        [f"{IDS['ok']}_0.flac", f"{IDS['flaky']}_0.flac", f"{IDS['drop']}_0.flac", "okOK_ok-OK1_5000.flac"])
+        [f"{IDS['ok']}_0.flac", f"{IDS['flaky']}_0.flac", f"{IDS['drop']}_0.flac", "okOK_ok-OK1_5000.flac"]
+    )
     assert not list(out.rglob("*.part")) and not list(out.rglob(".tmp-*"))
 
     # a second run: done segments skipped, the permanent failure not asked again, the transient one retried
@@ -342,15 +403,24 @@ def test_kill_mid_download_then_resume(server, tmp_path):
         publish(server, y)
     publish(server, "slowSLOWss3", behaviour="slow")
     labels = tmp_path / "labels"
-    write_labels(labels, [("doneAAAAAA1", 0.0, 3.0, "/m/a"), ("doneBBBBBB2", 1.0, 4.0, "/m/a"), ("slowSLOWss3", 0.0, 3.0, "/m/b")])
+    write_labels(
+        labels,
+        [("doneAAAAAA1", 0.0, 3.0, "/m/a"), ("doneBBBBBB2", 1.0, 4.0, "/m/a"), ("slowSLOWss3", 0.0, 3.0, "/m/b")],
+    )
     corpus = tmp_path / "corpus"
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["corpus_dir"] = str(corpus)
     params["download"]["source"] = "audioset"
     params["download"]["audioset"].update(config(server, labels).model_dump())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, str(REPO / "stages" / "download.py"), "--params", str(tmp_path / "params.yaml"),
-           "--metrics", str(tmp_path / "metrics" / "download.json")]
+    cmd = [
+        sys.executable,
+        str(REPO / "stages" / "download.py"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--metrics",
+        str(tmp_path / "metrics" / "download.json"),
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 60
     done = [corpus / "audio" / "balanced" / n for n in ("doneAAAAAA1_0.flac", "doneBBBBBB2_1000.flac")]

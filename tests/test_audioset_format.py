@@ -14,7 +14,9 @@ import pytest
 
 from sslam.data import audioset_format as fmt
 
-SEGMENT_ROW = re.compile(r'^([A-Za-z0-9_-]{11}), (\d+\.\d{3}), (\d+\.\d{3}), "((?:/[mgt]/[A-Za-z0-9_]+)(?:,/[mgt]/[A-Za-z0-9_]+)*)"$')
+SEGMENT_ROW = re.compile(
+    r'^([A-Za-z0-9_-]{11}), (\d+\.\d{3}), (\d+\.\d{3}), "((?:/[mgt]/[A-Za-z0-9_]+)(?:,/[mgt]/[A-Za-z0-9_]+)*)"$'
+)
 HEADER_1 = re.compile(r"^# Segments csv created \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
 HEADER_2 = re.compile(r"^# num_ytids=(\d+), num_segs=(\d+), num_unique_labels=(\d+), num_positive_labels=(\d+)$")
 CLASS_ROW = re.compile(r'^(\d+),(/[mgt]/[A-Za-z0-9_]+),"((?:[^"]|"")*)"$')
@@ -79,9 +81,10 @@ def test_writers_reproduce_the_published_files_byte_for_byte(shared_audioset, tm
 
     classes = fmt.read_class_labels(shared_audioset / "class_labels_indices.csv")
     assert len(classes) == 527
-    assert fmt.format_class_labels(list(zip(classes["mid"], classes["display_name"]))) == (
-        shared_audioset / "class_labels_indices.csv"
-    ).read_text()
+    assert (
+        fmt.format_class_labels(list(zip(classes["mid"], classes["display_name"])))
+        == (shared_audioset / "class_labels_indices.csv").read_text()
+    )
 
     nodes = fmt.read_ontology(shared_audioset / "ontology.json")
     assert len(nodes) == 632
@@ -115,14 +118,38 @@ def test_written_files_parse_with_the_independent_reader(tmp_path):
 @pytest.mark.parametrize(
     "lines,match",
     [
-        (["YTID, start_seconds, end_seconds, positive_labels", "x, 0, 1, \"/m/a\""], ":1: expected '# Segments csv created"),
+        (
+            ["YTID, start_seconds, end_seconds, positive_labels", 'x, 0, 1, "/m/a"'],
+            ":1: expected '# Segments csv created",
+        ),
         (["# Segments csv created X", "# wrong", "# YTID, start_seconds, end_seconds, positive_labels"], ":2:"),
-        (["# Segments csv created X", "# num_ytids=1, num_segs=1, num_unique_labels=1, num_positive_labels=1",
-          "# YTID, start_seconds, end_seconds, positive_labels", "abc, x, 1.0, \"/m/a\""], ":4: start/end seconds must be numbers"),
-        (["# Segments csv created X", "# num_ytids=1, num_segs=1, num_unique_labels=1, num_positive_labels=1",
-          "# YTID, start_seconds, end_seconds, positive_labels", "abc, 5.0, 1.0, \"/m/a\""], ":4: need 0 <= start_seconds < end_seconds"),
-        (["# Segments csv created X", "# num_ytids=1, num_segs=1, num_unique_labels=1, num_positive_labels=1",
-          "# YTID, start_seconds, end_seconds, positive_labels", "abc, 0.0, 1.0"], ":4: expected 4 fields"),
+        (
+            [
+                "# Segments csv created X",
+                "# num_ytids=1, num_segs=1, num_unique_labels=1, num_positive_labels=1",
+                "# YTID, start_seconds, end_seconds, positive_labels",
+                'abc, x, 1.0, "/m/a"',
+            ],
+            ":4: start/end seconds must be numbers",
+        ),
+        (
+            [
+                "# Segments csv created X",
+                "# num_ytids=1, num_segs=1, num_unique_labels=1, num_positive_labels=1",
+                "# YTID, start_seconds, end_seconds, positive_labels",
+                'abc, 5.0, 1.0, "/m/a"',
+            ],
+            ":4: need 0 <= start_seconds < end_seconds",
+        ),
+        (
+            [
+                "# Segments csv created X",
+                "# num_ytids=1, num_segs=1, num_unique_labels=1, num_positive_labels=1",
+                "# YTID, start_seconds, end_seconds, positive_labels",
+                "abc, 0.0, 1.0",
+            ],
+            ":4: expected 4 fields",
+        ),
     ],
 )
 def test_bad_segment_files_name_the_line(tmp_path, lines, match):
@@ -133,7 +160,15 @@ def test_bad_segment_files_name_the_line(tmp_path, lines, match):
 
 
 def test_bad_ontologies_are_rejected(tmp_path):
-    node = {"id": "/m/a", "name": "A", "description": "", "citation_uri": "", "positive_examples": [], "child_ids": ["/m/b"], "restrictions": []}
+    node = {
+        "id": "/m/a",
+        "name": "A",
+        "description": "",
+        "citation_uri": "",
+        "positive_examples": [],
+        "child_ids": ["/m/b"],
+        "restrictions": [],
+    }
     p = tmp_path / "o.json"
     p.write_text(json.dumps([node]))
     with pytest.raises(fmt.FormatError, match="names child '/m/b'"):

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import yaml
+from conftest import REPO
 
 from sslam.config import Config, ConfigError, load_config, parse_config, set_dotted
-from conftest import REPO
 
 
 @pytest.fixture
@@ -133,7 +133,9 @@ def test_downstream_recipe_defaults_equal_params_yaml():
 def test_cached_linear_eval_refuses_input_augmentation(raw):
     with pytest.raises(ConfigError, match=r"linear_eval.*protocol 'cached'"):
         parse_config(set_dotted(copy.deepcopy(raw), "linear_eval.mixup", True), "params.yaml")
-    cfg = parse_config(set_dotted(set_dotted(copy.deepcopy(raw), "linear_eval.mixup", True), "linear_eval.protocol", "paper"))
+    cfg = parse_config(
+        set_dotted(set_dotted(copy.deepcopy(raw), "linear_eval.mixup", True), "linear_eval.protocol", "paper")
+    )
     assert cfg.linear_eval.protocol == "paper" and cfg.linear_eval.mixup
 
 
@@ -142,10 +144,29 @@ def test_audioset_profile_sets_the_paper_downstream_recipes():
 
     cfg = load_config(REPO / "params.yaml", profile_overrides("audioset"))
     lin, ft = cfg.linear_eval, cfg.finetune
-    assert (lin.protocol, lin.lr, lin.epochs, lin.batch_size, lin.warmup_epochs, lin.pooling) == ("paper", 1e-3, 50, 48, 5, "cls")
-    assert (lin.mixup, lin.mixup_alpha, lin.mixup_prob, lin.specaug_freq, lin.specaug_time) == (True, 0.8, 0.9, 0.2, 0.2)
+    assert (lin.protocol, lin.lr, lin.epochs, lin.batch_size, lin.warmup_epochs, lin.pooling) == (
+        "paper",
+        1e-3,
+        50,
+        48,
+        5,
+        "cls",
+    )
+    assert (lin.mixup, lin.mixup_alpha, lin.mixup_prob, lin.specaug_freq, lin.specaug_time) == (
+        True,
+        0.8,
+        0.9,
+        0.2,
+        0.2,
+    )
     assert (ft.lr, ft.min_lr, ft.batch_size, ft.pooling, ft.epochs) == (5e-5, 1e-6, 48, "cls", 94)
-    assert (ft.decay_norm_and_bias, ft.bce_reduction, ft.mixup_lambda, ft.roll, ft.roll_gain) == (False, "per_positive", "per_batch", True, True)
+    assert (ft.decay_norm_and_bias, ft.bce_reduction, ft.mixup_lambda, ft.roll, ft.roll_gain) == (
+        False,
+        "per_positive",
+        "per_batch",
+        True,
+        True,
+    )
 
 
 def _diff(a, b, prefix=""):

@@ -1,4 +1,5 @@
-"""Two real processes (torchrun, Accelerator forced to the CPU): each reads its own part of an epoch."""
+"""Two real processes (torchrun, Accelerator forced to the CPU): each reads its own part of an epoch,
+batch by batch, the way the pretraining loop does (``ShardedSampler`` indices -> ``FeatureStore.batch``)."""
 
 from __future__ import annotations
 
@@ -6,34 +7,44 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-WORKER = textwrap.dedent("""
+BATCH = 2
+
+# The reads of src/sslam/pretrain/loop.py's micro_batch: micro-batch k is batch b of epoch e
+# (divmod by the full batches per epoch, the last partial batch dropped), indices from the sampler.
+WORKER = textwrap.dedent(f"""
     import json, sys
     from accelerate import Accelerator
-    from sslam.features.dataset import PretrainDataset, FeatureStore, ShardedSampler, batched_loader
+    from sslam.features.dataset import FeatureStore, ShardedSampler
     acc = Accelerator(cpu=True)
     store = FeatureStore(sys.argv[1], "unbalanced")
     sampler = ShardedSampler(len(store), rank=acc.process_index, world_size=acc.num_processes, seed=5)
-    seen = {}
-    for epoch in range(2):
-        sampler.set_epoch(epoch)
-        ids = list(sampler)
-        loader = batched_loader(PretrainDataset(store), 2, sampler=sampler)
-        n = sum(x.shape[0] for x in loader)
-        seen[epoch] = {"ids": ids, "rows_read": n}
-    with open(f"{sys.argv[2]}/rank{acc.process_index}.json", "w") as f:
-        json.dump({"world": acc.num_processes, "seen": seen}, f)
+    per_epoch = len(sampler) // {BATCH}
+    seen = {{}}
+    for k in range(2 * per_epoch):
+        epoch, b = divmod(k, per_epoch)
+        if b == 0:
+            sampler.set_epoch(epoch)
+            ids = list(sampler)
+            seen[epoch] = {{"ids": ids, "read": [], "sums": []}}
+        idx = ids[b * {BATCH} : (b + 1) * {BATCH}]
+        x = store.batch(idx)
+        seen[epoch]["read"] += idx
+        seen[epoch]["sums"] += x.sum(dim=(1, 2)).tolist()
+    with open(f"{{sys.argv[2]}}/rank{{acc.process_index}}.json", "w") as f:
+        json.dump({{"world": acc.num_processes, "seen": seen}}, f)
 """)
 
 
 def test_each_rank_reads_its_own_part(tmp_path):
-    from test_features import FeaturesConfig, ManifestRow, SR, build_features, write_flac_atomic, write_manifest
     import numpy as np
+    from test_features import SR, FeaturesConfig, ManifestRow, build_features, write_flac_atomic, write_manifest
+
+    from sslam.features.dataset import FeatureStore
 
     corpus = tmp_path / "corpus"
     rows = []
@@ -43,15 +54,33 @@ def test_each_rank_reads_its_own_part(tmp_path):
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
     build_features(corpus, tmp_path / "f", FeaturesConfig(target_frames=64, shard_size=4, store_waveforms=False), SR)
     (tmp_path / "worker.py").write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29611",
-           str(tmp_path / "worker.py"), str(tmp_path / "f"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29611",
+        str(tmp_path / "worker.py"),
+        str(tmp_path / "f"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 for r in ranks)
+    store = FeatureStore(tmp_path / "f", "unbalanced")
+    sums = [store[i].sum().item() for i in range(len(store))]
+    assert len(set(np.round(sums, 3))) == 9  # every clip tells itself apart by its sum
     for epoch in ("0", "1"):
         a, b = (r["seen"][epoch]["ids"] for r in ranks)
         assert len(a) == len(b) == 5 and set(a) | set(b) == set(range(9))
         assert len(set(a) & set(b)) <= 1  # 9 clips over 2 ranks: one repeat pads the epoch
-        assert all(r["seen"][epoch]["rows_read"] == 5 for r in ranks)
+        for r in ranks:
+            seen = r["seen"][epoch]
+            # two full batches of 2 from its own 5 ids, in sampler order; the fifth is dropped as in the loop
+            assert seen["read"] == seen["ids"][:4]
+            # and the rows it got are those clips' features, not another rank's or another shard's
+            np.testing.assert_allclose(seen["sums"], [sums[i] for i in seen["read"]], rtol=1e-5)
     assert ranks[0]["seen"]["0"]["ids"] != ranks[0]["seen"]["1"]["ids"]  # reshuffled per epoch

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from pretrain_helpers import tiny_setup
 
 
@@ -37,17 +36,19 @@ def test_task_recipe_overrides_merge_onto_the_base_recipe():
 
 def test_params_must_agree_with_the_corpus_task(tiny):
     from sslam.config import TaskConfig
-    from sslam.downstream.evaluate import load_task
+    from sslam.downstream.tasks import load_task
 
     cfg, feats = tiny
-    with pytest.raises(ValueError, match=r"tasks\.square\.protocol is 'cross_validation' but .*task\.json says 'train_eval'"):
+    with pytest.raises(
+        ValueError, match=r"tasks\.square\.protocol is 'cross_validation' but .*task\.json says 'train_eval'"
+    ):
         load_task(cfg.data.corpus_dir, "square", TaskConfig(protocol="cross_validation"))
     with pytest.raises(FileNotFoundError, match="no task 'nope'"):
         load_task(cfg.data.corpus_dir, "nope", TaskConfig())
 
 
 def test_keyword_task_has_train_valid_test_and_its_own_classes(tiny):
-    from sslam.downstream.evaluate import folds, load_task
+    from sslam.downstream.tasks import folds, load_task
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
@@ -55,12 +56,16 @@ def test_keyword_task_has_train_valid_test_and_its_own_classes(tiny):
     assert task.protocol == "train_valid_test" and not set(task.classes) & set(mono.classes)
     (fold,) = folds(task, store)
     split = store.split
-    assert set(split[fold.train]) == {"train"} and set(split[fold.valid]) == {"valid"} and set(split[fold.test]) == {"test"}
+    assert (
+        set(split[fold.train]) == {"train"}
+        and set(split[fold.valid]) == {"valid"}
+        and set(split[fold.test]) == {"test"}
+    )
     assert len(fold.train) == len(fold.valid) == len(fold.test) == len(task.classes)  # 1 clip per class and split
 
 
 def test_min_labels_keeps_only_polyphonic_clips(tiny):
-    from sslam.downstream.evaluate import Task, kept_rows, load_task
+    from sslam.downstream.tasks import Task, kept_rows, load_task
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
@@ -70,9 +75,25 @@ def test_min_labels_keeps_only_polyphonic_clips(tiny):
     assert kept_rows(Task("t", "multi_label", "train_eval", ["a", "b", "c"], [], 1), store).tolist() == [0, 1, 2, 4]
 
 
+def test_strong_event_counts_count_distinct_labels_per_clip(tmp_path):
+    """A label repeated in a clip counts once; AudioSet segment ids (``<ytid>_<start ms>``, ytids may hold
+    an underscore) are keyed by the clip id; no strong labels: None."""
+    from sslam.downstream.tasks import strong_event_counts
+
+    tsv = tmp_path / "strong.tsv"
+    rows = [("a_b_30000", "/m/x"), ("a_b_30000", "/m/x"), ("a_b_30000", "/m/y"), ("c_0", "/m/x")]
+    tsv.write_text(
+        "segment_id\tstart_time_seconds\tend_time_seconds\tlabel\n"
+        + "".join(f"{seg}\t0.0\t1.0\t{lab}\n" for seg, lab in rows)
+    )
+    assert strong_event_counts(tsv) == {"a_b_30000": 2, "c_0": 1}
+    assert strong_event_counts(tsv, segment_ids=True) == {"a_b": 2, "c": 1}
+    assert strong_event_counts(tmp_path / "none.tsv") is None
+
+
 def test_audioset_task_concatenates_balanced_and_eval(tiny):
     from sslam.config import TaskConfig
-    from sslam.downstream.evaluate import folds, load_task
+    from sslam.downstream.tasks import folds, load_task
     from sslam.features.dataset import FeatureStore
 
     cfg, feats = tiny
@@ -88,7 +109,7 @@ def test_audioset_task_concatenates_balanced_and_eval(tiny):
 
 
 def test_task_stats_renormalise_from_the_training_clips(tiny):
-    from sslam.downstream.evaluate import load_task
+    from sslam.downstream.tasks import load_task
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
@@ -101,7 +122,7 @@ def test_task_stats_renormalise_from_the_training_clips(tiny):
 
 
 def test_freq_mean_pooling_keeps_frequency_rows():
-    from sslam.downstream.evaluate import pool, pooled_dim
+    from sslam.downstream.encoder import pool, pooled_dim
     from sslam.models.vit import Encoder
 
     torch.manual_seed(0)
@@ -119,22 +140,25 @@ def test_freq_mean_pooling_keeps_frequency_rows():
 def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
     """train_valid_test: the reported test score is the head's at the epoch with the best valid score,
     checked every `select_every` epochs."""
-    from sslam.downstream import evaluate as E
+    from sslam.downstream import training
+    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.linear import linear_eval
+    from sslam.downstream.tasks import load_task
 
     cfg, feats = tiny
-    task, store = E.load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
+    task, store = load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
     seen = []
-    real_score = E.score
+    real_score = training.score
 
     def spy(task_, y, logits):
         s = real_score(task_, y, logits)
         seen.append(s)
         return s
 
-    monkeypatch.setattr(E, "score", spy)
-    enc = E.build_encoder(cfg, "random0", *store.raw(0).shape)
+    monkeypatch.setattr(training, "score", spy)  # valid and test scores are all taken in training
+    enc = build_encoder(cfg, "random0", *store.raw(0).shape)
     lin = cfg.linear_eval.model_copy(update={"epochs": 9, "select_every": 4})
-    res = E.linear_eval(enc, task, store, lin, seed=0)
+    res = linear_eval(enc, task, store, lin, seed=0)
     valid_scores, test_score = seen[:-1], seen[-1]
     assert len(valid_scores) == 3  # epochs 4, 8 and the last (9)
     assert res["selection"]["valid"] == pytest.approx(max(valid_scores), abs=1e-5)
@@ -147,23 +171,37 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
 def test_finetune_runs_every_recipe_switch(tiny):
     """Weighted sampling, noise, task stats, freq_mean pooling and selection together: a real run whose
     result is a valid score per fold."""
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.finetune import finetune
+    from sslam.downstream.tasks import load_task
 
     cfg, feats = tiny
-    task, store = E.load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
+    task, store = load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
     frames, mel = store.raw(0).shape
-    recipe = cfg.finetune_recipe("keywords").model_copy(update={
-        "epochs": 2, "batch_size": 2, "weighted_sampling": True, "noise_std": 0.1, "norm_stats": "task",
-        "pooling": "freq_mean", "mixup": True})
-    res = E.finetune(lambda: E.build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
+    recipe = cfg.finetune_recipe("keywords").model_copy(
+        update={
+            "epochs": 2,
+            "batch_size": 2,
+            "weighted_sampling": True,
+            "noise_std": 0.1,
+            "norm_stats": "task",
+            "pooling": "freq_mean",
+            "mixup": True,
+        }
+    )
+    res = finetune(lambda: build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
     assert 0.0 <= res["accuracy"] <= 1.0 and res["selection"]["selected_epoch"] in (1, 2)
 
 
 def test_ablation_tables_pick_runs_that_differ_only_in_their_keys():
     from sslam.report.ablations import ABLATIONS, Run, render, rows_for
 
-    base = Run("workspace", {"mix.strategy": "max", "srl.aggregation": "mean", "seed": 0}, {"square/linear/stage2": 0.5})
-    avg = Run("exp-avg", {"mix.strategy": "average", "srl.aggregation": "mean", "seed": 0}, {"square/linear/stage2": 0.4})
+    base = Run(
+        "workspace", {"mix.strategy": "max", "srl.aggregation": "mean", "seed": 0}, {"square/linear/stage2": 0.5}
+    )
+    avg = Run(
+        "exp-avg", {"mix.strategy": "average", "srl.aggregation": "mean", "seed": 0}, {"square/linear/stage2": 0.4}
+    )
     both = Run("exp-both", {"mix.strategy": "average", "srl.aggregation": "max", "seed": 0}, {})
     same = Run("HEAD", dict(base.params), {})
     table10 = next(a for a in ABLATIONS if a.table == "Table 10")
@@ -178,11 +216,13 @@ def test_ablation_tables_pick_runs_that_differ_only_in_their_keys():
 
 def test_as2m_setting_trains_on_balanced_and_unbalanced(tiny):
     from sslam.config import TaskConfig
-    from sslam.downstream.evaluate import folds, load_task
+    from sslam.downstream.tasks import folds, load_task
     from sslam.features.dataset import FeatureStore, class_balanced_weights
 
     cfg, feats = tiny
-    task, store = load_task(cfg.data.corpus_dir, "as2m", TaskConfig(data="audioset", train_splits=["balanced", "unbalanced"]), feats)
+    task, store = load_task(
+        cfg.data.corpus_dir, "as2m", TaskConfig(data="audioset", train_splits=["balanced", "unbalanced"]), feats
+    )
     sizes = {s: len(FeatureStore(feats, s)) for s in ("balanced", "unbalanced", "eval")}
     (fold,) = folds(task, store)
     assert len(fold.train) == sizes["balanced"] + sizes["unbalanced"] and len(fold.test) == sizes["eval"]
@@ -191,32 +231,23 @@ def test_as2m_setting_trains_on_balanced_and_unbalanced(tiny):
     assert w.shape == (len(fold.train),) and (w > 0).all()
 
 
-def test_warmup_cosine_schedule_by_hand():
-    from sslam.downstream.evaluate import warmup_cosine
-
-    lrs = [warmup_cosine(s, 10, 2, 1.0, 0.0) for s in range(10)]
-    assert lrs[:2] == [0.5, 1.0]  # warm-up reaches the peak at its last step
-    assert lrs[2] == pytest.approx(1.0) and lrs[6] == pytest.approx(0.5)  # half-way through the cosine
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
-    assert warmup_cosine(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)  # ends at min_lr
-    assert warmup_cosine(0, 10, 0, 1.0, 0.0) == pytest.approx(1.0)  # no warm-up: starts at the peak
-
-
 def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
     """norm_stats: task embeds each fold with its training clips' statistics: the same result as
     evaluating a store renormalised by hand with those statistics."""
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.linear import linear_eval
+    from sslam.downstream.tasks import folds, load_task
 
     cfg, feats = tiny
-    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
     lin = cfg.linear_eval.model_copy(update={"epochs": 3})
-    (fold,) = E.folds(task, store)
+    (fold,) = folds(task, store)
     by_hand = store.renormalised(store.train_stats(fold.train))
-    enc = E.build_encoder(cfg, "random0", *store.raw(0).shape)
-    a = E.linear_eval(enc, task, store, lin.model_copy(update={"norm_stats": "task"}), seed=0)
-    b = E.linear_eval(enc, task, by_hand, lin, seed=0)
+    enc = build_encoder(cfg, "random0", *store.raw(0).shape)
+    a = linear_eval(enc, task, store, lin.model_copy(update={"norm_stats": "task"}), seed=0)
+    b = linear_eval(enc, task, by_hand, lin, seed=0)
     assert a["map"] == pytest.approx(b["map"], abs=1e-6)
-    c = E.linear_eval(enc, task, store, lin, seed=0)  # pretraining stats: a different input scale
+    c = linear_eval(enc, task, store, lin, seed=0)  # pretraining stats: a different input scale
     assert not torch.equal(by_hand.batch(fold.train), store.batch(fold.train)) and 0 < c["map"] <= 1
 
 
@@ -226,20 +257,23 @@ def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
 def test_layer_decay_floor_scales_with_each_group():
     """Each group's lr = its scale x the one schedule: at lr 5e-5, min_lr 1e-6, decay 0.65 over 12 blocks
     no group falls below scale x min_lr, none rises after warm-up, and the top group peaks at lr."""
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.encoder import Head
+    from sslam.downstream.finetune import layer_decay_groups
+    from sslam.downstream.training import apply_schedule
     from sslam.models.vit import Encoder
+    from sslam.schedule import warmup_cosine_lr
 
     lr, min_lr, decay, depth = 5e-5, 1e-6, 0.65, 12
     assert lr * decay**depth < min_lr  # block 0's peak is below min_lr: a shared floor would make its lr rise
     enc = Encoder(16, depth, 2, patch=16, frames=32, mel=32)
-    groups = E.layer_decay_groups(enc, E.Head(16, 3), lr, decay, 0.05)
+    groups = layer_decay_groups(enc, Head(16, 3), lr, decay, 0.05)
     block0 = {id(p) for p in enc.blocks[0].parameters()}
     assert [g["lr_scale"] for g in groups if block0 & {id(p) for p in g["params"]}] == [pytest.approx(0.65**12)]
     assert sorted(g["lr_scale"] for g in groups) == pytest.approx(sorted([0.65 ** (12 - i) for i in range(12)] + [1.0]))
     total, warm = 400, 40
     lrs = []
     for step in range(total + 1):
-        E.apply_schedule(groups, E.warmup_cosine(step, total, warm, lr, min_lr))
+        apply_schedule(groups, warmup_cosine_lr(step, total, warm, lr, min_lr))
         lrs.append([g["lr"] for g in groups])
     lrs = np.array(lrs)  # (steps, groups)
     scale = np.array([g["lr_scale"] for g in groups])
@@ -248,30 +282,34 @@ def test_layer_decay_floor_scales_with_each_group():
     top = int(np.argmax(scale))
     assert lrs[warm - 1, top] == lr  # exactly the peak at the last warm-up step
     np.testing.assert_allclose(lrs[-1], scale * min_lr, rtol=1e-12)  # every group ends on its own floor
-    old = [E.warmup_cosine(s, total, warm, lr * 0.65**12, min_lr) for s in (warm - 1, total)]
+    old = [warmup_cosine_lr(s, total, warm, lr * 0.65**12, min_lr) for s in (warm - 1, total)]
     assert old[1] > old[0]  # the former shared floor: block 0's lr rose from 2.8e-7 to 1e-6
 
 
 def test_no_weight_decay_on_biases_and_norms():
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.encoder import Head
+    from sslam.downstream.finetune import layer_decay_groups
     from sslam.models.vit import Encoder
 
-    enc, head = Encoder(16, 3, 2, patch=16, frames=32, mel=32), E.Head(16, 4)
+    enc, head = Encoder(16, 3, 2, patch=16, frames=32, mel=32), Head(16, 4)
     named = dict(enc.named_parameters()) | {f"head.{n}": p for n, p in head.named_parameters()}
     by_name = {n for n in named if n.endswith(".bias") or "norm" in n}  # written from the names, not shapes
-    groups = E.layer_decay_groups(enc, head, 1e-3, 0.65, 0.05, decay_norm_and_bias=False)
+    groups = layer_decay_groups(enc, head, 1e-3, 0.65, 0.05, decay_norm_and_bias=False)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in named.values())  # every parameter exactly once
     undecayed = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert undecayed == {id(named[n]) for n in by_name}
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
-    assert scale_of[id(enc.blocks[0].norm1.bias)] == scale_of[id(enc.blocks[0].attn.qkv.weight)] == pytest.approx(0.65**3)
+    assert (
+        scale_of[id(enc.blocks[0].norm1.bias)] == scale_of[id(enc.blocks[0].attn.qkv.weight)] == pytest.approx(0.65**3)
+    )
     assert scale_of[id(head.fc.bias)] == scale_of[id(enc.cls_token)] == 1.0
-    assert all(g["weight_decay"] == 0.05 for g in E.layer_decay_groups(enc, head, 1e-3, 0.65, 0.05))  # default: all
+    assert all(g["weight_decay"] == 0.05 for g in layer_decay_groups(enc, head, 1e-3, 0.65, 0.05))  # default: all
 
 
 def test_bce_per_positive_against_a_direct_computation():
-    from sslam.downstream.evaluate import Task, loss_fn
+    from sslam.downstream.tasks import Task
+    from sslam.downstream.training import loss_fn
 
     z = np.array([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.5]])
     y = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # 3 positive labels
@@ -328,19 +366,20 @@ def test_waveform_roll_recomputes_the_log_mel_of_the_rolled_clip(tiny):
     """roll_domain: waveform: the batch is the fbank of the stored waveform shifted and scaled, padded and
     normalised like the store; with shift 0 and gain 1 the path gives back the stored features."""
     from sslam.config import FeaturesConfig
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.tasks import WaveFeatures, load_task
+    from sslam.downstream.training import load_batch
     from sslam.features.fbank import kaldi_fbank
 
     cfg, feats = tiny
-    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
-    wave = E.WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)  # as tiny_setup
+    task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    wave = WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)  # as tiny_setup
     frames, mel = store.raw(0).shape
     same = (torch.from_numpy(wave.logmel(store.waveform(0))) - store.mean) / (2 * store.std)
     torch.testing.assert_close(same, store.batch([0])[0], atol=2e-3, rtol=0)  # float16 storage
     recipe = cfg.finetune.model_copy(update={"roll": True, "roll_gain": True, "roll_domain": "waveform"})
     rows = np.array([0, 1])
     torch.manual_seed(3)
-    got = E.load_batch(store, rows, recipe, torch.Generator().manual_seed(5), wave)
+    got = load_batch(store, rows, recipe, torch.Generator().manual_seed(5), wave)
     torch.manual_seed(3)
     gains = (torch.distributions.Beta(10.0, 10.0).sample((2,)) + 0.5).tolist()
     g = torch.Generator().manual_seed(5)
@@ -351,23 +390,35 @@ def test_waveform_roll_recomputes_the_log_mel_of_the_rolled_clip(tiny):
         fb = torch.nn.functional.pad(fb, (0, 0, 0, frames - fb.shape[0]))
         torch.testing.assert_close(got[k], (fb - store.mean) / (2 * store.std), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="wave_features"):
-        E.load_batch(store, rows, recipe, torch.Generator(), None)
+        load_batch(store, rows, recipe, torch.Generator(), None)
 
 
 def test_finetune_runs_the_paper_recipe_switches(tiny):
     """Per-positive BCE, per-batch mixup, waveform roll with gain, no decay on biases and norms: a real
     run whose result is a valid mAP."""
     from sslam.config import FeaturesConfig
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.finetune import finetune
+    from sslam.downstream.tasks import WaveFeatures, load_task
 
     cfg, feats = tiny
-    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
     frames, mel = store.raw(0).shape
-    recipe = cfg.finetune.model_copy(update={
-        "epochs": 2, "batch_size": 2, "bce_reduction": "per_positive", "mixup_lambda": "per_batch", "roll_gain": True,
-        "roll_domain": "waveform", "decay_norm_and_bias": False, "pooling": "cls", "lr": 5e-5})
-    wave = E.WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
-    res = E.finetune(lambda: E.build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave)
+    recipe = cfg.finetune.model_copy(
+        update={
+            "epochs": 2,
+            "batch_size": 2,
+            "bce_reduction": "per_positive",
+            "mixup_lambda": "per_batch",
+            "roll_gain": True,
+            "roll_domain": "waveform",
+            "decay_norm_and_bias": False,
+            "pooling": "cls",
+            "lr": 5e-5,
+        }
+    )
+    wave = WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
+    res = finetune(lambda: build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave)
     assert 0.0 < res["map"] <= 1.0
 
 
@@ -377,42 +428,55 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
     from pydantic import ValidationError
 
     from sslam.config import LinearEvalConfig
-    from sslam.downstream import evaluate as E
+    from sslam.downstream.encoder import Head, build_encoder, embed
+    from sslam.downstream.linear import linear_eval
+    from sslam.downstream.tasks import folds, load_task
 
     cfg, feats = tiny
-    task, store = E.load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
-    (fold,) = E.folds(task, store)
-    enc = E.build_encoder(cfg, "random0", *store.raw(0).shape)
+    task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
+    (fold,) = folds(task, store)
+    enc = build_encoder(cfg, "random0", *store.raw(0).shape)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     epochs, n = 4, len(fold.train)
-    lin = cfg.linear_eval.model_copy(update={
-        "protocol": "paper", "epochs": epochs, "batch_size": n, "warmup_epochs": 1, "lr": 1e-3, "pooling": "cls",
-        "mixup": True, "mixup_prob": 1.0, "specaug_freq": 0.2, "specaug_time": 0.2})
+    lin = cfg.linear_eval.model_copy(
+        update={
+            "protocol": "paper",
+            "epochs": epochs,
+            "batch_size": n,
+            "warmup_epochs": 1,
+            "lr": 1e-3,
+            "pooling": "cls",
+            "mixup": True,
+            "mixup_prob": 1.0,
+            "specaug_freq": 0.2,
+            "specaug_time": 0.2,
+        }
+    )
     calls, head_inputs = [], []
     h1 = enc.register_forward_hook(lambda m, args, out: calls.append((m.training, args[0].shape[0])))
-    real_head = E.Head.forward
+    real_head = Head.forward
 
     def spy(self, z):
         head_inputs.append(z.detach().clone())
         return real_head(self, z)
 
-    E.Head.forward = spy
+    Head.forward = spy
     try:
-        res = E.linear_eval(enc, task, store, lin, seed=0)
+        res = linear_eval(enc, task, store, lin, seed=0)
     finally:
-        E.Head.forward = real_head
+        Head.forward = real_head
         h1.remove()
     assert 0.0 < res["map"] <= 1.0 and "embedding_cache_speedup" not in res
     assert calls == [(False, n)] * epochs + [(False, len(fold.test))]  # every step, then the test clips
     assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())  # frozen
     train_inputs = head_inputs[:epochs]
-    clean = E.embed(enc, store, fold.train, "cls")
+    clean = embed(enc, store, fold.train, "cls")
     for i in range(epochs):
         assert torch.cdist(train_inputs[i], clean).min() > 1e-4  # augmented, never the clean embedding
         for j in range(i):
             assert torch.cdist(train_inputs[i], train_inputs[j]).min() > 1e-4  # new inputs every epoch
     with pytest.raises(ValueError, match="cached"):
-        E.linear_eval(enc, task, store, cfg.linear_eval.model_copy(update={"mixup": True}), seed=0)
+        linear_eval(enc, task, store, cfg.linear_eval.model_copy(update={"mixup": True}), seed=0)
     with pytest.raises(ValidationError, match="cached"):
         LinearEvalConfig(specaug_time=0.2)
     assert "protocol" in cfg.linear_eval.model_dump()  # the metrics files record it with the recipe
@@ -427,7 +491,7 @@ def test_task_stats_equal_the_features_stage_stats(tmp_path):
 
     from sslam.config import FeaturesConfig
     from sslam.data.manifest import ManifestRow, write_manifest
-    from sslam.downstream.evaluate import TaskStore
+    from sslam.downstream.tasks import TaskStore
     from sslam.features.store import build_features
     from sslam.io import write_flac_atomic
 

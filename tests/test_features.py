@@ -16,16 +16,16 @@ import soundfile as sf
 import torch
 import torchaudio
 import yaml
+from conftest import REPO
 
 from sslam.config import FeaturesConfig, SyntheticConfig
 from sslam.data.manifest import ManifestRow, write_manifest
 from sslam.data.synthetic import generate_corpus
 from sslam.features import augment as A
-from sslam.features.dataset import FeatureStore, LabelledDataset, PretrainDataset, ShardedSampler, class_balanced_weights
+from sslam.features.dataset import FeatureStore, ShardedSampler, class_balanced_weights
 from sslam.features.stats import RunningStats
 from sslam.features.store import build_features, num_samples_for
 from sslam.io import write_flac_atomic
-from conftest import REPO
 
 SR = 16000
 
@@ -34,8 +34,16 @@ def reference_fbank(path: Path, target: int) -> tuple[np.ndarray, int]:
     """Written from the reference's description, not with the project's code."""
     wav, sr = sf.read(path, dtype="float32")
     wav = torch.from_numpy(wav - wav.mean())[None]
-    fb = torchaudio.compliance.kaldi.fbank(wav, htk_compat=True, sample_frequency=sr, use_energy=False,
-                                           window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+    fb = torchaudio.compliance.kaldi.fbank(
+        wav,
+        htk_compat=True,
+        sample_frequency=sr,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
     n = fb.shape[0]
     fb = torch.nn.functional.pad(fb, (0, 0, 0, max(0, target - n)))[:target]
     return fb.numpy(), min(n, target)
@@ -51,7 +59,8 @@ def small_cache(tmp_path_factory):
         t = np.arange(int(seconds * SR)) / SR
         x = 0.3 * np.sin(2 * np.pi * (300 + 200 * k) * t) + 0.01 * rng.standard_normal(len(t))
         write_flac_atomic(corpus / f"audio/unbalanced/c{k}.flac", x, SR)
-        rows.append(ManifestRow(f"c{k}", "unbalanced", f"audio/unbalanced/c{k}.flac", seconds, SR, (f"/m/{k % 2}",), "ok", ""))
+        rel = f"audio/unbalanced/c{k}.flac"
+        rows.append(ManifestRow(f"c{k}", "unbalanced", rel, seconds, SR, (f"/m/{k % 2}",), "ok", ""))
     (corpus / "audio/unbalanced/bad.flac").write_bytes(b"fLaC" + bytes(300))
     rows.insert(2, ManifestRow("bad", "unbalanced", "audio/unbalanced/bad.flac", 1.0, SR, ("/m/0",), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
@@ -89,13 +98,15 @@ def test_statistics_over_valid_frames(small_cache):
     refs = [reference_fbank(corpus / f"audio/unbalanced/c{k}.flac", 304) for k in range(5)]
     valid = np.concatenate([f[:n].ravel() for f, n in refs]).astype(np.float64)
     stats = json.loads((feats / "stats.json").read_text())
-    assert stats["mean"] == pytest.approx(valid.mean(), abs=1e-4) and stats["std"] == pytest.approx(valid.std(), abs=1e-4)
+    assert stats["mean"] == pytest.approx(valid.mean(), abs=1e-4)
+    assert stats["std"] == pytest.approx(valid.std(), abs=1e-4)
     # streaming merge equals one pass, in any grouping
     chunks = np.array_split(valid, 7)
     merged = RunningStats()
     for c in chunks[::-1]:
         merged = merged.merge(RunningStats.of(c))
-    assert merged.count == valid.size and merged.mean == pytest.approx(valid.mean()) and merged.std == pytest.approx(valid.std())
+    assert merged.count == valid.size
+    assert merged.mean == pytest.approx(valid.mean()) and merged.std == pytest.approx(valid.std())
 
 
 def test_pinned_statistics_and_waveforms(small_cache, tmp_path):
@@ -108,7 +119,8 @@ def test_pinned_statistics_and_waveforms(small_cache, tmp_path):
     assert n == 400 + 303 * 160
     pcm, _ = sf.read(corpus / "audio/unbalanced/c0.flac", dtype="int16")
     w = store.waveform(0).numpy()
-    assert w.shape == (n,) and np.array_equal(np.round(w[: len(pcm)] * 32768).astype(np.int16), pcm) and not w[len(pcm):].any()
+    assert w.shape == (n,) and not w[len(pcm) :].any()
+    assert np.array_equal(np.round(w[: len(pcm)] * 32768).astype(np.int16), pcm)
     with pytest.raises(ValueError, match="both be set"):
         FeaturesConfig(norm_mean=1.0)
 
@@ -122,11 +134,16 @@ def test_rerun_reuses_finished_shards(small_cache):
 
 def test_killed_run_resumes_to_the_same_shards(tmp_path):
     corpus = tmp_path / "corpus"
-    syn = SyntheticConfig.model_validate({"num_classes": 8, "clip_seconds": 2.0, "clips": {"unbalanced": 160, "balanced": 8, "eval": 8},
-                                          "tasks": {"mono": {"num_classes": 2, "clips_per_class_per_fold": 1},
-                                                    "keywords": {"num_classes": 2, "clips_per_class": {"train": 1, "valid": 1, "test": 1}},
-                                                    "urban": {"clips_train": 1, "clips_eval": 1}, "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
-                                                    "poly": {"environments": ["square"], "clips_train": 4, "clips_eval": 2}}})
+    tasks = {
+        "mono": {"num_classes": 2, "clips_per_class_per_fold": 1},
+        "keywords": {"num_classes": 2, "clips_per_class": {"train": 1, "valid": 1, "test": 1}},
+        "urban": {"clips_train": 1, "clips_eval": 1},
+        "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
+        "poly": {"environments": ["square"], "clips_train": 4, "clips_eval": 2},
+    }
+    syn = SyntheticConfig.model_validate(
+        {"num_classes": 8, "clip_seconds": 2.0, "tasks": tasks, "clips": {"unbalanced": 160, "balanced": 8, "eval": 8}}
+    )
     generate_corpus(syn, corpus, SR)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["corpus_dir"] = str(corpus)
@@ -134,8 +151,18 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def cmd(out: str) -> list[str]:
-        return [sys.executable, str(REPO / "stages" / "features.py"), "--params", str(tmp_path / "params.yaml"),
-                "--out", str(tmp_path / out), "--metrics", str(tmp_path / f"{out}.json"), "--workers", "1"]
+        return [
+            sys.executable,
+            str(REPO / "stages" / "features.py"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(tmp_path / out),
+            "--metrics",
+            str(tmp_path / f"{out}.json"),
+            "--workers",
+            "1",
+        ]
 
     proc = subprocess.Popen(cmd("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -153,24 +180,16 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     assert not [k for k in a if k.name.startswith(".tmp-")]
 
 
-# ----------------------------------------------------------------------------- datasets and samplers
+# ----------------------------------------------------------------------------- reading and sampling
 
 
-def test_datasets(small_cache):
+def test_store_batches_and_labels(small_cache):
     _, feats, _, _ = small_cache
     store = FeatureStore(feats, "unbalanced")
-    pre = PretrainDataset(store, crop_frames=64, seed=1)
-    x = pre[1]
-    assert x.shape == (64, 128)
-    full = store[1]
-    starts = [s for s in range(304 - 64 + 1) if torch.equal(full[s : s + 64], x)]
-    assert starts and starts[0] + 64 <= 298  # the crop lies within the valid frames
-    multi = LabelledDataset(store, ["/m/0", "/m/1"])
-    assert multi[0][1].tolist() == [1.0, 0.0] and multi[1][1].tolist() == [0.0, 1.0]
-    single = LabelledDataset(store, ["/m/0", "/m/1"], multi_label=False)
-    assert single[1][1].item() == 1
-    with pytest.raises(ValueError, match="exactly one known label"):
-        LabelledDataset(store, ["/m/1"], multi_label=False)
+    # the pretraining read: one call over indices in any order, across shards, with repeats
+    idx = [4, 0, 3, 1, 1]
+    assert torch.equal(store.batch(idx), torch.stack([store[i] for i in idx]))
+    assert store.labels == [["/m/0"], ["/m/1"], ["/m/0"], ["/m/1"], ["/m/0"]]
     with pytest.raises(FileNotFoundError, match="no such feature set"):
         FeatureStore(feats, "nope")
 

@@ -8,19 +8,29 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
-from sslam.config import FeaturesConfig, ModelConfig, StageConfig, Stage2Config, load_config
+from sslam.config import (
+    FeaturesConfig,
+    MaskConfig,
+    MixConfig,
+    ModelConfig,
+    SrlConfig,
+    Stage2Config,
+    StageConfig,
+    load_config,
+)
 from sslam.data.manifest import ManifestRow, write_manifest
 from sslam.features.dataset import FeatureStore
 from sslam.features.store import build_features
 from sslam.io import write_flac_atomic
+from sslam.models.student import Student, make_teacher
 from sslam.models.vit import Encoder
 from sslam.pretrain.masking import visible_indices
 from sslam.pretrain.mixing import mix_waveforms
-from sslam.pretrain.model import Stage2Settings, StepSettings, Student, make_teacher, srl_cls_target, stage2_losses
+from sslam.pretrain.objectives import srl_cls_target, stage2_losses
 from sslam.pretrain.targets import PositionCentring, running_mean_update
 from sslam.profile import profile_overrides
-from conftest import REPO
 
 SR = 16000
 
@@ -54,7 +64,9 @@ def test_running_centring_by_hand_and_independent_of_batch_mates():
     y2 = torch.tensor([[[4.0, 4.0]], [[6.0, 8.0]]])  # batch mean (5, 6)
     out2 = c(y2, "local")
     assert torch.equal(out2, y2 - torch.tensor([2.0, 4.0]))  # subtract the history, then update
-    assert torch.equal(c.means["local"], running_mean_update(torch.tensor([[2.0, 4.0]]), torch.tensor([[5.0, 6.0]]), 0.5))
+    assert torch.equal(
+        c.means["local"], running_mean_update(torch.tensor([[2.0, 4.0]]), torch.tensor([[5.0, 6.0]]), 0.5)
+    )
     assert torch.equal(c.means["local"], torch.tensor([[3.5, 5.0]]))
     # a clip's running-centred target does not depend on the other clips of its batch
     state = c.state_dict()
@@ -67,13 +79,17 @@ def test_running_centring_by_hand_and_independent_of_batch_mates():
     assert torch.equal(ra, rb)
     # ... while with batch centring it does
     bc = PositionCentring("batch")
-    assert not torch.equal(bc(torch.cat([clip, torch.tensor([[[9.0, 9.0]]])]), "local")[0],
-                           bc(torch.cat([clip, torch.tensor([[[-7.0, 0.0]]])]), "local")[0])
+    assert not torch.equal(
+        bc(torch.cat([clip, torch.tensor([[[9.0, 9.0]]])]), "local")[0],
+        bc(torch.cat([clip, torch.tensor([[[-7.0, 0.0]]])]), "local")[0],
+    )
     # a token subset reads the mean at its positions and never updates it
     sub = PositionCentring("running", 0.5)
     sub(torch.tensor([[[1.0], [2.0], [3.0]], [[3.0], [4.0], [5.0]]]), "k")  # mean per position (2, 3, 4)
     got = sub(torch.tensor([[[10.0], [10.0]]]), "k", positions=torch.tensor([[2, 0]]))
-    assert torch.equal(got, torch.tensor([[[6.0], [8.0]]])) and torch.equal(sub.means["k"], torch.tensor([[2.0], [3.0], [4.0]]))
+    assert torch.equal(got, torch.tensor([[[6.0], [8.0]]])) and torch.equal(
+        sub.means["k"], torch.tensor([[2.0], [3.0], [4.0]])
+    )
 
 
 def test_none_centring_is_the_reference_target():
@@ -89,13 +105,36 @@ def test_none_centring_is_the_reference_target():
 # SSLAM Table 7 (pre-training, AS-2M), read by hand from ../shared/papers/sslam-paper.md, and the
 # EAT / SSLAM reference code for what the table leaves out (../shared/reference/sslam-eat-reference-facts.md).
 TABLE7 = {
-    "stage1": {"lr": 5e-4, "steps": 400_000, "warmup_steps": 53_333, "batch_size": 12, "clone_batch": 16,
-               "betas": [0.9, 0.95], "weight_decay": 0.05, "ema_decay": [0.9998, 0.99999],
-               "ema_anneal_steps": 100_000, "top_k_layers": 12, "grad_clip": 4.0, "center_targets": "none"},
-    "stage2": {"lr": 5e-5, "steps": 200_000, "warmup_steps": 25_000, "batch_size": 12, "clone_batch": 8,
-               "betas": [0.9, 0.95], "weight_decay": 0.05, "ema_decay": [0.9998, 0.99999],
-               "ema_anneal_steps": 100_000, "top_k_layers": 12, "global_top_k_layers": 1, "grad_clip": 4.0,
-               "center_targets": "none", "variant": "sslam"},
+    "stage1": {
+        "lr": 5e-4,
+        "steps": 400_000,
+        "warmup_steps": 53_333,
+        "batch_size": 12,
+        "clone_batch": 16,
+        "betas": [0.9, 0.95],
+        "weight_decay": 0.05,
+        "ema_decay": [0.9998, 0.99999],
+        "ema_anneal_steps": 100_000,
+        "top_k_layers": 12,
+        "grad_clip": 4.0,
+        "center_targets": "none",
+    },
+    "stage2": {
+        "lr": 5e-5,
+        "steps": 200_000,
+        "warmup_steps": 25_000,
+        "batch_size": 12,
+        "clone_batch": 8,
+        "betas": [0.9, 0.95],
+        "weight_decay": 0.05,
+        "ema_decay": [0.9998, 0.99999],
+        "ema_anneal_steps": 100_000,
+        "top_k_layers": 12,
+        "global_top_k_layers": 1,
+        "grad_clip": 4.0,
+        "center_targets": "none",
+        "variant": "sslam",
+    },
 }
 
 
@@ -184,15 +223,25 @@ def test_global_srl_term_adds_exactly_its_weighted_loss():
     torch.manual_seed(0)
     student = Student(ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4), 64, 32)
     teacher = make_teacher(student)
-    base = StepSettings(2, 0.8, 2, 0.07, 2, 0.5, "sum")
-    off = Stage2Settings(base, "sslam", 1, True, True, 2.0, "mean", "max", True, "reference", 0.5, 16)
-    on = Stage2Settings(base, "sslam", 1, True, True, 2.0, "mean", "max", True, "reference", 0.5, 16, srl_global=True)
+    mask = MaskConfig(ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2)
+    stage = Stage2Config(
+        variant="sslam",
+        top_k_layers=2,
+        global_top_k_layers=1,
+        cls_loss_weight=0.5,
+        cls_loss_reduction="sum",
+        center_targets="none",
+        clone_batch=None,
+    )
+    mix = MixConfig(strategy="max", partial=True, partial_mode="reference", mixed_fraction=0.5)
+    off, on = SrlConfig(weight=2.0, aggregation="mean"), SrlConfig(weight=2.0, aggregation="mean", global_loss=True)
     x = torch.randn(3, 64, 32)
-    a, b = stage2_losses(student, teacher, x, off, seed=3), stage2_losses(student, teacher, x, on, seed=3)
+    a = stage2_losses(student, teacher, x, mask, stage, mix, off, seed=3)
+    b = stage2_losses(student, teacher, x, mask, stage, mix, on, seed=3)
     assert "global_srl" not in a and torch.allclose(b["loss"] - a["loss"], 2.0 * 0.5 * b["global_srl"], atol=1e-4)
     # the term by hand: CLS of each mixed clone against mean(own CLS target, partner's CLS target on the mixed tokens)
-    from sslam.pretrain.mixing import mix_spectrograms, frames_mask, mixed_time_patches, partner
     from sslam.pretrain.masking import inverse_block_mask
+    from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mixed_time_patches, partner
     from sslam.pretrain.targets import average_top_layers, cls_target, final_target
 
     gt, gf = teacher.grid

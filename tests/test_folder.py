@@ -46,8 +46,22 @@ def lab(tmp_path: Path) -> tuple[Path, Path]:
     sf.write(audio / "nan.wav", np.full(SR, np.nan, dtype=np.float32), SR, subtype="FLOAT")
     # a format libsndfile cannot read (AAC in MP4): must go through the ffmpeg fallback
     sf.write(audio / "src.wav", tone(660, 1.0, 22050), 22050)
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(audio / "src.wav"),
-                    "-c:a", "aac", "-b:a", "96k", str(audio / "aac.m4a")], check=True)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(audio / "src.wav"),
+            "-c:a",
+            "aac",
+            "-b:a",
+            "96k",
+            str(audio / "aac.m4a"),
+        ],
+        check=True,
+    )
     (tmp_path / "outside.wav").write_bytes((audio / "good.wav").read_bytes())
     labels = tmp_path / "labels.csv"
     labels.write_text(
@@ -82,7 +96,7 @@ def test_good_odd_and_broken_files(tmp_path, lab):
     rows = pd.concat([read_manifest(p) for p in sorted((out / "manifests").glob("*.csv"))]).set_index("clip_id")
     ok = rows[rows["status"] == "ok"]
     assert set(ok.index) == {"good", "stereo44k", "sub__low8k", "long", "aac"}
-    for cid, row in ok.iterrows():
+    for _, row in ok.iterrows():
         data, rate = sf.read(out / row.path)
         assert rate == SR and data.ndim == 1 and len(data) == round(row.duration * SR)
     # content survives conversion: the tone is still where it was
@@ -118,12 +132,28 @@ def test_good_odd_and_broken_files(tmp_path, lab):
 def test_labels_checked_against_a_given_ontology(tmp_path, lab):
     audio, _ = lab
     onto = [
-        {"id": "/m/dog", "name": "Dog", "description": "", "citation_uri": "", "positive_examples": [], "child_ids": [], "restrictions": []},
-        {"id": "/m/cat", "name": "Cat", "description": "", "citation_uri": "", "positive_examples": [], "child_ids": [], "restrictions": []},
+        {
+            "id": "/m/dog",
+            "name": "Dog",
+            "description": "",
+            "citation_uri": "",
+            "positive_examples": [],
+            "child_ids": [],
+            "restrictions": [],
+        },
+        {
+            "id": "/m/cat",
+            "name": "Cat",
+            "description": "",
+            "citation_uri": "",
+            "positive_examples": [],
+            "child_ids": [],
+            "restrictions": [],
+        },
     ]
     (tmp_path / "onto.json").write_text(json.dumps(onto))
     labels = tmp_path / "l.csv"
-    labels.write_text("filename,labels\ngood.wav,Dog\nsub/low8k.flac,\"/m/cat,Dog\"\nlong.wav,Unicorn\n")
+    labels.write_text('filename,labels\ngood.wav,Dog\nsub/low8k.flac,"/m/cat,Dog"\nlong.wav,Unicorn\n')
     out, summary = run(tmp_path, audio, labels, ontology_json=str(tmp_path / "onto.json"))
     df = read_manifest(out / "manifests" / "unbalanced.csv").set_index("clip_id")
     assert df.loc["good", "labels"] == ["/m/dog"] and df.loc["sub__low8k", "labels"] == ["/m/cat", "/m/dog"]

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torchaudio
 
+from sslam.config import MaskConfig, MixConfig, SrlConfig, Stage2Config
+from sslam.models.student import Student, make_teacher
 from sslam.models.vit import Encoder
 from sslam.pretrain import mixing as M
-from sslam.pretrain.model import Stage2Settings, StepSettings, Student, make_teacher, srl_target, stage2_losses
+from sslam.pretrain.objectives import srl_target, stage2_losses
 
 
 def runs(flags: torch.Tensor) -> list[tuple[int, int]]:
@@ -58,8 +60,7 @@ def test_frames_are_patch_aligned_and_share_matches():
 
 
 def test_max_and_average_by_hand():
-    x = torch.tensor([[[1.0, 5.0], [2.0, 2.0], [0.0, 9.0]],
-                      [[3.0, 1.0], [0.0, 4.0], [7.0, 7.0]]])
+    x = torch.tensor([[[1.0, 5.0], [2.0, 2.0], [0.0, 9.0]], [[3.0, 1.0], [0.0, 4.0], [7.0, 7.0]]])
     fm = torch.tensor([[True, False, True], [True, True, False]])
     mx = M.mix_spectrograms(x, fm, "max")
     # clip 0's partner is clip 1 (roll by one), clip 1's is clip 0
@@ -78,11 +79,20 @@ def test_waveform_mixing_equals_fbank_of_the_averaged_waveform():
     got = M.mix_waveforms(waves, torch.tensor([n, n]), fm, 160, -5.0, 3.0, 16000, 128, 64)
     for i in range(2):
         avg = 0.5 * (waves[i] + waves[1 - i])
-        fb = torchaudio.compliance.kaldi.fbank((avg - avg.mean())[None], htk_compat=True, sample_frequency=16000,
-                                               use_energy=False, window_type="hanning", num_mel_bins=128,
-                                               dither=0.0, frame_shift=10)
+        fb = torchaudio.compliance.kaldi.fbank(
+            (avg - avg.mean())[None],
+            htk_compat=True,
+            sample_frequency=16000,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=128,
+            dither=0.0,
+            frame_shift=10,
+        )
         assert torch.allclose(got[i], (fb - -5.0) / 6.0, atol=1e-4)
-    none = M.mix_waveforms(waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 160, 0.0, 1.0, 16000, 128, 64)
+    none = M.mix_waveforms(
+        waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 160, 0.0, 1.0, 16000, 128, 64
+    )
     assert not torch.allclose(none, got)
 
 
@@ -109,6 +119,7 @@ class StubTeacher(torch.nn.Module):
         super().__init__()
         self.enc = enc
         self.grid = enc.grid
+        self.patch_size = enc.patch_size
 
     def forward(self, x, keep=None, clones=1, return_layers=False):
         return self.enc(x, keep=keep, clones=clones, return_layers=return_layers)
@@ -121,21 +132,41 @@ def tiny(variant: str, strategy: str = "max"):
     cfg = ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4)
     student = Student(cfg, 64, 32)
     teacher = make_teacher(student)
-    base = StepSettings(2, 0.8, 2, 0.07, 2, 1.0, "sum")
-    s = Stage2Settings(base, variant, 1, True, True, 1.0, "mean", strategy, True, "reference", 0.5, 16)
-    return student, teacher, s
+    return student, teacher, tiny_settings(variant, strategy)
 
 
-@pytest.mark.parametrize("variant,terms", [
-    ("mb_ua", {"local_unmixed", "global_unmixed"}),
-    ("mb_pma", {"local_mixed", "global_mixed"}),
-    ("mb_ua_pma", {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed"}),
-    ("sslam", {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed", "srl"}),
-])
+def tiny_settings(variant: str, strategy: str = "max", **stage) -> dict:
+    """The params sections stage2_losses takes: 2 clones, top-2 layers, half the time patches mixed."""
+    return {
+        "mask": MaskConfig(ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2),
+        "stage": Stage2Config(
+            variant=variant,
+            top_k_layers=2,
+            global_top_k_layers=1,
+            cls_loss_weight=1.0,
+            cls_loss_reduction="sum",
+            center_targets="none",
+            clone_batch=None,
+            **stage,
+        ),
+        "mix": MixConfig(strategy=strategy, partial=True, partial_mode="reference", mixed_fraction=0.5),
+        "srl": SrlConfig(weight=1.0, aggregation="mean"),
+    }
+
+
+@pytest.mark.parametrize(
+    "variant,terms",
+    [
+        ("mb_ua", {"local_unmixed", "global_unmixed"}),
+        ("mb_pma", {"local_mixed", "global_mixed"}),
+        ("mb_ua_pma", {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed"}),
+        ("sslam", {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed", "srl"}),
+    ],
+)
 def test_each_variant_turns_on_exactly_its_losses(variant, terms):
     student, teacher, s = tiny(variant)
     x = torch.randn(3, 64, 32)
-    out = stage2_losses(student, teacher, x, s, seed=4)
+    out = stage2_losses(student, teacher, x, **s, seed=4)
     assert set(out) - {"loss", "local"} == terms
     expected = out["local"] + sum(out[t] for t in terms if t.startswith("global")) + out.get("srl", 0.0)
     assert torch.allclose(out["loss"], expected)
@@ -147,10 +178,10 @@ def test_each_variant_turns_on_exactly_its_losses(variant, terms):
 
 def test_global_switches_and_mb_ua_equals_stage1_shape():
     student, teacher, s = tiny("sslam")
-    s_off = Stage2Settings(s.base, "sslam", 1, False, True, 1.0, "mean", "max", True, "reference", 0.5, 16)
+    s_off = tiny_settings("sslam", global_unmixed=False)
     x = torch.randn(3, 64, 32)
-    a = stage2_losses(student, teacher, x, s, seed=1)
-    b = stage2_losses(student, teacher, x, s_off, seed=1)
+    a = stage2_losses(student, teacher, x, **s, seed=1)
+    b = stage2_losses(student, teacher, x, **s_off, seed=1)
     assert torch.allclose(a["loss"] - b["loss"], a["global_unmixed"], atol=1e-3)
 
 
@@ -162,7 +193,7 @@ def test_srl_through_the_step_matches_a_direct_computation():
 
     student, teacher, s = tiny("sslam")
     x = torch.randn(3, 64, 32)
-    out = stage2_losses(student, teacher, x, s, seed=7)
+    out = stage2_losses(student, teacher, x, **s, seed=7)
     # repeat the step's draws
     g = torch.Generator().manual_seed(7)
     mixed_tp = M.mixed_time_patches(3, 4, True, "reference", 0.5, g)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -21,13 +20,22 @@ def sh(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], repo)
 
 
 def copy_repo(dest: Path) -> Path:
     """The tracked and untracked-but-not-ignored files, as a fresh clone would have them."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():
@@ -80,7 +88,9 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["features"].update(target_frames=160, shard_size=16)
     params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)
     params["pretrain"]["stage1"].update(steps=10, batch_size=4, warmup_steps=2, checkpoint_every=5, top_k_layers=2)
-    params["pretrain"]["stage2"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2)
+    params["pretrain"]["stage2"].update(
+        steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2
+    )
     params["tasks"] = {k: params["tasks"][k] for k in ("mono", "keywords", "square", "urban", "as20k")}
     params["pretrain"]["stage2_runs"] = {"mb_ua_s0": {"variant": "mb_ua", "seed": 0}}
     params["evaluate"].update(finetune_tasks=["square"], linear_encoders=["stage2", "mb_ua_s0", "random0", "random1"])
@@ -102,7 +112,10 @@ def test_small_pipeline_end_to_end(tmp_path):
     lin = json.loads((repo / "metrics" / "eval" / "square_linear.json").read_text())
     assert lin["metric"] == "map" and set(lin["encoders"]) == {"stage2", "mb_ua_s0", "random0", "random1"}
     assert 0.0 < lin["encoders"]["stage2"]["map"] <= 1.0
-    assert set(json.loads((repo / "metrics" / "eval" / "square_finetune.json").read_text())["encoders"]) == {"stage2", "random0"}
+    assert set(json.loads((repo / "metrics" / "eval" / "square_finetune.json").read_text())["encoders"]) == {
+        "stage2",
+        "random0",
+    }
     diag = pre["target_diagnostics"]
     assert 0.0 <= diag["position_only_loss"] and diag["zero_loss"] > 0 and diag["position_share"] <= 1.0
     kws = json.loads((repo / "metrics" / "eval" / "keywords_linear.json").read_text())
@@ -116,15 +129,27 @@ def test_small_pipeline_end_to_end(tmp_path):
     assert "## Table 2 (shape)" in report and "square" in report
     assert "## SSLAM vs MB-UA" in report and "| square | map |" in report
     run = json.loads((repo / "metrics" / "stage2_runs" / "mb_ua_s0.json").read_text())
-    assert run["variant"] == "mb_ua" and set(run["final"]) >= {"local_unmixed", "global_unmixed"} and "srl" not in run["final"]
+    assert (
+        run["variant"] == "mb_ua"
+        and set(run["final"]) >= {"local_unmixed", "global_unmixed"}
+        and "srl" not in run["final"]
+    )
     for png in ("pretrain_losses.png", "map_by_polyphony.png", "mixture_example.png"):
         assert (repo / "metrics" / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     png = (repo / "metrics" / "plots" / "corpus_overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    # nothing changed: a second repro runs nothing
-    assert "Running stage" not in sh(["dvc", "repro"], repo).stdout
     pre2 = yaml.safe_load((repo / "metrics" / "pretrain_stage2.json").read_text())
     assert {"local_unmixed", "global_unmixed", "local_mixed", "global_mixed", "srl"} <= set(pre2["final"])
+    commit(repo, "first run")
+    # nothing changed: a second repro runs nothing and changes no tracked file
+    assert "Running stage" not in sh(["dvc", "repro"], repo).stdout
+    assert sh(["git", "status", "--porcelain"], repo).stdout == ""
+    # a second run of the same commit from nothing (checkpoints and every output recomputed) on the same
+    # machine: bit-identical, so no tracked file changes and `dvc metrics diff` is empty
+    shutil.rmtree(repo / "checkpoints")
+    sh(["dvc", "repro", "--force"], repo)
+    assert sh(["git", "status", "--porcelain"], repo).stdout == ""
+    assert json.loads(sh(["dvc", "metrics", "diff", "--json"], repo).stdout) == {}
     # the headline experiment: a mixing change reruns stage 2 (and what follows it) and nothing before
     params["mix"]["strategy"] = "average"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -132,11 +157,35 @@ def test_small_pipeline_end_to_end(tmp_path):
     # stage 2 and the report (which prints the mixing settings) now; the evaluations follow once stage 2's
     # checkpoint changes; nothing upstream of stage 2
     assert changed == {"pretrain_stage2", "pretrain_stage2_run@mb_ua_s0", "report"}, changed
+    sh(["git", "checkout", "params.yaml"], repo)
+    # the README's experiment command as a user types it, from a shell whose PATH lacks the project's
+    # environment: make puts .venv/bin first. The copy shares the environment `make test` just used
+    # (`-o` only tells make not to reinstall it into the copy; the command is otherwise the README's)
+    (repo / ".venv").symlink_to(REPO / ".venv")
+    bare = dict(os.environ, PATH="/usr/local/bin:/usr/bin:/bin", DVC_NO_ANALYTICS="1")
+    bare.pop("VIRTUAL_ENV", None)
+    exp = subprocess.run(
+        ["make", "-o", ".venv/.installed", "exp", "ARGS=-S mix.strategy=average"],
+        cwd=repo,
+        env=bare,
+        capture_output=True,
+        text=True,
+    )
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert "Running stage 'pretrain_stage2'" in exp.stdout and "Running stage 'download'" not in exp.stdout
+    assert yaml.safe_load((repo / "params.yaml").read_text())["mix"]["strategy"] == "average"
+    moved = json.loads(sh(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    assert "metrics/pretrain_stage2.json" in moved and "metrics/pretrain_stage1.json" not in moved
     # a bad param stops the stage at start-up, naming the key
     params["mix"]["strategy"] = "foo"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.run(["python", "stages/download.py"], cwd=repo, capture_output=True, text=True,
-                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    proc = subprocess.run(
+        ["python", "stages/download.py"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"),
+    )
     assert proc.returncode == 2 and "mix.strategy" in proc.stderr and "'average'" in proc.stderr
 
 

@@ -13,9 +13,19 @@ from sslam.data.polyphony import RULES, OntologyGraph, RelationIndex, analyse, a
 #                 └ bird                      └ genre ─ rock
 #   vehicle ─ car     ("drum" has two parents: instrument and vehicle, a multi-parent node)
 EDGES = {
-    "animal": ["wild"], "wild": ["cat", "bird"], "cat": ["roar"], "roar": [], "bird": [],
-    "music": ["instrument", "genre"], "instrument": ["guitar", "drum"], "guitar": [], "genre": ["rock"], "rock": [],
-    "vehicle": ["car", "drum"], "car": [], "drum": [],
+    "animal": ["wild"],
+    "wild": ["cat", "bird"],
+    "cat": ["roar"],
+    "roar": [],
+    "bird": [],
+    "music": ["instrument", "genre"],
+    "instrument": ["guitar", "drum"],
+    "guitar": [],
+    "genre": ["rock"],
+    "rock": [],
+    "vehicle": ["car", "drum"],
+    "car": [],
+    "drum": [],
 }
 
 
@@ -53,7 +63,11 @@ def test_relations_within_levels(graph):
         # unrelated branches plus a facet pair
         (["music", "instrument", "car"], 1, {"components": 2, "drop_both": 1, "keep_general": 2, "keep_specific": 2}),
         # multi-parent node: drum relates to both instrument and vehicle
-        (["instrument", "vehicle", "drum"], 1, {"components": 1, "drop_both": 0, "keep_general": 2, "keep_specific": 1}),
+        (
+            ["instrument", "vehicle", "drum"],
+            1,
+            {"components": 1, "drop_both": 0, "keep_general": 2, "keep_specific": 1},
+        ),
         (["guitar"], 3, {"components": 1, "drop_both": 1, "keep_general": 1, "keep_specific": 1}),
     ],
 )
@@ -68,15 +82,25 @@ def test_each_rule_on_hand_made_clips(graph, labels, level, expected):
 #         │                  └ jazz
 #         └ guitar
 ABSTRACT_EDGES = {
-    "music": ["genre", "guitar"], "genre": ["rock", "jazz"], "rock": [], "jazz": [], "guitar": [],
-    "animal": ["dog"], "dog": ["bark"], "bark": [],
+    "music": ["genre", "guitar"],
+    "genre": ["rock", "jazz"],
+    "rock": [],
+    "jazz": [],
+    "guitar": [],
+    "animal": ["dog"],
+    "dog": ["bark"],
+    "bark": [],
 }
 
 
 @pytest.fixture(scope="module")
 def abstract_graph() -> OntologyGraph:
-    return OntologyGraph.from_nodes([OntologyNode(id=k, name=k, child_ids=v, restrictions=["abstract"] if k == "genre" else [])
-                                     for k, v in ABSTRACT_EDGES.items()])
+    return OntologyGraph.from_nodes(
+        [
+            OntologyNode(id=k, name=k, child_ids=v, restrictions=["abstract"] if k == "genre" else [])
+            for k, v in ABSTRACT_EDGES.items()
+        ]
+    )
 
 
 def test_concrete_hierarchy_leaves_abstract_nodes_out(abstract_graph):
@@ -127,7 +151,9 @@ def test_drop_both_concrete_polyphonic_percent(abstract_graph):
 def test_every_rule_is_independent_of_label_order(graph):
     labels = ["music", "instrument", "guitar", "drum", "vehicle", "car", "wild", "roar"]
     for level, rule in itertools.product(range(1, 5), RULES):
-        results = {count(graph, list(p), level, rule) for p in itertools.islice(itertools.permutations(labels), 0, 5000, 97)}
+        results = {
+            count(graph, list(p), level, rule) for p in itertools.islice(itertools.permutations(labels), 0, 5000, 97)
+        }
         assert len(results) == 1, (level, rule, results)
 
 
@@ -156,7 +182,11 @@ def test_real_audioset_figures(shared_audioset):
         for rule in RULES:
             p = res[split]["percent"][rule]
             assert p["1"] >= p["2"] >= p["3"] >= p["4"]  # deeper levels merge more labels
-        assert res[split]["percent"]["drop_both"]["1"] <= res[split]["percent"]["components"]["1"] <= res[split]["percent"]["keep_specific"]["1"]
+        assert (
+            res[split]["percent"]["drop_both"]["1"]
+            <= res[split]["percent"]["components"]["1"]
+            <= res[split]["percent"]["keep_specific"]["1"]
+        )
         # no clip holds an abstract label, and at L=1 a related pair is a direct edge between two
         # present (concrete) labels: the concrete reading differs from drop_both only from L=2
         assert res[split]["percent"]["drop_both_concrete"]["1"] == res[split]["percent"]["drop_both"]["1"]
@@ -177,9 +207,18 @@ def test_synthetic_truth_is_recovered_by_keep_specific(tmp_path):
     from sslam.config import SyntheticConfig
     from sslam.data.synthetic import generate_corpus
 
-    cfg = SyntheticConfig.model_validate({"clips": {"unbalanced": 60, "balanced": 30, "eval": 30},
-                                          "tasks": {"mono": {"clips_per_class_per_fold": 1}, "urban": {"clips_train": 1, "clips_eval": 1}, "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
-                                                    "keywords": {"clips_per_class": {"train": 1, "valid": 1, "test": 1}}, "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1}}})
+    cfg = SyntheticConfig.model_validate(
+        {
+            "clips": {"unbalanced": 60, "balanced": 30, "eval": 30},
+            "tasks": {
+                "mono": {"clips_per_class_per_fold": 1},
+                "urban": {"clips_train": 1, "clips_eval": 1},
+                "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
+                "keywords": {"clips_per_class": {"train": 1, "valid": 1, "test": 1}},
+                "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1},
+            },
+        }
+    )
     generate_corpus(cfg, tmp_path, 16000)
     res = analyse_folder(tmp_path, [1, 4])
     for split in ("unbalanced", "balanced", "eval"):

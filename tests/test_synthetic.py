@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from test_audioset_format import independent_class_index, independent_ontology, independent_segments
 
 from sslam.config import SyntheticConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.catalogue import LEAVES, build_catalogue
 from sslam.data.manifest import read_manifest
 from sslam.data.synthetic import SEGMENT_FILES, generate_corpus
-from test_audioset_format import independent_class_index, independent_ontology, independent_segments
 
 SR = 16000
 
@@ -27,18 +27,29 @@ def small_config(**overrides) -> SyntheticConfig:
         num_classes=12,
         clip_seconds=2.0,
         clips={"unbalanced": 30, "balanced": 24, "eval": 24},
-        tasks={"mono": {"num_classes": 6, "clips_per_class_per_fold": 2},
-               "poly": {"environments": ["square", "park"], "clips_train": 40, "clips_eval": 10, "events_per_clip": [2, 5]},
-               "keywords": {"num_classes": 4, "clips_per_class": {"train": 3, "valid": 2, "test": 1}},
-               "urban": {"clips_train": 20, "clips_eval": 10, "events_per_clip": [1, 4]},
-               "desed": {"num_classes": 5, "clips_train": 10, "clips_eval": 6, "events_per_clip": [1, 3]}},
+        tasks={
+            "mono": {"num_classes": 6, "clips_per_class_per_fold": 2},
+            "poly": {
+                "environments": ["square", "park"],
+                "clips_train": 40,
+                "clips_eval": 10,
+                "events_per_clip": [2, 5],
+            },
+            "keywords": {"num_classes": 4, "clips_per_class": {"train": 3, "valid": 2, "test": 1}},
+            "urban": {"clips_train": 20, "clips_eval": 10, "events_per_clip": [1, 4]},
+            "desed": {"num_classes": 5, "clips_train": 10, "clips_eval": 6, "events_per_clip": [1, 3]},
+        },
     )
     base.update(overrides)
     return SyntheticConfig.model_validate(base)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +95,11 @@ def test_ontology_shape_like_audioset():
     cat = build_catalogue(24)
     leaves = set(cat.leaf_ids)
     assert 20 <= len(leaves) <= 40 and len(LEAVES) == 40
+
     def longest(node: str) -> int:
         ps = cat.parents.get(node, ())
         return 1 + (max(longest(p) for p in ps) if ps else 0)
+
     assert max(longest(leaf) for leaf in leaves) >= 3
     assert any(len(cat.parents[leaf]) >= 2 for leaf in leaves), "no leaf with two parents"
     # facets: a labelled (non-abstract) ancestor describes the same sound as its child
@@ -118,7 +131,10 @@ def test_strong_labels_explain_the_weak_labels(corpus):
     leaves = set(cat.leaf_ids)
     for split in ("unbalanced", "balanced", "eval"):
         strong = fmt.read_strong_labels(out / "strong" / f"{split}.tsv")
-        segs = {f"{s.ytid}_{int(s.start_seconds * 1000)}": s for s in fmt.read_segments_csv(out / "segments" / SEGMENT_FILES[split])}
+        segs = {
+            f"{s.ytid}_{int(s.start_seconds * 1000)}": s
+            for s in fmt.read_segments_csv(out / "segments" / SEGMENT_FILES[split])
+        }
         by_clip = strong.groupby("segment_id")["label"].apply(set)
         assert set(by_clip.index) == set(segs)
         for seg_id, events in by_clip.items():
@@ -147,8 +163,16 @@ def test_balanced_splits_cover_every_class_evenly(corpus):
 
 def _logmel_stats(path: Path) -> np.ndarray:
     wav = torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
-    fb = torchaudio.compliance.kaldi.fbank(wav, htk_compat=True, sample_frequency=SR, use_energy=False,
-                                           window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+    fb = torchaudio.compliance.kaldi.fbank(
+        wav,
+        htk_compat=True,
+        sample_frequency=SR,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )
     return torch.cat([fb.mean(0), fb.std(0)]).numpy()
 
 
@@ -187,7 +211,11 @@ def test_task_sets(corpus):
 
     cat = build_catalogue(12)
     kws = json.loads((out / "tasks" / "keywords" / "task.json").read_text())
-    assert (kws["kind"], kws["protocol"], kws["splits"]) == ("single_label", "train_valid_test", ["train", "valid", "test"])
+    assert (kws["kind"], kws["protocol"], kws["splits"]) == (
+        "single_label",
+        "train_valid_test",
+        ["train", "valid", "test"],
+    )
     assert kws["classes"] == list(cat.leaf_ids[-4:]) and not set(kws["classes"]) & set(mono["classes"])
     m = read_manifest(out / "tasks" / "keywords" / "manifest.csv")
     assert Counter(m["split"]) == {"train": 12, "valid": 8, "test": 4}

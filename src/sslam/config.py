@@ -71,7 +71,7 @@ class SoundscapeConfig(Section):
     events_per_clip: Pair = [2, 8]
 
     @model_validator(mode="after")
-    def _check_events(self) -> "SoundscapeConfig":
+    def _check_events(self) -> SoundscapeConfig:
         _check_events(self.events_per_clip)
         return self
 
@@ -80,7 +80,7 @@ class PolyTaskConfig(SoundscapeConfig):
     environments: Annotated[list[Name], Field(min_length=1)] = ["square", "park", "street"]
 
     @model_validator(mode="after")
-    def _check(self) -> "PolyTaskConfig":
+    def _check(self) -> PolyTaskConfig:
         if len(set(self.environments)) != len(self.environments):
             raise ValueError(f"environments must be unique, got {self.environments}")
         if "mono" in self.environments:
@@ -94,11 +94,14 @@ class KeywordsTaskConfig(Section):
 
     num_classes: Annotated[int, Field(ge=2)] = 8
     clips_per_class: Annotated[dict[Literal["train", "valid", "test"], Positive], Field(min_length=3)] = {
-        "train": 12, "valid": 4, "test": 6}
+        "train": 12,
+        "valid": 4,
+        "test": 6,
+    }
     event_seconds: FloatPair = [0.25, 0.6]
 
     @model_validator(mode="after")
-    def _check(self) -> "KeywordsTaskConfig":
+    def _check(self) -> KeywordsTaskConfig:
         _check_range("event_seconds", self.event_seconds)
         if self.event_seconds[0] <= 0:
             raise ValueError(f"event_seconds must be positive, got {self.event_seconds}")
@@ -128,7 +131,7 @@ class SyntheticTasksConfig(Section):
     desed: DesedTaskConfig = DesedTaskConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "SyntheticTasksConfig":
+    def _check(self) -> SyntheticTasksConfig:
         taken = {"mono", "keywords", "urban", "desed"} & set(self.poly.environments)
         if taken:
             raise ValueError(f"poly.environments {sorted(taken)} clash with the names of other synthetic tasks")
@@ -146,7 +149,7 @@ class SyntheticConfig(Section):
     tasks: SyntheticTasksConfig = SyntheticTasksConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "SyntheticConfig":
+    def _check(self) -> SyntheticConfig:
         _check_events(self.events_per_clip)
         for name in ("mono", "keywords", "desed"):
             k = getattr(self.tasks, name).num_classes
@@ -188,7 +191,7 @@ class AudiosetConfig(Section):
     max_segments: NonNegative = 0  # per split; 0 = all (a small number for a trial run)
 
     @model_validator(mode="after")
-    def _check(self) -> "AudiosetConfig":
+    def _check(self) -> AudiosetConfig:
         if "{ytid}" not in self.url_template or not re.match(r"^https?://", self.url_template):
             raise ValueError(f"url_template must be an http(s) URL containing {{ytid}}, got {self.url_template!r}")
         try:
@@ -207,7 +210,7 @@ class DownloadConfig(Section):
     audioset: AudiosetConfig = AudiosetConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "DownloadConfig":
+    def _check(self) -> DownloadConfig:
         if self.source == "folder":
             missing = [k for k in ("audio_dir", "labels_csv") if not getattr(self.folder, k)]
             if missing:
@@ -222,7 +225,7 @@ class OntologyConfig(Section):
     rule: Literal["components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete"] = "components"
 
     @model_validator(mode="after")
-    def _check(self) -> "OntologyConfig":
+    def _check(self) -> OntologyConfig:
         if sorted(set(self.levels)) != self.levels:
             raise ValueError(f"levels must be increasing and unique, got {self.levels}")
         return self
@@ -243,7 +246,7 @@ class FeaturesConfig(Section):
     store_waveforms: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "FeaturesConfig":
+    def _check(self) -> FeaturesConfig:
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ValueError("norm_mean and norm_std must both be set (pinned) or both be null (computed)")
         return self
@@ -259,11 +262,13 @@ class ModelConfig(Section):
     decoder_layers: NonNegative = 4
     decoder_kernel: Positive = 3
     decoder_groups: Positive = 16
-    decoder_fill: Literal["noise", "learned"] = "noise"  # masked slots: N(0, 0.01^2) noise (reference) or a learned token
+    decoder_fill: Literal["noise", "learned"] = (
+        "noise"  # masked slots: N(0, 0.01^2) noise (reference) or a learned token
+    )
     patch_init: Literal["xavier", "pytorch"] = "pytorch"  # patch conv: PyTorch's Conv2d default | xavier_uniform_ (EAT)
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.embed_dim % self.decoder_groups:
@@ -322,7 +327,7 @@ class StageConfig(Section):
     clone_batch: Positive | None = None  # null: mask.clone_batch
 
     @model_validator(mode="after")
-    def _check(self) -> "StageConfig":
+    def _check(self) -> StageConfig:
         for name in ("betas", "ema_decay"):
             pair = getattr(self, name)
             if not all(0.0 <= v < 1.0 for v in pair):
@@ -364,20 +369,26 @@ class PretrainConfig(Section):
     stage1: StageConfig = StageConfig()
     stage2: Stage2Config = Stage2Config()
     stage2_runs: dict[Name, Stage2Run] = {  # checkpoints/<name>/, evaluated under <name>
-        "sslam_s1": Stage2Run(variant="sslam", seed=1), "mb_ua_s0": Stage2Run(variant="mb_ua", seed=0),
-        "mb_ua_s1": Stage2Run(variant="mb_ua", seed=1)}
+        "sslam_s1": Stage2Run(variant="sslam", seed=1),
+        "mb_ua_s0": Stage2Run(variant="mb_ua", seed=0),
+        "mb_ua_s1": Stage2Run(variant="mb_ua", seed=1),
+    }
 
     @model_validator(mode="after")
-    def _check_runs(self) -> "PretrainConfig":
+    def _check_runs(self) -> PretrainConfig:
         taken = [n for n in self.stage2_runs if re.fullmatch(r"random\d+|stage[12]", n)]
         if taken:
-            raise ValueError(f"stage2_runs names {taken} clash with the built-in encoder names (stage1, stage2, random<N>)")
+            raise ValueError(
+                f"stage2_runs names {taken} clash with the built-in encoder names (stage1, stage2, random<N>)"
+            )
         return self
 
-    def stage2_run(self, name: str) -> "PretrainConfig":
+    def stage2_run(self, name: str) -> PretrainConfig:
         """This config as the run ``name`` sees it: its variant in ``stage2``, its seed in ``seed``."""
         run = self.stage2_runs[name]
-        return self.model_copy(update={"seed": run.seed, "stage2": self.stage2.model_copy(update={"variant": run.variant})})
+        return self.model_copy(
+            update={"seed": run.seed, "stage2": self.stage2.model_copy(update={"variant": run.variant})}
+        )
 
 
 class FinetuneConfig(Section):
@@ -455,17 +466,21 @@ class LinearEvalConfig(Section):
         return self.mixup or self.specaug_freq > 0 or self.specaug_time > 0 or self.roll
 
     @model_validator(mode="after")
-    def _check_protocol(self) -> "LinearEvalConfig":
+    def _check_protocol(self) -> LinearEvalConfig:
         if self.protocol == "cached" and self.augmented:
-            raise ValueError("protocol 'cached' computes each embedding once, so it cannot augment the input: "
-                             "set mixup: false, specaug_freq: 0, specaug_time: 0, roll: false, or protocol: paper")
+            raise ValueError(
+                "protocol 'cached' computes each embedding once, so it cannot augment the input: "
+                "set mixup: false, specaug_freq: 0, specaug_time: 0, roll: false, or protocol: paper"
+            )
         return self
 
 
 def _overrides_of(model: type[Section], name: str) -> type[Section]:
     """The same keys as ``model``, each optional: a task's partial recipe."""
-    fields = {k: ((Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation) | None, None)
-              for k, f in model.model_fields.items()}
+    fields = {
+        k: ((Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation) | None, None)
+        for k, f in model.model_fields.items()
+    }
     return create_model(name, __base__=Section, **fields)
 
 
@@ -493,7 +508,7 @@ class TaskConfig(Section):
     linear: LinearEvalOverrides = LinearEvalOverrides()  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _check(self) -> "TaskConfig":
+    def _check(self) -> TaskConfig:
         want = "map" if self.kind == "multi_label" else "accuracy"
         if self.metric != want:
             raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind!r} (use {want!r})")
@@ -510,7 +525,13 @@ EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | st
 
 class EvaluateConfig(Section):
     linear_encoders: Annotated[list[EncoderName], Field(min_length=1)] = [
-        "stage2", "sslam_s1", "mb_ua_s0", "mb_ua_s1", "random0", "random1"]
+        "stage2",
+        "sslam_s1",
+        "mb_ua_s0",
+        "mb_ua_s1",
+        "random0",
+        "random1",
+    ]
     finetune_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0"]
     finetune_tasks: list[Name] = ["keywords", "square", "street"]
     seed: NonNegative = 0
@@ -529,13 +550,22 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     linear_eval: LinearEvalConfig = LinearEvalConfig()
     tasks: Annotated[dict[Name, TaskConfig], Field(min_length=1)] = {
-        "mono": TaskConfig(kind="single_label", metric="accuracy", protocol="cross_validation",
-                           recipe=FinetuneOverrides(mixup=False)),
-        "keywords": TaskConfig(kind="single_label", metric="accuracy", protocol="train_valid_test",
-                               recipe=FinetuneOverrides(epochs=40, noise_std=0.1, roll=False, specaug_freq=0.1,
-                                                        specaug_time=0.1)),
-        "square": TaskConfig(), "park": TaskConfig(), "street": TaskConfig(), "desed": TaskConfig(),
-        "urban": TaskConfig(min_labels=2), "as20k": TaskConfig(data="audioset")}
+        "mono": TaskConfig(
+            kind="single_label", metric="accuracy", protocol="cross_validation", recipe=FinetuneOverrides(mixup=False)
+        ),
+        "keywords": TaskConfig(
+            kind="single_label",
+            metric="accuracy",
+            protocol="train_valid_test",
+            recipe=FinetuneOverrides(epochs=40, noise_std=0.1, roll=False, specaug_freq=0.1, specaug_time=0.1),
+        ),
+        "square": TaskConfig(),
+        "park": TaskConfig(),
+        "street": TaskConfig(),
+        "desed": TaskConfig(),
+        "urban": TaskConfig(min_labels=2),
+        "as20k": TaskConfig(data="audioset"),
+    }
     evaluate: EvaluateConfig = EvaluateConfig()
 
     def finetune_recipe(self, task: str) -> FinetuneConfig:
@@ -546,16 +576,21 @@ class Config(Section):
         return self.linear_eval.model_copy(update=self.tasks[task].linear.model_dump(exclude_none=True))
 
     @model_validator(mode="after")
-    def _check_tasks(self) -> "Config":
+    def _check_tasks(self) -> Config:
         unknown = [t for t in self.evaluate.finetune_tasks if t not in self.tasks]
         if unknown:
             raise ValueError(f"evaluate.finetune_tasks {unknown} are not in tasks ({sorted(self.tasks)})")
         for key in ("linear_encoders", "finetune_encoders"):
-            bad = [e for e in getattr(self.evaluate, key)
-                   if not (re.fullmatch(r"random\d+|stage[12]", e) or e in self.pretrain.stage2_runs)]
+            bad = [
+                e
+                for e in getattr(self.evaluate, key)
+                if not (re.fullmatch(r"random\d+|stage[12]", e) or e in self.pretrain.stage2_runs)
+            ]
             if bad:
-                raise ValueError(f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N> or a key of "
-                                 f"pretrain.stage2_runs ({sorted(self.pretrain.stage2_runs)})")
+                raise ValueError(
+                    f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N> or a key of "
+                    f"pretrain.stage2_runs ({sorted(self.pretrain.stage2_runs)})"
+                )
         return self
 
 

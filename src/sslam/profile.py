@@ -1,6 +1,6 @@
 """Print a named profile as `dvc exp run -S` flags, after checking it against the config schema.
 
-    dvc exp run $(python -m sslam.profile audioset)
+dvc exp run $(python -m sslam.profile audioset)
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    print(" ".join(f"-S '{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}'" for k, v in overrides.items()))
+    print(
+        " ".join(
+            f"-S '{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}'"
+            for k, v in overrides.items()
+        )
+    )
     return 0
 
 

@@ -27,7 +27,9 @@ def freq_mask(x: torch.Tensor, start: torch.Tensor, width: torch.Tensor) -> torc
     return x * keep[:, None, :]
 
 
-def spec_augment(x: torch.Tensor, max_time: int, max_freq: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def spec_augment(
+    x: torch.Tensor, max_time: int, max_freq: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One time mask of width U[0, max_time] and one frequency mask of width U[0, max_freq] per clip."""
     b, t, f = x.shape
     tw = torch.randint(0, max_time + 1, (b,), generator=generator)
@@ -44,7 +46,9 @@ def roll_time(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x_i = lam_i x_i + (1 - lam_i) x_partner(i), same for the (soft) targets. lam: (B,)."""
     lx = lam.view(-1, *([1] * (x.dim() - 1)))
     ly = lam.view(-1, *([1] * (y.dim() - 1)))

@@ -6,8 +6,8 @@ answer as one pass over all the data, without the catastrophic cancellation of s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -19,14 +19,14 @@ class RunningStats:
     m2: float = 0.0  # sum of squared deviations from the mean
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "RunningStats":
+    def of(cls, values: np.ndarray) -> RunningStats:
         v = np.asarray(values, dtype=np.float64).ravel()
         if v.size == 0:
             return cls()
         mean = float(v.mean())
         return cls(int(v.size), mean, float(((v - mean) ** 2).sum()))
 
-    def merge(self, other: "RunningStats") -> "RunningStats":
+    def merge(self, other: RunningStats) -> RunningStats:
         if other.count == 0:
             return self
         if self.count == 0:

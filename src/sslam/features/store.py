@@ -26,10 +26,10 @@ import hashlib
 import io
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -117,14 +117,28 @@ def _compute_shard(job: ShardJob) -> dict:
             w = np.zeros(n_samples, dtype=np.int16)
             w[: min(n_samples, len(pcm))] = pcm[:n_samples]
             waves.append(w)
-        rows.append({"clip_id": clip_id, "split": split, "row": len(rows), "frames": frames,
-                     "samples": min(n_samples, len(pcm)), "labels": labels})
+        rows.append(
+            {
+                "clip_id": clip_id,
+                "split": split,
+                "row": len(rows),
+                "frames": frames,
+                "samples": min(n_samples, len(pcm)),
+                "labels": labels,
+            }
+        )
     shape = (0, cfg.target_frames, cfg.num_mel_bins)
     _save_npy(set_dir / f"shard-{job.shard:05d}.npy", np.stack(feats) if feats else np.zeros(shape, np.float16))
     if cfg.store_waveforms:
-        _save_npy(set_dir / f"wave-{job.shard:05d}.npy", np.stack(waves) if waves else np.zeros((0, n_samples), np.int16))
-    meta = {"shard": job.shard, "rows": rows, "failures": failures,
-            "stats": {"count": stats.count, "mean": stats.mean, "m2": stats.m2}}
+        _save_npy(
+            set_dir / f"wave-{job.shard:05d}.npy", np.stack(waves) if waves else np.zeros((0, n_samples), np.int16)
+        )
+    meta = {
+        "shard": job.shard,
+        "rows": rows,
+        "failures": failures,
+        "stats": {"count": stats.count, "mean": stats.mean, "m2": stats.m2},
+    }
     write_json_atomic(set_dir / f"shard-{job.shard:05d}.json", meta)  # last: marks the shard done
     return meta
 
@@ -149,7 +163,9 @@ def feature_sets(corpus: Path) -> dict[str, Path]:
     return sets
 
 
-def build_features(corpus: str | Path, out_dir: str | Path, cfg: FeaturesConfig, sample_rate: int, workers: int = 1) -> dict:
+def build_features(
+    corpus: str | Path, out_dir: str | Path, cfg: FeaturesConfig, sample_rate: int, workers: int = 1
+) -> dict:
     """Compute (or finish) the cache for every clip set; returns the summary for metrics."""
     corpus, out_dir = Path(corpus), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,12 +193,17 @@ def build_features(corpus: str | Path, out_dir: str | Path, cfg: FeaturesConfig,
         for k in range(0, len(rows), cfg.shard_size):
             shard = k // cfg.shard_size
             meta_file = set_dir / f"shard-{shard:05d}.json"
-            complete = meta_file.is_file() and (set_dir / f"shard-{shard:05d}.npy").is_file() and (
-                not cfg.store_waveforms or (set_dir / f"wave-{shard:05d}.npy").is_file())
+            complete = (
+                meta_file.is_file()
+                and (set_dir / f"shard-{shard:05d}.npy").is_file()
+                and (not cfg.store_waveforms or (set_dir / f"wave-{shard:05d}.npy").is_file())
+            )
             if complete:
                 done[name].append(json.loads(meta_file.read_text()))
             else:
-                jobs.append(ShardJob(str(set_dir), shard, str(corpus), tuple(rows[k : k + cfg.shard_size]), sample_rate, cfg))
+                jobs.append(
+                    ShardJob(str(set_dir), shard, str(corpus), tuple(rows[k : k + cfg.shard_size]), sample_rate, cfg)
+                )
 
     bar = dict(total=len(jobs), desc="features (shards)", unit="shard", mininterval=1.0)
     set_of = {str(out_dir / name): name for name in sets}
@@ -222,7 +243,12 @@ def _stats(cfg: FeaturesConfig, per_set: dict[str, RunningStats]) -> dict:
     st = per_set[split]
     if st.count == 0:
         raise ValueError(f"features: split {split!r} has no decodable clips to compute statistics from")
-    return {"mean": round(st.mean, 6), "std": round(st.std, 6), "source": f"computed over {split}", "frames": st.count // cfg.num_mel_bins}
+    return {
+        "mean": round(st.mean, 6),
+        "std": round(st.std, 6),
+        "source": f"computed over {split}",
+        "frames": st.count // cfg.num_mel_bins,
+    }
 
 
 def _write_index(set_dir: Path, metas: Sequence[dict]) -> None:

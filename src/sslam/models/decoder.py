@@ -20,8 +20,16 @@ class ChannelNorm(nn.Module):
 
 
 class CnnDecoder(nn.Module):
-    def __init__(self, dim: int, grid: tuple[int, int], layers: int = 6, kernel: int = 3, groups: int = 16,
-                 fill: str = "noise", fill_std: float = 0.01):
+    def __init__(
+        self,
+        dim: int,
+        grid: tuple[int, int],
+        layers: int = 6,
+        kernel: int = 3,
+        groups: int = 16,
+        fill: str = "noise",
+        fill_std: float = 0.01,
+    ):
         super().__init__()
         self.grid, self.fill, self.fill_std = grid, fill, fill_std
         self.blocks = nn.ModuleList(
@@ -31,14 +39,18 @@ class CnnDecoder(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if fill == "learned" else None
 
-    def forward(self, visible: torch.Tensor, keep: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, visible: torch.Tensor, keep: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """visible (B, K, D) student outputs without CLS; keep (B, K) their patch indices -> (B, N, D)."""
         b, k, d = visible.shape
         n = self.grid[0] * self.grid[1]
         if self.mask_token is not None:
             x = self.mask_token.expand(b, n, d).to(visible.dtype).clone()
         else:
-            noise = torch.randn((b, n, d), generator=generator, device=generator.device if generator is not None else visible.device)
+            noise = torch.randn(
+                (b, n, d), generator=generator, device=generator.device if generator is not None else visible.device
+            )
             x = (noise.to(visible.device) * self.fill_std).to(visible.dtype)
         x = x.scatter(1, keep[:, :, None].expand(-1, -1, d), visible)
         x = x.transpose(1, 2).reshape(b, d, *self.grid)

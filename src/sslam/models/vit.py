@@ -98,10 +98,20 @@ class Encoder(nn.Module):
     clone batch), so masked tokens never enter the blocks.
     """
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, patch: int = 16,
-                 frames: int = 1024, mel: int = 128, patch_init: str = "xavier"):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        patch: int = 16,
+        frames: int = 1024,
+        mel: int = 128,
+        patch_init: str = "xavier",
+    ):
         super().__init__()
         self.dim = dim
+        self.patch_size = patch
         self.patch_embed = PatchEmbed(dim, patch)
         gt, gf = self.patch_embed.grid(frames, mel)
         self.grid = (gt, gf)
@@ -130,12 +140,15 @@ class Encoder(nn.Module):
         """(B, frames, mel) -> (B, N, D) patch tokens with positions."""
         tok = self.patch_embed(x)
         if tok.shape[1] != self.num_patches:
-            raise ValueError(f"input gives {tok.shape[1]} patches, the encoder was built for {self.num_patches} "
-                             f"(frames x mel {x.shape[1]}x{x.shape[2]} vs grid {self.grid})")
+            raise ValueError(
+                f"input gives {tok.shape[1]} patches, the encoder was built for {self.num_patches} "
+                f"(frames x mel {x.shape[1]}x{x.shape[2]} vs grid {self.grid})"
+            )
         return tok + self.pos.to(tok.dtype)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1,
-                return_layers: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns (final states incl. CLS at index 0, per-layer targets of the patch tokens)."""
         tok = self.tokens(x)
         if clones > 1:
@@ -160,5 +173,3 @@ def _bert_init(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
-
-

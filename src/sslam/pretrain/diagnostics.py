@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from sslam.config import MaskConfig
 from sslam.pretrain.losses import token_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
 from sslam.pretrain.targets import PositionCentring, average_top_layers, final_target
@@ -34,9 +35,15 @@ def _position_only_and_zero(y: torch.Tensor, mask: torch.Tensor) -> tuple[float,
 
 
 @torch.no_grad()
-def target_diagnostics(student: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor, top_k: int,
-                       mask_ratio: float, block: int, adjust: float, seed: int = 0,
-                       centring: PositionCentring | None = None) -> dict[str, float]:
+def target_diagnostics(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    x: torch.Tensor,
+    top_k_layers: int,
+    mask: MaskConfig,
+    seed: int = 0,
+    centring: PositionCentring | None = None,
+) -> dict[str, float]:
     """``centring``: how the run centred its targets (None: not at all); its running means are used as
     they are, never updated here."""
     if x.shape[0] < 4:
@@ -44,16 +51,22 @@ def target_diagnostics(student: torch.nn.Module, teacher: torch.nn.Module, x: to
     student.eval()
     teacher.eval()
     _, layers = teacher(x.float(), return_layers=True)
-    pre = average_top_layers(layers, top_k)
+    pre = average_top_layers(layers, top_k_layers)
     reference = final_target(pre)
     trained = final_target(centring(pre, "local", update=False)) if centring is not None else reference
     g = torch.Generator().manual_seed(seed)
-    mask = inverse_block_mask(x.shape[0], teacher.grid, mask_ratio, block, adjust, g).to(x.device)
-    _, pred = student(x, visible_indices(mask), 1, torch.Generator(device=x.device).manual_seed(seed + 1))
+    masked = inverse_block_mask(x.shape[0], teacher.grid, mask.ratio, mask.block_size, mask.prob_adjust, g)
+    masked = masked.to(x.device)
+    _, pred = student(x, visible_indices(masked), 1, torch.Generator(device=x.device).manual_seed(seed + 1))
     half = x.shape[0] // 2
-    pos, zero = _position_only_and_zero(reference, mask)
-    t_pos, t_zero = _position_only_and_zero(trained, mask)
-    stu = float(token_loss(pred[half:], trained[half:])[mask[half:]].mean())
-    return {"position_only_loss": round(pos, 4), "zero_loss": round(zero, 4),
-            "position_share": round(1 - pos / zero, 4), "student_loss": round(stu, 4),
-            "trained_position_only_loss": round(t_pos, 4), "trained_zero_loss": round(t_zero, 4)}
+    pos, zero = _position_only_and_zero(reference, masked)
+    t_pos, t_zero = _position_only_and_zero(trained, masked)
+    stu = float(token_loss(pred[half:], trained[half:])[masked[half:]].mean())
+    return {
+        "position_only_loss": round(pos, 4),
+        "zero_loss": round(zero, 4),
+        "position_share": round(1 - pos / zero, 4),
+        "student_loss": round(stu, 4),
+        "trained_position_only_loss": round(t_pos, 4),
+        "trained_zero_loss": round(t_zero, 4),
+    }

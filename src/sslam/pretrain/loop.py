@@ -4,52 +4,48 @@ Per optimizer step: ``grad_accum`` micro-batches of ``batch_size`` clips per pro
 backward (DDP all-reduces on the last micro-batch) -> clip -> AdamW with the lr of a linear warm-up
 then cosine to 0 -> EMA teacher update with the annealed decay. Everything random in a step (masks,
 decoder noise) is seeded from (seed, step, rank), and data order from (seed, epoch), so a run resumed
-from a checkpoint repeats the uninterrupted run exactly.
+from a checkpoint repeats the uninterrupted run exactly. The setup (accelerator, models, resume or
+init, the objective, logging) sits in small functions above :func:`train_stage`, so the loop itself
+fits on one screen.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sslam.config import Config, StageConfig
 from sslam.features.dataset import FeatureStore, ShardedSampler
-from sslam.io import write_json_atomic
+from sslam.models.student import Student, make_teacher
+from sslam.pretrain.checkpoint import export_final, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
 from sslam.pretrain.ema import ema_decay, ema_update
+from sslam.pretrain.objectives import WaveformInputs, stage1_losses, stage2_losses
 from sslam.pretrain.targets import PositionCentring
-from sslam.pretrain.model import (
-    Stage2Settings,
-    StepSettings,
-    Student,
-    WaveformInputs,
-    make_teacher,
-    stage1_losses,
-    stage2_losses,
-)
+from sslam.schedule import warmup_cosine_lr
+
+StepLosses = Callable[[torch.Tensor, list[int], int], dict[str, torch.Tensor]]
 
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or inf; names the step, the term and the last good checkpoint."""
 
 
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up from 0, then cosine decay to 0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+@dataclass
+class RunResult:
+    steps: int
+    final_loss: dict[str, float]
+    resumed_from: int
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
@@ -62,79 +58,164 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The seed of one micro-batch's masks and decoder noise: distinct per (seed, step, micro, rank)."""
+    return (seed * 1_000_003 + step * 1009 + micro) * 64 + rank
 
 
-def _code_hash() -> str:
-    """The model and training code: a checkpoint made by other code is not resumed."""
-    import hashlib
-
-    import sslam.models
-    import sslam.pretrain
-
-    h = hashlib.sha256()
-    for pkg in (sslam.models, sslam.pretrain):
-        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
+# ----------------------------------------------------------------------------- setup
 
 
-def _fingerprint(cfg: Config, stage: str, init_from: Path | None) -> dict:
-    fp = {"stage": stage, "model": cfg.model.model_dump(), "mask": cfg.mask.model_dump(),
-          "train": getattr(cfg.pretrain, stage).model_dump(), "seed": cfg.pretrain.seed,
-          "train_set": cfg.pretrain.train_set, "code": _code_hash()}
-    if stage == "stage2":
-        import hashlib
-
-        fp |= {"mix": cfg.mix.model_dump(), "srl": cfg.srl.model_dump(),
-               "init": hashlib.sha256((init_from / "student.safetensors").read_bytes()).hexdigest()[:16]}
-    return fp
+def make_accelerator(cfg: Config, cpu: bool) -> Accelerator:
+    acc = Accelerator(
+        cpu=cpu, mixed_precision={"fp32": "no"}.get(cfg.pretrain.mixed_precision, cfg.pretrain.mixed_precision)
+    )
+    if acc.device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1: give each process its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+        torch.set_num_threads(cfg.pretrain.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+    return acc
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "meta.json").is_file())
-    return done[-1] if done else None
+def resume_or_init(
+    acc: Accelerator,
+    stage: str,
+    ckpt_dir: Path,
+    fp: dict,
+    student: Student,
+    teacher: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    centring: PositionCentring,
+    init_from: Path | None,
+) -> tuple[int, Path | None]:
+    """Resume from the newest checkpoint made with the same fingerprint (older ones with another are
+    deleted), else start from ``init_from`` (stage 2: stage 1's final weights) or the fresh init.
+    Returns (first step, checkpoint resumed from)."""
+    if acc.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    last = latest_checkpoint(ckpt_dir)
+    if last is not None and json.loads((last / "meta.json").read_text()).get("fingerprint") != fp:
+        acc.wait_for_everyone()
+        if acc.is_main_process:  # other params or code: these checkpoints cannot be resumed
+            for p in ckpt_dir.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        acc.wait_for_everyone()
+        last = None
+    if last is not None:
+        start = load_checkpoint(last, student, teacher, optimizer, centring)
+        acc.print(f"resuming {stage} from {last} (step {start})")
+        return start, last
+    if init_from is not None:
+        student.load_state_dict(load_file(init_from / "student.safetensors"))
+        teacher.load_state_dict(load_file(init_from / "teacher.safetensors"))
+        acc.print(f"{stage} starts from {init_from}")
+    return 0, None
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, student: torch.nn.Module, teacher: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, meta: dict, keep: int,
-                    centring: PositionCentring | None = None) -> Path:
-    """Weights as safetensors, optimizer and RNG state as torch pickles; written to a temporary folder
-    renamed into place, meta.json last, so a half-written checkpoint is never taken for one."""
-    final = ckpt_dir / f"step-{step:07d}"
-    tmp = ckpt_dir / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, tmp / "student.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}, tmp / "teacher.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "centring": centring.state_dict() if centring is not None else {}}, tmp / "train_state.pt")
-    write_json_atomic(tmp / "meta.json", meta | {"step": step})
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    older = sorted(p for p in ckpt_dir.glob("step-*") if p != final)
-    for old in older[: max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def make_objective(
+    cfg: Config,
+    stage: str,
+    store: FeatureStore,
+    device: torch.device,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    centring: PositionCentring,
+) -> StepLosses:
+    """(clips, their store rows, seed) -> this stage's losses, the typed params sections passed whole."""
+    scfg = getattr(cfg.pretrain, stage)
+    if stage == "stage1":
+        return lambda x, idx, seed: stage1_losses(student, teacher, x, cfg.mask, scfg, seed, centring)
+    hop = int(cfg.data.sample_rate * cfg.features.frame_shift_ms / 1000)
+
+    def losses(x: torch.Tensor, idx: list[int], seed: int) -> dict[str, torch.Tensor]:
+        wave = None
+        if cfg.mix.strategy == "waveform" and scfg.variant != "mb_ua":
+            wave = WaveformInputs(
+                store.waves(idx).to(device),
+                store.wave_lengths(idx),
+                hop,
+                store.mean,
+                store.std,
+                cfg.data.sample_rate,
+                cfg.features.num_mel_bins,
+                cfg.features.frame_length_ms,
+            )
+        return stage2_losses(student, teacher, x, cfg.mask, scfg, cfg.mix, cfg.srl, seed, wave, centring)
+
+    return losses
 
 
-def export_final(ckpt_dir: Path, student: torch.nn.Module, teacher: torch.nn.Module, meta: dict,
-                 centring: PositionCentring | None = None) -> None:
-    """``final/``: the weights later stages load (student encoder + decoder, and the EMA teacher; with
-    ``center_targets: running`` also the running target means, for the diagnostics)."""
-    tmp = ckpt_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, tmp / "student.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()}, tmp / "teacher.safetensors")
-    if centring is not None and centring.means:
-        save_file(centring.state_dict(), tmp / "centring.safetensors")
-    write_json_atomic(tmp / "meta.json", meta)
-    shutil.rmtree(ckpt_dir / "final", ignore_errors=True)
-    os.replace(tmp, ckpt_dir / "final")
+class MicroBatches:
+    """Micro-batch k of this process: its clips (on the device) and their store rows; epochs reshuffle."""
+
+    def __init__(self, store: FeatureStore, acc: Accelerator, batch_size: int, seed: int, stage: str):
+        self.store, self.device, self.batch_size = store, acc.device, batch_size
+        self.sampler = ShardedSampler(len(store), acc.process_index, acc.num_processes, seed=seed)
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(
+                f"pretrain.{stage}.batch_size {batch_size} exceeds the {len(self.sampler)} clips per process"
+            )
+        self._epoch, self._order = -1, []
+
+    def __call__(self, k: int) -> tuple[torch.Tensor, list[int]]:
+        epoch, b = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._order = epoch, list(self.sampler)
+        idx = self._order[b * self.batch_size : (b + 1) * self.batch_size]
+        return self.store.batch(idx).to(self.device), idx
 
 
-# ----------------------------------------------------------------------------- logging
+class LiveLog:
+    """dvclive curves of the main process (every loss term, lr, EMA decay: what params and code decide),
+    and, apart from them, a timings TSV (throughput and peak memory: what the machine decides), so a
+    rerun of the same commit changes no tracked curve. A resumed run first drops the curve rows logged
+    after its checkpoint."""
+
+    def __init__(
+        self,
+        acc: Accelerator,
+        live_dir: str | Path | None,
+        timings: str | Path | None,
+        stage: str,
+        start: int,
+        every: int,
+    ):
+        self.acc, self.stage, self.every, self.live, self.timings = acc, stage, every, None, None
+        if acc.is_main_process and live_dir is not None:
+            from dvclive import Live
+
+            if start:
+                _truncate_live(Path(live_dir), start)
+            self.live = Live(str(live_dir), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+            self.live.step = start
+        if acc.is_main_process and timings is not None:
+            self.timings = Path(timings)
+            self.timings.parent.mkdir(parents=True, exist_ok=True)
+            if start == 0 or not self.timings.is_file():
+                self.timings.write_text("step\tsamples_per_s\tmemory_mb\n")
+        self.t_last, self.clips = time.perf_counter(), 0
+
+    def log(self, step: int, last_step: bool, losses: dict[str, float], lr: float, decay: float, clips: int) -> None:
+        self.clips += clips
+        if not (step % self.every == 0 or last_step):
+            return
+        if self.live is not None:
+            for k, v in losses.items():
+                self.live.log_metric(f"{self.stage}/{k}", v)
+            self.live.log_metric(f"{self.stage}/lr", lr)
+            self.live.log_metric(f"{self.stage}/ema_decay", decay)
+            self.live.next_step()
+        now = time.perf_counter()
+        if self.timings is not None:
+            with self.timings.open("a") as f:
+                f.write(f"{step}\t{self.clips / max(now - self.t_last, 1e-9):.2f}\t{_memory_mb(self.acc.device):.0f}\n")
+        self.t_last, self.clips = now, 0
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
 
 
 def _truncate_live(live_dir: Path, step: int) -> None:
@@ -155,138 +236,77 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-@dataclass
-class RunResult:
-    steps: int
-    final_loss: dict[str, float]
-    seconds: float
-    samples_per_second: float
-    resumed_from: int
+def check_finite(acc: Accelerator, losses: dict[str, torch.Tensor], where: str, last_ckpt: str) -> None:
+    """Stop every process together when any process has a NaN or inf loss term."""
+    bad = torch.tensor([0.0 if torch.isfinite(v).all() else 1.0 for v in losses.values()], device=acc.device)
+    bad = acc.reduce(bad, reduction="sum")
+    if bad.any():
+        term = list(losses)[int(torch.nonzero(bad)[0])]
+        raise NonFiniteLoss(
+            f"{where}: loss term '{term}' is not finite ({losses[term].item()}); last good checkpoint: {last_ckpt}"
+        )
 
 
-def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str | Path, live_dir: str | Path | None,
-                cpu: bool = False, stop_after: int | None = None, init_from: str | Path | None = None,
-                step_hook: Callable[[int, dict], None] | None = None,
-                end_hook: Callable[[torch.nn.Module, torch.nn.Module], None] | None = None) -> RunResult:
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_stage(
+    cfg: Config,
+    stage: str,
+    features_dir: str | Path,
+    ckpt_dir: str | Path,
+    live_dir: str | Path | None,
+    cpu: bool = False,
+    stop_after: int | None = None,
+    init_from: str | Path | None = None,
+    step_hook: Callable[[int, dict], None] | None = None,
+    end_hook: Callable[[torch.nn.Module, torch.nn.Module], None] | None = None,
+    timings: str | Path | None = None,
+) -> RunResult:
     """Pretrain ``stage`` ('stage1' or 'stage2'); resumes from the newest complete checkpoint in
     ``ckpt_dir``. Stage 2 starts from ``init_from`` (stage 1's ``final/``): its student and EMA teacher;
-    the step counter, the EMA anneal and the warm-up restart (reference)."""
+    the step counter, the EMA anneal and the warm-up restart (reference). Curves go to ``live_dir``
+    (dvclive), throughput and memory to the ``timings`` TSV."""
     scfg: StageConfig = getattr(cfg.pretrain, stage)
-    if stage == "stage2":
-        if init_from is None or not (Path(init_from) / "student.safetensors").is_file():
-            raise FileNotFoundError(f"stage 2 starts from stage 1's final checkpoint: {init_from}/student.safetensors is missing")
-        init_from = Path(init_from)
-    precision = {"fp32": "no"}.get(cfg.pretrain.mixed_precision, cfg.pretrain.mixed_precision)
-    acc = Accelerator(cpu=cpu, mixed_precision=precision)
-    if acc.device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1: give each process its cores
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
-        torch.set_num_threads(cfg.pretrain.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+    init_from = Path(init_from) if stage == "stage2" and init_from is not None else None
+    if stage == "stage2" and (init_from is None or not (init_from / "student.safetensors").is_file()):
+        raise FileNotFoundError(
+            f"stage 2 starts from stage 1's final checkpoint: {init_from}/student.safetensors is missing"
+        )
+    acc = make_accelerator(cfg, cpu)
     ckpt_dir = Path(ckpt_dir)
     store = FeatureStore(features_dir, cfg.pretrain.train_set)
-    frames, mel = store.raw(0).shape
     torch.manual_seed(cfg.pretrain.seed)  # identical initial weights on every rank
-    student = Student(cfg.model, frames, mel)
+    student = Student(cfg.model, *store.raw(0).shape)
     teacher = make_teacher(student)
-    optimizer = torch.optim.AdamW(param_groups(student, scfg.weight_decay, scfg.decay_all_params),
-                                  lr=scfg.lr, betas=tuple(scfg.betas), eps=1e-8)
-    fingerprint = _fingerprint(cfg, stage, init_from)
+    optimizer = torch.optim.AdamW(
+        param_groups(student, scfg.weight_decay, scfg.decay_all_params), lr=scfg.lr, betas=tuple(scfg.betas), eps=1e-8
+    )
     centring = PositionCentring(scfg.center_targets, scfg.center_momentum)  # stage 2 starts its own means
-    start = 0
-    if acc.is_main_process:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
-    last = latest_checkpoint(ckpt_dir)
-    if last is not None and json.loads((last / "meta.json").read_text()).get("fingerprint") != fingerprint:
-        acc.wait_for_everyone()
-        if acc.is_main_process:  # other params: these checkpoints cannot be resumed
-            for p in ckpt_dir.iterdir():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        acc.wait_for_everyone()
-        last = None
-    if last is not None:
-        student.load_state_dict(load_file(last / "student.safetensors"))
-        teacher.load_state_dict(load_file(last / "teacher.safetensors"))
-        state = torch.load(last / "train_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        centring.load_state_dict(state.get("centring", {}))
-        start = json.loads((last / "meta.json").read_text())["step"]
-        acc.print(f"resuming {stage} from {last} (step {start})")
-    elif init_from is not None:
-        student.load_state_dict(load_file(init_from / "student.safetensors"))
-        teacher.load_state_dict(load_file(init_from / "teacher.safetensors"))
-        acc.print(f"{stage} starts from {init_from}")
+    fp = fingerprint(cfg, stage, init_from)
+    start, last = resume_or_init(acc, stage, ckpt_dir, fp, student, teacher, optimizer, centring, init_from)
     teacher.to(acc.device)
     centring.to(acc.device)
     student, optimizer = acc.prepare(student, optimizer)
-
-    settings = StepSettings(clones=scfg.clone_batch or cfg.mask.clone_batch, mask_ratio=cfg.mask.ratio,
-                            block=cfg.mask.block_size, adjust=cfg.mask.prob_adjust, top_k=scfg.top_k_layers,
-                            cls_weight=scfg.cls_loss_weight, cls_reduction=scfg.cls_loss_reduction,
-                            center=scfg.center_targets)
-    if stage == "stage2":
-        s2 = Stage2Settings(settings, scfg.variant, scfg.global_top_k_layers, scfg.global_unmixed, scfg.global_mixed,
-                            cfg.srl.weight, cfg.srl.aggregation, cfg.mix.strategy, cfg.mix.partial,
-                            cfg.mix.partial_mode, cfg.mix.mixed_fraction, cfg.model.patch_size,
-                            srl_global=cfg.srl.global_loss)
-        hop = int(cfg.data.sample_rate * cfg.features.frame_shift_ms / 1000)
-
-        def step_losses(x, idx, seed):
-            wave = None
-            if s2.strategy == "waveform" and s2.variant != "mb_ua":
-                wave = WaveformInputs(store.waves(idx).to(acc.device), store.wave_lengths(idx), hop, store.mean,
-                                      store.std, cfg.data.sample_rate, cfg.features.num_mel_bins,
-                                      cfg.features.frame_length_ms)
-            return stage2_losses(student, teacher, x, s2, seed, wave, centring)
-    else:
-        def step_losses(x, idx, seed):
-            return stage1_losses(student, teacher, x, settings, seed, centring)
-    sampler = ShardedSampler(len(store), acc.process_index, acc.num_processes, seed=cfg.pretrain.seed)
-    per_step = scfg.batch_size * scfg.grad_accum
-    batches_per_epoch = len(sampler) // scfg.batch_size
-    if batches_per_epoch == 0:
-        raise ValueError(f"pretrain.{stage}.batch_size {scfg.batch_size} exceeds the {len(sampler)} clips per process")
-    epoch_cache: dict[int, list[int]] = {}
-
-    def micro_batch(k: int) -> tuple[torch.Tensor, list[int]]:
-        epoch, b = divmod(k, batches_per_epoch)
-        if epoch not in epoch_cache:
-            epoch_cache.clear()
-            sampler.set_epoch(epoch)
-            epoch_cache[epoch] = list(sampler)
-        idx = epoch_cache[epoch][b * scfg.batch_size : (b + 1) * scfg.batch_size]
-        return store.batch(idx).to(acc.device), idx
-
-    live = None
-    if acc.is_main_process and live_dir is not None:
-        from dvclive import Live
-
-        if start:
-            _truncate_live(Path(live_dir), start)
-        live = Live(str(live_dir), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
-        live.step = start
-
-    last_ckpt = str(last) if last is not None else "none (no checkpoint yet)"
-    logs: dict[str, float] = {}
-    t_start, t_log, n_log = time.perf_counter(), time.perf_counter(), 0
+    step_losses = make_objective(cfg, stage, store, acc.device, student, teacher, centring)
+    batches = MicroBatches(store, acc, scfg.batch_size, cfg.pretrain.seed, stage)
     end = scfg.steps if stop_after is None else min(scfg.steps, stop_after)
+    log = LiveLog(acc, live_dir, timings, stage, start, scfg.log_every)
+    last_ckpt = str(last) if last is not None else "none (no checkpoint yet)"
+
+    sums: dict[str, float] = {}
     student.train()
     for step in range(start, end):
-        lr = lr_at(step, scfg.lr, scfg.warmup_steps, scfg.steps)
+        lr = warmup_cosine_lr(step, scfg.steps, scfg.warmup_steps, scfg.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums: dict[str, float] = {}
+        sums = {}
         for j in range(scfg.grad_accum):
-            x, idx = micro_batch(step * scfg.grad_accum + j)
-            seed = (cfg.pretrain.seed * 1_000_003 + step * 1009 + j) * 64 + acc.process_index
+            x, idx = batches(step * scfg.grad_accum + j)
             sync = nullcontext() if j == scfg.grad_accum - 1 else acc.no_sync(student)
             with sync, acc.autocast():
-                losses = step_losses(x, idx, seed)
-            bad = torch.tensor([0.0 if torch.isfinite(v).all() else 1.0 for v in losses.values()], device=acc.device)
-            bad = acc.reduce(bad, reduction="sum")
-            if bad.any():
-                term = list(losses)[int(torch.nonzero(bad)[0])]
-                raise NonFiniteLoss(f"{stage} step {step}: loss term '{term}' is not finite "
-                                    f"({losses[term].item()}); last good checkpoint: {last_ckpt}")
+                losses = step_losses(x, idx, step_seed(cfg.pretrain.seed, step, j, acc.process_index))
+            check_finite(acc, losses, f"{stage} step {step}", last_ckpt)
             acc.backward(losses["loss"] / scfg.grad_accum)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / scfg.grad_accum
@@ -297,37 +317,31 @@ def train_stage(cfg: Config, stage: str, features_dir: str | Path, ckpt_dir: str
         decay = ema_decay(step, scfg.ema_decay[0], scfg.ema_decay[1], scfg.ema_anneal_steps)
         ema_update(teacher, acc.unwrap_model(student).encoder, decay)
 
-        n_log += per_step * acc.num_processes
-        logs = dict(sums)
         if step_hook is not None:
-            step_hook(step, logs)
-        if live is not None and (step % scfg.log_every == 0 or step == end - 1):
-            now = time.perf_counter()
-            for k, v in sums.items():
-                live.log_metric(f"{stage}/{k}", v)
-            live.log_metric(f"{stage}/lr", lr)
-            live.log_metric(f"{stage}/ema_decay", decay)
-            live.log_metric(f"{stage}/samples_per_s", n_log / max(now - t_log, 1e-9))
-            live.log_metric(f"{stage}/memory_mb", _memory_mb(acc.device))
-            live.next_step()
-            t_log, n_log = now, 0
-        done = step + 1
-        if done % scfg.checkpoint_every == 0 or done == scfg.steps:
+            step_hook(step, dict(sums))
+        log.log(step, step == end - 1, sums, lr, decay, scfg.batch_size * scfg.grad_accum * acc.num_processes)
+        if (step + 1) % scfg.checkpoint_every == 0 or step + 1 == scfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                last_ckpt = str(save_checkpoint(ckpt_dir, done, acc.unwrap_model(student), teacher, optimizer,
-                                                {"fingerprint": fingerprint}, scfg.keep_checkpoints, centring))
+                last_ckpt = str(
+                    save_checkpoint(
+                        ckpt_dir,
+                        step + 1,
+                        acc.unwrap_model(student),
+                        teacher,
+                        optimizer,
+                        {"fingerprint": fp},
+                        scfg.keep_checkpoints,
+                        centring,
+                    )
+                )
             acc.wait_for_everyone()
-    seconds = time.perf_counter() - t_start
+
     if end == scfg.steps:
         acc.wait_for_everyone()
         if acc.is_main_process:
-            export_final(ckpt_dir, acc.unwrap_model(student), teacher, {"fingerprint": fingerprint, "step": end},
-                         centring)
+            export_final(ckpt_dir, acc.unwrap_model(student), teacher, {"fingerprint": fp, "step": end}, centring)
     if end_hook is not None:  # on every rank: (student, teacher), e.g. to compare ranks in a test
         end_hook(acc.unwrap_model(student), teacher)
-    if live is not None:
-        live.end()
-    steps_run = end - start
-    return RunResult(end, logs, seconds,
-                     steps_run * per_step * acc.num_processes / max(seconds, 1e-9), start)
+    log.end()
+    return RunResult(end, sums, start)

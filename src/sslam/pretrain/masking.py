@@ -12,8 +12,14 @@ from __future__ import annotations
 import torch
 
 
-def inverse_block_mask(num_masks: int, grid: tuple[int, int], mask_ratio: float, block: int = 5,
-                       adjust: float = 0.07, generator: torch.Generator | None = None) -> torch.Tensor:
+def inverse_block_mask(
+    num_masks: int,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    block: int = 5,
+    adjust: float = 0.07,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(num_masks, T' * F') bool, True = masked. Time-major like the tokens."""
     gt, gf = grid
     n = gt * gf
@@ -53,8 +59,10 @@ def visible_indices(mask: torch.Tensor) -> torch.Tensor:
     (the masks of a batch pack into one tensor); unequal counts would silently misalign tokens."""
     counts = (~mask).sum(dim=1)
     if mask.shape[0] and not bool((counts == counts[0]).all()):
-        raise ValueError(f"visible_indices: every mask row must keep the same number of patches, got counts "
-                         f"{sorted(set(counts.tolist()))} over {mask.shape[0]} rows")
+        raise ValueError(
+            f"visible_indices: every mask row must keep the same number of patches, got counts "
+            f"{sorted(set(counts.tolist()))} over {mask.shape[0]} rows"
+        )
     k = int(counts[0]) if mask.shape[0] else 0
     idx = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :k]
     return idx.sort(dim=1).values

@@ -25,7 +25,9 @@ def partner(x: torch.Tensor) -> torch.Tensor:
     return torch.roll(x, shifts=1, dims=0)
 
 
-def reference_regions(time_patches: int, mixed_fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def reference_regions(
+    time_patches: int, mixed_fraction: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(T,) bool: True where the partner is mixed in; one draw shared by the batch."""
     t = time_patches
     w = max(1, round((1.0 - mixed_fraction) * t / 2))
@@ -40,8 +42,9 @@ def reference_regions(time_patches: int, mixed_fraction: float, generator: torch
     return mixed
 
 
-def per_clip_regions(batch: int, time_patches: int, mixed_fraction: float, regions: int = 3,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def per_clip_regions(
+    batch: int, time_patches: int, mixed_fraction: float, regions: int = 3, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(B, T) bool: per clip, ``regions`` disjoint mixed runs totalling round(fraction * T) patches."""
     t = time_patches
     m = min(t - (regions - 1), max(regions, round(mixed_fraction * t)))
@@ -63,8 +66,14 @@ def per_clip_regions(batch: int, time_patches: int, mixed_fraction: float, regio
     return out
 
 
-def mixed_time_patches(batch: int, time_patches: int, partial: bool, mode: str, mixed_fraction: float,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def mixed_time_patches(
+    batch: int,
+    time_patches: int,
+    partial: bool,
+    mode: str,
+    mixed_fraction: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, T) bool for any mode."""
     if not partial:
         return torch.ones(batch, time_patches, dtype=torch.bool)
@@ -97,9 +106,18 @@ def mix_spectrograms(x: torch.Tensor, frames_mixed: torch.Tensor, strategy: str)
     raise ValueError(f"mix_spectrograms handles 'max' and 'average', got {strategy!r}")
 
 
-def mix_waveforms(waves: torch.Tensor, lengths: torch.Tensor, frames_mixed: torch.Tensor, hop: int, mean: float,
-                  std: float, sample_rate: int, num_mel_bins: int, target_frames: int,
-                  frame_length_ms: float = 25.0) -> torch.Tensor:
+def mix_waveforms(
+    waves: torch.Tensor,
+    lengths: torch.Tensor,
+    frames_mixed: torch.Tensor,
+    hop: int,
+    mean: float,
+    std: float,
+    sample_rate: int,
+    num_mel_bins: int,
+    target_frames: int,
+    frame_length_ms: float = 25.0,
+) -> torch.Tensor:
     """``waveform`` strategy (Table 10): average the waveforms over the samples of the mixed frames, then
     compute the normalised log-mel of each mixture (fbank on whatever device ``waves`` lives on).
 
@@ -115,7 +133,9 @@ def mix_waveforms(waves: torch.Tensor, lengths: torch.Tensor, frames_mixed: torc
     mixed = torch.where(samples, 0.5 * (waves + partner(waves)), waves)
     out = []
     for w, length in zip(mixed, lengths.tolist()):
-        fb = pad_or_crop(kaldi_fbank(w[: int(length)], sample_rate, num_mel_bins, 1000.0 * hop / sample_rate,
-                                     frame_length_ms), target_frames)
+        fb = pad_or_crop(
+            kaldi_fbank(w[: int(length)], sample_rate, num_mel_bins, 1000.0 * hop / sample_rate, frame_length_ms),
+            target_frames,
+        )
         out.append((fb - mean) / (2 * std))
     return torch.stack(out)

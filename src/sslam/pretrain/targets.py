@@ -33,8 +33,9 @@ def average_top_layers(layers: list[torch.Tensor], top_k: int) -> torch.Tensor:
     return acc / top_k
 
 
-def center_by_position(y: torch.Tensor, positions: torch.Tensor | None = None, num_positions: int | None = None
-                       ) -> torch.Tensor:
+def center_by_position(
+    y: torch.Tensor, positions: torch.Tensor | None = None, num_positions: int | None = None
+) -> torch.Tensor:
     """Subtract, at each patch position, the mean over the clips of the batch that have it: what the
     position alone predicts. ``positions`` (B, M): the grid index of each of the M tokens (default: all)."""
     if positions is None:
@@ -63,8 +64,9 @@ class PositionCentring:
         self.mode, self.momentum = mode, momentum
         self.means: dict[str, torch.Tensor] = {}
 
-    def __call__(self, y: torch.Tensor, key: str, positions: torch.Tensor | None = None, update: bool = True
-                 ) -> torch.Tensor:
+    def __call__(
+        self, y: torch.Tensor, key: str, positions: torch.Tensor | None = None, update: bool = True
+    ) -> torch.Tensor:
         """y (B, M, D) pre-norm targets; ``positions`` (B, M) their grid indices when the teacher saw a
         subset of the tokens (then the running mean is only read, never updated)."""
         if self.mode == "none":
@@ -90,7 +92,7 @@ class PositionCentring:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.means = {k: v.clone() for k, v in state.items()}
 
-    def to(self, device: torch.device) -> "PositionCentring":
+    def to(self, device: torch.device) -> PositionCentring:
         self.means = {k: v.to(device) for k, v in self.means.items()}
         return self
 
@@ -109,8 +111,9 @@ def final_target(y: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(y, y.shape[-1:])
 
 
-def layer_averaged_targets(layers: list[torch.Tensor], top_k: int, center: bool = False,
-                           positions: torch.Tensor | None = None) -> torch.Tensor:
+def layer_averaged_targets(
+    layers: list[torch.Tensor], top_k: int, center: bool = False, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """The reference target (``center`` False), or with per-position batch centring before the norm."""
     y = average_top_layers(layers, top_k)
     if center:

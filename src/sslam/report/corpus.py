@@ -24,7 +24,9 @@ def _logmel(path: Path) -> tuple[np.ndarray, float]:
     return kaldi_fbank(torch.from_numpy(wave), sr).numpy().T, len(wave) / sr
 
 
-def plot_corpus_overview(corpus: str | Path, out_png: str | Path, poly_examples: int = 3, max_classes: int = 20) -> None:
+def plot_corpus_overview(
+    corpus: str | Path, out_png: str | Path, poly_examples: int = 3, max_classes: int = 20
+) -> None:
     """Top: one log-mel per class of the monophonic task. Bottom: soundscapes with their strong labels
     drawn as bars and their weak labels (facets included) in the title."""
     corpus = Path(corpus)
@@ -62,14 +64,21 @@ def plot_corpus_overview(corpus: str | Path, out_png: str | Path, poly_examples:
         events = strong[strong["clip_id"] == row.clip_id].reset_index(drop=True)
         for j, ev in events.iterrows():
             y = mel.shape[0] * (0.96 - 0.07 * j)
-            ax.plot([ev.start_time_seconds, ev.end_time_seconds], [y, y], lw=4, color=f"C{j % 10}", solid_capstyle="butt")
-            ax.text(ev.end_time_seconds + 0.02, y, names.get(ev.label, ev.label), color="white", fontsize=8, va="center")
-        ax.set_title(f"{row.clip_id}: {events['label'].nunique()} sources, {len(row.labels)} labels: "
-                     + ", ".join(names.get(x, x) for x in row.labels), fontsize=8, loc="left")
+            ax.plot(
+                [ev.start_time_seconds, ev.end_time_seconds], [y, y], lw=4, color=f"C{j % 10}", solid_capstyle="butt"
+            )
+            ax.text(
+                ev.end_time_seconds + 0.02, y, names.get(ev.label, ev.label), color="white", fontsize=8, va="center"
+            )
+        ax.set_title(
+            f"{row.clip_id}: {events['label'].nunique()} sources, {len(row.labels)} labels: "
+            + ", ".join(names.get(x, x) for x in row.labels),
+            fontsize=8,
+            loc="left",
+        )
         ax.set_ylabel("mel bin")
     fig.axes[-1].set_xlabel("time (s)")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
-

@@ -28,7 +28,11 @@ def levels_table(result: dict, rule: str, levels: list[int]) -> str:
     buf.write(",".join(["level", *splits, "paper_as2m"]) + "\n")
     for lv in levels:
         paper = PAPER_PERCENT.get(lv)
-        row = [str(lv)] + [f"{result[s]['percent'][rule][str(lv)]:.2f}" for s in splits] + ["" if paper is None else f"{paper:.1f}"]
+        row = (
+            [str(lv)]
+            + [f"{result[s]['percent'][rule][str(lv)]:.2f}" for s in splits]
+            + ["" if paper is None else f"{paper:.1f}"]
+        )
         buf.write(",".join(row) + "\n")
     return buf.getvalue()
 
@@ -37,20 +41,28 @@ def markdown_table(result: dict, levels: list[int]) -> str:
     """Every rule x split x level, with the paper's AS-2M figures beside: the stage prints this."""
     head = "| split | rule | " + " | ".join(f"L={lv}" for lv in levels) + " |"
     lines = [head, "|" + " --- |" * (len(levels) + 2)]
-    lines.append("| AS-2M (paper) | - | " + " | ".join(f"{PAPER_PERCENT.get(lv, float('nan')):.1f}" for lv in levels) + " |")
+    lines.append(
+        "| AS-2M (paper) | - | " + " | ".join(f"{PAPER_PERCENT.get(lv, float('nan')):.1f}" for lv in levels) + " |"
+    )
     for split, entry in result.items():
         for rule in RULES:
             if rule in entry["percent"]:
                 vals = " | ".join(f"{entry['percent'][rule][str(lv)]:.1f}" for lv in levels)
                 lines.append(f"| {split} ({entry['clips']} clips) | {rule} | {vals} |")
         if "strong_label_percent" in entry:
-            lines.append(f"| {split} | truth from strong labels | " + " | ".join(f"{entry['strong_label_percent']:.1f}" for _ in levels) + " |")
+            lines.append(
+                f"| {split} | truth from strong labels | "
+                + " | ".join(f"{entry['strong_label_percent']:.1f}" for _ in levels)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def plot_levels(result: dict, rule: str, levels: list[int], path: str | Path) -> None:
     """Grouped bars: % of clips with >= 2 distinct events per level, per split, the paper's beside."""
-    series = {f"{s} ({result[s]['clips']} clips)": [result[s]["percent"][rule][str(lv)] for lv in levels] for s in result}
+    series = {
+        f"{s} ({result[s]['clips']} clips)": [result[s]["percent"][rule][str(lv)] for lv in levels] for s in result
+    }
     series["AS-2M, paper Fig. 3"] = [PAPER_PERCENT.get(lv, np.nan) for lv in levels]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     width = 0.8 / len(series)

@@ -21,13 +21,39 @@ import torch  # noqa: E402
 from sslam.io import atomic_path  # noqa: E402
 
 # the paper's SSLAM rows (Tables 1 and 2), by the real dataset each synthetic task imitates
-PAPER_LINEAR = {"square": 64.2, "park": 64.2, "waterfront": 59.5, "street": 67.4, "market": 68.5, "urban": 71.4,
-                "desed": 77.8, "as20k": 16.9}
-PAPER_FINETUNE = {"square": 85.6, "park": 80.5, "waterfront": 82.6, "street": 82.2, "market": 90.2, "urban": 90.9,
-                  "desed": 94.5, "as20k": 40.9}
+PAPER_LINEAR = {
+    "square": 64.2,
+    "park": 64.2,
+    "waterfront": 59.5,
+    "street": 67.4,
+    "market": 68.5,
+    "urban": 71.4,
+    "desed": 77.8,
+    "as20k": 16.9,
+}
+PAPER_FINETUNE = {
+    "square": 85.6,
+    "park": 80.5,
+    "waterfront": 82.6,
+    "street": 82.2,
+    "market": 90.2,
+    "urban": 90.9,
+    "desed": 94.5,
+    "as20k": 40.9,
+}
 PAPER_TABLE1 = {"as20k": ("AS-20K", 40.9), "mono": ("ESC-50", 96.2), "keywords": ("KS2", 98.1)}
-ANALOGUE = {"square": "SPASS square", "park": "SPASS park", "street": "SPASS street", "waterfront": "SPASS waterfront",
-            "market": "SPASS market", "urban": "URBAN-SED", "desed": "IDMT-DESED-FL", "as20k": "AS-20K", "mono": "ESC-50", "keywords": "KS2"}
+ANALOGUE = {
+    "square": "SPASS square",
+    "park": "SPASS park",
+    "street": "SPASS street",
+    "waterfront": "SPASS waterfront",
+    "market": "SPASS market",
+    "urban": "URBAN-SED",
+    "desed": "IDMT-DESED-FL",
+    "as20k": "AS-20K",
+    "mono": "ESC-50",
+    "keywords": "KS2",
+}
 
 
 def load_eval(metrics_dir: str | Path) -> dict[tuple[str, str], dict]:
@@ -58,9 +84,14 @@ def control_check(evals: dict) -> dict:
         spread = max(controls) - min(controls)
         for name, value in trained.items():
             delta = value - float(np.mean(controls))
-            out[f"{task}/{name}"] = {"metric": m, "value": round(value, 5), "control_mean": round(float(np.mean(controls)), 5),
-                                     "control_spread": round(spread, 5), "delta": round(delta, 5),
-                                     "beats_control": bool(delta > spread)}
+            out[f"{task}/{name}"] = {
+                "metric": m,
+                "value": round(value, 5),
+                "control_mean": round(float(np.mean(controls)), 5),
+                "control_spread": round(spread, 5),
+                "delta": round(delta, 5),
+                "beats_control": bool(delta > spread),
+            }
     return out
 
 
@@ -75,8 +106,10 @@ def variant_comparison(evals: dict, runs: dict[str, tuple[str, int]], a: str = "
         if regime != "linear":
             continue
         m = d["metric"]
-        per = {v: {seed: d["encoders"][e][m] for e, (var, seed) in runs.items() if var == v and e in d["encoders"]}
-               for v in (a, b)}
+        per = {
+            v: {seed: d["encoders"][e][m] for e, (var, seed) in runs.items() if var == v and e in d["encoders"]}
+            for v in (a, b)
+        }
         if not per[a] or not per[b]:
             continue
         mean = {v: float(np.mean(list(per[v].values()))) for v in per}
@@ -87,10 +120,16 @@ def variant_comparison(evals: dict, runs: dict[str, tuple[str, int]], a: str = "
             verdict = "one seed: no spread to judge by"
         else:
             verdict = f"{a} higher" if diff > noise else f"{b} higher" if -diff > noise else "within the seed spread"
-        out[task] = {"metric": m, a: {str(k): round(v, 5) for k, v in sorted(per[a].items())},
-                     b: {str(k): round(v, 5) for k, v in sorted(per[b].items())},
-                     f"{a}_mean": round(mean[a], 5), f"{b}_mean": round(mean[b], 5),
-                     "spread": round(noise, 5), "difference": round(diff, 5), "verdict": verdict}
+        out[task] = {
+            "metric": m,
+            a: {str(k): round(v, 5) for k, v in sorted(per[a].items())},
+            b: {str(k): round(v, 5) for k, v in sorted(per[b].items())},
+            f"{a}_mean": round(mean[a], 5),
+            f"{b}_mean": round(mean[b], 5),
+            "spread": round(noise, 5),
+            "difference": round(diff, 5),
+            "verdict": verdict,
+        }
     return out
 
 
@@ -99,23 +138,34 @@ def render_comparison(comparison: dict, a: str = "sslam", b: str = "mb_ua") -> s
         return ""
     label = {"sslam": "SSLAM", "mb_ua": "MB-UA", "mb_pma": "MB-PMA", "mb_ua_pma": "MB-UA-PMA"}
     la, lb = label.get(a, a), label.get(b, b)
-    lines = ["", f"## {la} vs {lb} (linear evaluation; paper Tables 2 and 3)", "",
-             f"Stage 2 as `{a}` and as `{b}` from the same stage-1 checkpoint, same steps, same evaluation recipe; "
-             "per seed of stage 2, then the means. Visible only when the difference exceeds the larger seed spread.", "",
-             f"| task | metric | {la} (per seed) | {lb} (per seed) | {la} mean | {lb} mean | difference | seed spread | verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        f"## {la} vs {lb} (linear evaluation; paper Tables 2 and 3)",
+        "",
+        f"Stage 2 as `{a}` and as `{b}` from the same stage-1 checkpoint, same steps, same evaluation recipe; "
+        "per seed of stage 2, then the means. Visible only when the difference exceeds the larger seed spread.",
+        "",
+        f"| task | metric | {la} (per seed) | {lb} (per seed) | {la} mean | {lb} mean | difference | seed spread "
+        "| verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     wins = {a: 0, b: 0}
     for task, c in comparison.items():
-        seeds = lambda v: " / ".join(_pct(x) for x in c[v].values())  # noqa: E731
-        lines.append(f"| {task} | {c['metric']} | {seeds(a)} | {seeds(b)} | {_pct(c[f'{a}_mean'])} | {_pct(c[f'{b}_mean'])} | "
-                     f"{100 * c['difference']:+.1f} | {_pct(c['spread'])} | {c['verdict']} |")
+        seeds = lambda v, c=c: " / ".join(_pct(x) for x in c[v].values())
+        lines.append(
+            f"| {task} | {c['metric']} | {seeds(a)} | {seeds(b)} | {_pct(c[f'{a}_mean'])} | {_pct(c[f'{b}_mean'])} | "
+            f"{100 * c['difference']:+.1f} | {_pct(c['spread'])} | {c['verdict']} |"
+        )
         for v in (a, b):
             wins[v] += c["verdict"] == f"{v} higher"
     n = len(comparison)
     within = sum(c["verdict"] == "within the seed spread" for c in comparison.values())
-    lines += ["", f"{la} higher beyond the seed spread on {wins[a]} of {n} tasks, {lb} on {wins[b]}, "
-              f"within the spread on {within}" + (f", {n - wins[a] - wins[b] - within} with one seed only." if
-                                                 n - wins[a] - wins[b] - within else ".")]
+    lines += [
+        "",
+        f"{la} higher beyond the seed spread on {wins[a]} of {n} tasks, {lb} on {wins[b]}, "
+        f"within the spread on {within}"
+        + (f", {n - wins[a] - wins[b] - within} with one seed only." if n - wins[a] - wins[b] - within else "."),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -130,30 +180,63 @@ def _rows(evals: dict, tasks: list[str], encoders: list[str], metric_of) -> list
 
 
 def render_markdown(evals: dict, settings: dict) -> str:
-    lines = ["# Results", "", "Stage-2 settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()), "",
-             "Synthetic analogues of the paper's datasets (column headers say which); the paper's SSLAM numbers "
-             "(ViT-B, AS-2M pretraining, real data) stand beside ours as context, not as a target.", ""]
-    protocols = sorted({f"{r} `{d.get('recipe', {}).get('protocol', 'finetune' if r == 'finetune' else 'cached')}`"
-                        for (_, r), d in evals.items() if r == "linear"})
+    lines = [
+        "# Results",
+        "",
+        "Stage-2 settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()),
+        "",
+        "Synthetic analogues of the paper's datasets (column headers say which); the paper's SSLAM numbers "
+        "(ViT-B, AS-2M pretraining, real data) stand beside ours as context, not as a target.",
+        "",
+    ]
+    protocols = sorted(
+        {
+            f"{r} `{d.get('recipe', {}).get('protocol', 'finetune' if r == 'finetune' else 'cached')}`"
+            for (_, r), d in evals.items()
+            if r == "linear"
+        }
+    )
     if protocols:
-        lines += ["Linear-evaluation protocol of these numbers: " + ", ".join(protocols)
-                  + " (`cached`: frozen embeddings computed once, no input augmentation; `paper`: the paper's "
-                  "Table 8 protocol, encoder run on augmented inputs every step).", ""]
+        lines += [
+            "Linear-evaluation protocol of these numbers: "
+            + ", ".join(protocols)
+            + " (`cached`: frozen embeddings computed once, no input augmentation; `paper`: the paper's "
+            "Table 8 protocol, encoder run on augmented inputs every step).",
+            "",
+        ]
     metric = {t: d["metric"] for (t, _), d in evals.items()}
-    table1 = sorted({t for t, m in metric.items() if m == "accuracy" or t in PAPER_TABLE1}, key=lambda t: (metric[t] == "accuracy", t))
-    poly = sorted({t for t, m in metric.items() if m == "map"}, key=lambda t: (t == "as20k", t == "urban", t == "desed", t))
+    table1 = sorted(
+        {t for t, m in metric.items() if m == "accuracy" or t in PAPER_TABLE1},
+        key=lambda t: (metric[t] == "accuracy", t),
+    )
+    poly = sorted(
+        {t for t, m in metric.items() if m == "map"}, key=lambda t: (t == "as20k", t == "urban", t == "desed", t)
+    )
     encoders = sorted({e for d in evals.values() for e in d["encoders"]}, key=lambda e: (e.startswith("random"), e))
     name = lambda t: f"{t} ({ANALOGUE[t]})" if t in ANALOGUE else t  # noqa: E731
 
     lines += ["## Table 1 (shape): audio SSL benchmarks; mAP % (AS-20K) or accuracy %", ""]
     lines += ["| encoder | regime | " + " | ".join(name(t) for t in table1) + " |", "|" + " --- |" * (len(table1) + 2)]
     lines += _rows(evals, table1, encoders, lambda t: metric[t])
-    lines.append("| SSLAM, paper | finetune | " + " | ".join(str(PAPER_TABLE1[t][1]) if t in PAPER_TABLE1 else "-" for t in table1) + " |")
+    lines.append(
+        "| SSLAM, paper | finetune | "
+        + " | ".join(str(PAPER_TABLE1[t][1]) if t in PAPER_TABLE1 else "-" for t in table1)
+        + " |"
+    )
     for t in table1:
-        sel = {e: v["selection"] for (tt, r), d in evals.items() if tt == t for e, v in d["encoders"].items() if "selection" in v}
+        sel = {
+            e: v["selection"]
+            for (tt, r), d in evals.items()
+            if tt == t
+            for e, v in d["encoders"].items()
+            if "selection" in v
+        }
         if sel:
-            lines.append(f"\n{t}: model selected on the validation split, test score reported; selected epochs "
-                         + ", ".join(f"{e} {v['selected_epoch']} (valid {100 * v['valid']:.1f})" for e, v in sel.items()) + ".")
+            lines.append(
+                f"\n{t}: model selected on the validation split, test score reported; selected epochs "
+                + ", ".join(f"{e} {v['selected_epoch']} (valid {100 * v['valid']:.1f})" for e, v in sel.items())
+                + "."
+            )
 
     lines += ["", "## Table 2 (shape): polyphonic tasks, mAP %", ""]
     lines += ["| encoder | regime | " + " | ".join(name(t) for t in poly) + " |", "|" + " --- |" * (len(poly) + 2)]
@@ -161,28 +244,45 @@ def render_markdown(evals: dict, settings: dict) -> str:
     lines.append("| SSLAM, paper | linear | " + " | ".join(str(PAPER_LINEAR.get(t, "-")) for t in poly) + " |")
     lines.append("| SSLAM, paper | finetune | " + " | ".join(str(PAPER_FINETUNE.get(t, "-")) for t in poly) + " |")
     for t in poly:
-        kept = next((v for (tt, _), d in evals.items() if tt == t for v in d["encoders"].values() if "clips_kept" in v), None)
+        kept = next(
+            (v for (tt, _), d in evals.items() if tt == t for v in d["encoders"].values() if "clips_kept" in v), None
+        )
         if kept:
-            lines.append(f"\n{t}: {kept['clips_kept']} clips kept, {kept['clips_dropped']} with fewer labels dropped (as the paper's URBAN-SED).")
+            lines.append(
+                f"\n{t}: {kept['clips_kept']} clips kept, {kept['clips_dropped']} with fewer labels dropped "
+                "(as the paper's URBAN-SED)."
+            )
     lines += ["", "## Table 3 (shape): mAP % by degree of polyphony (distinct events per eval clip)", ""]
-    bins = sorted({b for d in evals.values() for v in d["encoders"].values() for b in v.get("polyphony", {})},
-                  key=lambda b: int(b.strip("{}").split(",")[0].rstrip("+")))
+    bins = sorted(
+        {b for d in evals.values() for v in d["encoders"].values() for b in v.get("polyphony", {})},
+        key=lambda b: int(b.strip("{}").split(",")[0].rstrip("+")),
+    )
     lines += ["| task | encoder | regime | " + " | ".join(bins) + " |", "|" + " --- |" * (len(bins) + 3)]
     for t in poly:
         for regime in ("linear", "finetune"):
             for e in encoders:
                 pb = evals.get((t, regime), {}).get("encoders", {}).get(e, {}).get("polyphony")
                 if pb:
-                    lines.append(f"| {t} | {e} | {regime} | " + " | ".join(
-                        f"{100 * pb[b]['map']:.1f} ({pb[b]['clips']})" if b in pb else "-" for b in bins) + " |")
+                    lines.append(
+                        f"| {t} | {e} | {regime} | "
+                        + " | ".join(f"{100 * pb[b]['map']:.1f} ({pb[b]['clips']})" if b in pb else "-" for b in bins)
+                        + " |"
+                    )
 
     checks = control_check(evals)
-    lines += ["", "## Pretrained encoder against the random-init control (linear evaluation)", "",
-              "| task / encoder | metric | ours | control mean | control spread | delta | beats control by more than the spread |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Pretrained encoder against the random-init control (linear evaluation)",
+        "",
+        "| task / encoder | metric | ours | control mean | control spread | delta "
+        "| beats control by more than the spread |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for k, c in checks.items():
-        lines.append(f"| {k} | {c['metric']} | {_pct(c['value'])} | {_pct(c['control_mean'])} | {_pct(c['control_spread'])} | "
-                     f"{100 * c['delta']:+.1f} | {'yes' if c['beats_control'] else 'no'} |")
+        lines.append(
+            f"| {k} | {c['metric']} | {_pct(c['value'])} | {_pct(c['control_mean'])} | {_pct(c['control_spread'])} | "
+            f"{100 * c['delta']:+.1f} | {'yes' if c['beats_control'] else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -191,20 +291,27 @@ def render_pretrain(pretrain: dict[str, dict]) -> str:
     teacher's targets, and does the student beat a position-only predictor?)."""
     if not pretrain:
         return ""
-    lines = ["", "## Pretraining", "",
-             "Target diagnostics on 64 training clips (`pretrain/diagnostics.py`): the share of the reference "
-             "(uncentred) target that the patch position alone explains, and the student's loss on the targets it "
-             "was trained on beside a position-only predictor of those same targets.", "",
-             "| run | variant | seed | steps | loss first -> last | reference target explained by position | "
-             "student loss | position-only loss (trained targets) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "## Pretraining",
+        "",
+        "Target diagnostics on 64 training clips (`pretrain/diagnostics.py`): the share of the reference "
+        "(uncentred) target that the patch position alone explains, and the student's loss on the targets it "
+        "was trained on beside a position-only predictor of those same targets.",
+        "",
+        "| run | variant | seed | steps | loss first -> last | reference target explained by position | "
+        "student loss | position-only loss (trained targets) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for stage, d in pretrain.items():
         diag = d.get("target_diagnostics") or {}
         share = f"{100 * diag['position_share']:.0f}%" if "position_share" in diag else "-"
         pos = diag.get("trained_position_only_loss", diag.get("position_only_loss", "-"))
-        lines.append(f"| {stage} | {d.get('variant', '-')} | {d.get('seed', '-')} | {d['steps']} | "
-                     f"{d['loss_curve']['first']:.1f} -> {d['loss_curve']['last']:.1f} | "
-                     f"{share} | {diag.get('student_loss', '-')} | {pos} |")
+        lines.append(
+            f"| {stage} | {d.get('variant', '-')} | {d.get('seed', '-')} | {d['steps']} | "
+            f"{d['loss_curve']['first']:.1f} -> {d['loss_curve']['last']:.1f} | "
+            f"{share} | {diag.get('student_loss', '-')} | {pos} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +370,9 @@ def plot_mixture(store, strategy: str, mixed_fraction: float, patch: int, path: 
     fm = frames_mask(m, patch, x.shape[1])
     mixed = mix_spectrograms(x, fm, strategy if strategy != "waveform" else "average")
     fig, axes = plt.subplots(3, 1, figsize=(8, 6), dpi=90, sharex=True)
-    for ax, img, title in zip(axes, [x[0], x[1], mixed[0]], ["clip A", "clip B (partner)", f"A mixed with B ({strategy})"]):
+    for ax, img, title in zip(
+        axes, [x[0], x[1], mixed[0]], ["clip A", "clip B (partner)", f"A mixed with B ({strategy})"]
+    ):
         ax.imshow(img.numpy().T, origin="lower", aspect="auto", cmap="magma")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("mel bin")
