@@ -26,7 +26,7 @@ from sslam.downstream.linear import shuffled_batches
 from sslam.downstream.tasks import Fold, Task, TaskStore, folds, load_task, targets
 from sslam.downstream.training import loss_fn
 from sslam.features.store import build_features
-from sslam.models.vit import Encoder
+from sslam.models.contract import PatchEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def load(cfg: Config, task: str, features: Path, synthetic: bool, tmp: Path) -> 
 
 
 def train_head(
-    encoder: Encoder, task: Task, store: TaskStore, fold: Fold, cfg: Config, epochs: int, cached: bool
+    encoder: PatchEncoder, task: Task, store: TaskStore, fold: Fold, cfg: Config, epochs: int, cached: bool
 ) -> tuple[float, Head]:
     """Seconds to train the head on the fold's training clips, and the head; ``cached``: one encoder pass
     first, then the head alone; otherwise the frozen encoder on every batch of every epoch."""

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslam.config import MaskConfig
+from sslam.models.contract import sincos_2d
 from sslam.models.decoder import CnnDecoder
-from sslam.models.vit import Encoder, sincos_2d
+from sslam.models.vit import Encoder
 from sslam.pretrain.ema import ema_decay, ema_update
 from sslam.pretrain.loop import param_groups, step_seed
 from sslam.pretrain.losses import cls_loss, patch_loss, token_loss

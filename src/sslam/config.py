@@ -252,25 +252,53 @@ class FeaturesConfig(Section):
         return self
 
 
+class MambaConfig(Section):
+    """Mamba blocks (``model.encoder: mamba``): SSAMBA's bidirectional Vim block (a forward and a backward
+    selective scan, shared in/out projections, outputs averaged) or the overview's unidirectional one."""
+
+    d_state: Positive = 16
+    d_conv: Positive = 4
+    expand: Positive = 2
+    bidirectional: bool = True  # SSAMBA / Vim; false: the overview's unidirectional Mamba (d_state 24, expand 3)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # pre-norm of every residual block (SSAMBA: LayerNorm)
+    cls_position: Literal["start", "middle", "none"] = "start"  # none: the summary is the mean of the tokens
+
+
+class XlstmConfig(Section):
+    """mLSTM blocks (``model.encoder: xlstm``), direction alternating from block to block (the overview)."""
+
+    num_heads: Positive = 4
+    expand: Positive = 2
+    conv_kernel: Positive = 4
+    cls_position: Literal["start", "middle", "none"] = "none"
+
+
 class ModelConfig(Section):
-    encoder: Literal["transformer"] = "transformer"  # Mamba and xLSTM encoders are not built yet
+    encoder: Literal["transformer", "mamba", "xlstm"] = "transformer"
+    masked_tokens: Literal["auto", "drop", "mask_token"] = "auto"  # auto: drop (transformer), mask_token (others)
     embed_dim: Positive = 128
     depth: Positive = 4
-    num_heads: Positive = 4
-    mlp_ratio: Annotated[float, Field(gt=0.0)] = 4.0
+    num_heads: Positive = 4  # transformer
+    mlp_ratio: Annotated[float, Field(gt=0.0)] = 4.0  # transformer
     patch_size: Positive = 16
     decoder_layers: NonNegative = 4
     decoder_kernel: Positive = 3
     decoder_groups: Positive = 16
-    decoder_fill: Literal["noise", "learned"] = (
-        "noise"  # masked slots: N(0, 0.01^2) noise (reference) or a learned token
-    )
+    # masked slots: N(0, 0.01^2) noise (reference) or a learned token
+    decoder_fill: Literal["noise", "learned"] = "noise"
     patch_init: Literal["xavier", "pytorch"] = "pytorch"  # patch conv: PyTorch's Conv2d default | xavier_uniform_ (EAT)
+    mamba: MambaConfig = MambaConfig()
+    xlstm: XlstmConfig = XlstmConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.embed_dim % self.num_heads:
+        if self.encoder == "transformer" and self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.encoder == "xlstm" and (self.embed_dim * self.xlstm.expand) % self.xlstm.num_heads:
+            raise ValueError(
+                f"embed_dim x xlstm.expand ({self.embed_dim * self.xlstm.expand}) must be divisible by "
+                f"xlstm.num_heads ({self.xlstm.num_heads})"
+            )
         if self.embed_dim % self.decoder_groups:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be divisible by decoder_groups ({self.decoder_groups})"

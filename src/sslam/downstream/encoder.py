@@ -18,13 +18,15 @@ from torch import nn
 
 from sslam.config import Config
 from sslam.downstream.tasks import TaskStore
+from sslam.models.contract import PatchEncoder
 from sslam.models.student import Student
-from sslam.models.vit import Encoder
 
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
 
 
-def build_encoder(cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints") -> Encoder:
+def build_encoder(
+    cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints"
+) -> PatchEncoder:
     """``randomN``: a fresh encoder from seed N (random0 is exactly pretraining's starting point);
     otherwise the student encoder of ``checkpoints/<name>/final``."""
     m = re.fullmatch(r"random(\d+)", name)
@@ -52,7 +54,7 @@ class Head(nn.Module):
         return self.fc(self.norm(z))
 
 
-def pool(encoder: Encoder, x: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool(encoder: PatchEncoder, x: torch.Tensor, pooling: str) -> torch.Tensor:
     """The pooled representation (B, :func:`pooled_dim`) of a normalised log-mel batch."""
     h, _ = encoder(x)
     if pooling == "cls":
@@ -62,11 +64,11 @@ def pool(encoder: Encoder, x: torch.Tensor, pooling: str) -> torch.Tensor:
     return h[:, 1:].mean(dim=1)
 
 
-def pooled_dim(encoder: Encoder, pooling: str) -> int:
+def pooled_dim(encoder: PatchEncoder, pooling: str) -> int:
     return encoder.dim * (encoder.grid[1] if pooling == "freq_mean" else 1)
 
 
-def embed(encoder: Encoder, store: TaskStore, rows: np.ndarray, pooling: str, batch: int = BATCH) -> torch.Tensor:
+def embed(encoder: PatchEncoder, store: TaskStore, rows: np.ndarray, pooling: str, batch: int = BATCH) -> torch.Tensor:
     """Pooled representations of the given rows, encoder in eval mode, no gradient."""
     encoder.eval()
     out = []
@@ -76,7 +78,7 @@ def embed(encoder: Encoder, store: TaskStore, rows: np.ndarray, pooling: str, ba
     return torch.cat(out)
 
 
-def predict(encoder: Encoder, head: Head, store: TaskStore, rows: np.ndarray, pooling: str) -> torch.Tensor:
+def predict(encoder: PatchEncoder, head: Head, store: TaskStore, rows: np.ndarray, pooling: str) -> torch.Tensor:
     """Logits of the given rows, encoder in eval mode, no gradient (validation and test)."""
     encoder.eval()
     with torch.no_grad():

@@ -13,21 +13,21 @@ from sslam.downstream.encoder import Head, pooled_dim, predict
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, folds, normalised_for_fold
 from sslam.downstream.training import FoldResult, evaluate_folds, fit_augmented, score_fold
 from sslam.features.dataset import class_balanced_weights
-from sslam.models.vit import Encoder
+from sslam.models.contract import PatchEncoder
 from sslam.schedule import warmup_cosine_lr
 
 
 def layer_decay_groups(
-    encoder: Encoder, head: Head, lr: float, decay: float, weight_decay: float, decay_norm_and_bias: bool = True
+    encoder: PatchEncoder, head: Head, lr: float, decay: float, weight_decay: float, decay_norm_and_bias: bool = True
 ) -> list[dict]:
     """Block i gets ``lr_scale`` decay^(depth - i); patch embedding, CLS, the pre-norm and the head keep
     scale 1 (reference). ``decay_norm_and_bias: false`` puts the 1-D parameters (every bias and norm
     weight) of each scale into a twin group without weight decay (the paper's fine-tuning recipe).
     ``lr`` starts as scale x lr; the training loop sets it every step with :func:`apply_schedule`."""
-    depth = len(encoder.blocks)
-    in_blocks = {id(p) for blk in encoder.blocks for p in blk.parameters()}
-    scaled = [(decay ** (depth - i), list(blk.parameters())) for i, blk in enumerate(encoder.blocks)]
-    scaled.append((1.0, [p for p in encoder.parameters() if id(p) not in in_blocks] + list(head.parameters())))
+    outside, *blocks = encoder.layer_groups()
+    depth = len(blocks)
+    scaled = [(decay ** (depth - i), params) for i, params in enumerate(blocks)]
+    scaled.append((1.0, outside + list(head.parameters())))
     groups = []
     for scale, params in scaled:
         if decay_norm_and_bias:
@@ -39,7 +39,7 @@ def layer_decay_groups(
 
 
 def finetune(
-    make_encoder: Callable[[], Encoder],
+    make_encoder: Callable[[], PatchEncoder],
     task: Task,
     store: TaskStore,
     cfg: FinetuneConfig,

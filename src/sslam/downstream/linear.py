@@ -25,7 +25,7 @@ from sslam.downstream.training import (
     loss_fn,
     score_fold,
 )
-from sslam.models.vit import Encoder
+from sslam.models.contract import PatchEncoder
 from sslam.schedule import warmup_cosine_lr
 
 
@@ -46,7 +46,7 @@ def shuffled_batches(n: int, size: int, generator: torch.Generator) -> Iterator[
 
 
 def linear_eval(
-    encoder: Encoder,
+    encoder: PatchEncoder,
     task: Task,
     store: TaskStore,
     cfg: LinearEvalConfig,
@@ -68,7 +68,7 @@ def linear_eval(
 
 
 def _cached_protocol(
-    encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int, events: dict[str, int] | None
+    encoder: PatchEncoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int, events: dict[str, int] | None
 ) -> dict:
     """Every clip a fold uses embedded once (per fold only under ``norm_stats: task``, whose statistics
     depend on the fold), then the head trained on the cached embeddings. The cache's speed-up is a
@@ -124,7 +124,7 @@ def _fit_cached(
 
 
 def _paper_protocol(
-    encoder: Encoder,
+    encoder: PatchEncoder,
     task: Task,
     store: TaskStore,
     cfg: LinearEvalConfig,

@@ -23,7 +23,7 @@ from sslam.downstream.encoder import Head, pool, predict
 from sslam.downstream.metrics import accuracy, mean_average_precision, polyphony_breakdown
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, kept_rows, targets
 from sslam.features import augment as A
-from sslam.models.vit import Encoder
+from sslam.models.contract import PatchEncoder
 
 Recipe = FinetuneConfig | LinearEvalConfig
 
@@ -171,7 +171,7 @@ class BestOnValid:
 
 
 def fit_augmented(
-    encoder: Encoder,
+    encoder: PatchEncoder,
     head: Head,
     groups: list[dict],
     data: TaskStore,

@@ -40,19 +40,23 @@ class CnnDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if fill == "learned" else None
 
     def forward(
-        self, visible: torch.Tensor, keep: torch.Tensor, generator: torch.Generator | None = None
+        self, tokens: torch.Tensor, positions: torch.Tensor | None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """visible (B, K, D) student outputs without CLS; keep (B, K) their patch indices -> (B, N, D)."""
-        b, k, d = visible.shape
+        """tokens (B, K, D) student outputs without the summary token at their patch ``positions`` (B, K);
+        ``positions`` None: all N patches in order (a ``mask_token`` encoder), nothing to fill -> (B, N, D)."""
+        b, k, d = tokens.shape
         n = self.grid[0] * self.grid[1]
-        if self.mask_token is not None:
-            x = self.mask_token.expand(b, n, d).to(visible.dtype).clone()
+        if positions is None:
+            x = tokens
         else:
-            noise = torch.randn(
-                (b, n, d), generator=generator, device=generator.device if generator is not None else visible.device
-            )
-            x = (noise.to(visible.device) * self.fill_std).to(visible.dtype)
-        x = x.scatter(1, keep[:, :, None].expand(-1, -1, d), visible)
+            if self.mask_token is not None:
+                x = self.mask_token.expand(b, n, d).to(tokens.dtype).clone()
+            else:
+                noise = torch.randn(
+                    (b, n, d), generator=generator, device=generator.device if generator is not None else tokens.device
+                )
+                x = (noise.to(tokens.device) * self.fill_std).to(tokens.dtype)
+            x = x.scatter(1, positions[:, :, None].expand(-1, -1, d), tokens)
         x = x.transpose(1, 2).reshape(b, d, *self.grid)
         for blk in self.blocks:
             x = x + blk(x)

@@ -1,4 +1,7 @@
-"""The pretraining student (encoder + light decoder: what the optimizer trains) and its EMA teacher."""
+"""The pretraining student (encoder + light decoder: what the optimizer trains) and its EMA teacher.
+
+The student reaches its encoder only through the contract (``models/contract.py``), so the objectives
+run unchanged on every encoder ``model.encoder`` names."""
 
 from __future__ import annotations
 
@@ -8,18 +11,14 @@ import torch
 from torch import nn
 
 from sslam.config import ModelConfig
+from sslam.models.contract import PatchEncoder, build_encoder
 from sslam.models.decoder import CnnDecoder
-from sslam.models.vit import Encoder
 
 
 class Student(nn.Module):
     def __init__(self, cfg: ModelConfig, frames: int, mel: int):
         super().__init__()
-        if cfg.encoder != "transformer":
-            raise NotImplementedError(f"model.encoder {cfg.encoder!r}: only 'transformer' is built so far")
-        self.encoder = Encoder(
-            cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch_size, frames, mel, cfg.patch_init
-        )
+        self.encoder = build_encoder(cfg, frames, mel)
         self.decoder = CnnDecoder(
             cfg.embed_dim,
             self.encoder.grid,
@@ -30,12 +29,13 @@ class Student(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, clones: int, noise: torch.Generator | None = None):
-        """-> (CLS outputs (B*C, D), patch predictions (B*C, N, D))."""
+        """-> (summary outputs (B*C, D), patch predictions (B*C, N, D)). The decoder places the encoder's
+        tokens at their patch positions (the visible ones, or all of them for a ``mask_token`` encoder)."""
         h, _ = self.encoder(x, keep=keep, clones=clones)
-        return h[:, 0], self.decoder(h[:, 1:], keep, noise)
+        return h[:, 0], self.decoder(h[:, 1:], self.encoder.output_positions(keep), noise)
 
 
-def make_teacher(student: Student) -> Encoder:
+def make_teacher(student: Student) -> PatchEncoder:
     """A full copy of the encoder (own patch conv, CLS, norms), fp32, never trained by gradients."""
     teacher = copy.deepcopy(student.encoder).float()
     teacher.requires_grad_(False)

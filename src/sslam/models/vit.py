@@ -1,4 +1,5 @@
-"""The ViT encoder of EAT / SSLAM (data2vec 2.0 layout), in plain PyTorch.
+"""The ViT encoder of EAT / SSLAM (data2vec 2.0 layout), in plain PyTorch; one implementation of the
+encoder contract (``models/contract.py``). Its layer target is the MLP output before the residual.
 
 Reference details (EAT and SSLAM code, via ../shared/reference/sslam-eat-reference-facts.md):
 - patch embedding Conv2d(1, D, 16, stride 16) over (frames, mel); tokens time-major (t * F' + f);
@@ -18,35 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """(len(positions), dim): sin on the first half of the channels, cos on the second (MAE style)."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-    out = positions.double()[:, None] * omega[None, :]
-    return torch.cat([torch.sin(out), torch.cos(out)], dim=1).float()
-
-
-def sincos_2d(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
-    """(grid_t * grid_f, dim), time-major; first half of channels: frequency index, second: time index."""
-    if dim % 4:
-        raise ValueError(f"embed_dim must be divisible by 4 for 2-D sin-cos positions, got {dim}")
-    t = torch.arange(grid_t).repeat_interleave(grid_f)
-    f = torch.arange(grid_f).repeat(grid_t)
-    return torch.cat([sincos_1d(dim // 2, f), sincos_1d(dim // 2, t)], dim=1)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, dim: int, patch: int = 16):
-        super().__init__()
-        self.patch = patch
-        self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
-
-    def grid(self, frames: int, mel: int) -> tuple[int, int]:
-        return frames // self.patch, mel // self.patch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, frames, mel) -> (B, N, D), time-major."""
-        return self.proj(x[:, None]).flatten(2).transpose(1, 2)
+from sslam.models.contract import PatchEncoder, drop_path
 
 
 class Attention(nn.Module):
@@ -61,14 +34,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)  # fused kernels on the GPU
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop a residual branch for whole samples, rescale the kept ones."""
-    if rate <= 0.0 or not training:
-        return x
-    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= rate
-    return x * keep.to(x.dtype) / (1.0 - rate)
 
 
 class Block(nn.Module):
@@ -90,12 +55,12 @@ class Block(nn.Module):
         return self.norm2(r + drop_path(t, self.drop_path, self.training)), t
 
 
-class Encoder(nn.Module):
+class Encoder(PatchEncoder):
     """Patch embedding, positions, CLS, pre-norm and post-LN blocks.
 
-    ``forward(x, keep)``: ``keep`` (B', K) indices of the visible patches, B' = B * clones; the patch
-    conv runs once per clip and the tokens are repeated per clone before gathering (the reference's
-    clone batch), so masked tokens never enter the blocks.
+    ``masked_tokens: drop`` (the default here): the patch conv runs once per clip and the tokens are
+    repeated per clone before gathering the visible ones (the reference's clone batch), so masked tokens
+    never enter the blocks. ``mask_token``: the SSAST-style full sequence with a learned mask embedding.
     """
 
     def __init__(
@@ -108,14 +73,9 @@ class Encoder(nn.Module):
         frames: int = 1024,
         mel: int = 128,
         patch_init: str = "xavier",
+        masked_tokens: str = "drop",
     ):
-        super().__init__()
-        self.dim = dim
-        self.patch_size = patch
-        self.patch_embed = PatchEmbed(dim, patch)
-        gt, gf = self.patch_embed.grid(frames, mel)
-        self.grid = (gt, gf)
-        self.register_buffer("pos", sincos_2d(dim, gt, gf), persistent=False)
+        super().__init__(dim, patch, frames, mel, masked_tokens)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.pre_norm = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
@@ -125,43 +85,21 @@ class Encoder(nn.Module):
             nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
         elif patch_init != "pytorch":
             raise ValueError(f"model.patch_init must be 'xavier' or 'pytorch', got {patch_init!r}")
-
-    def set_drop_path(self, rate: float) -> None:
-        """Linearly increasing stochastic depth over the blocks, up to ``rate`` (fine-tuning)."""
-        n = len(self.blocks)
-        for i, blk in enumerate(self.blocks):
-            blk.drop_path = rate * i / max(1, n - 1)
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, frames, mel) -> (B, N, D) patch tokens with positions."""
-        tok = self.patch_embed(x)
-        if tok.shape[1] != self.num_patches:
-            raise ValueError(
-                f"input gives {tok.shape[1]} patches, the encoder was built for {self.num_patches} "
-                f"(frames x mel {x.shape[1]}x{x.shape[2]} vs grid {self.grid})"
-            )
-        return tok + self.pos.to(tok.dtype)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Returns (final states incl. CLS at index 0, per-layer targets of the patch tokens)."""
-        tok = self.tokens(x)
-        if clones > 1:
-            tok = tok.repeat_interleave(clones, dim=0)
-        if keep is not None:
-            tok = torch.gather(tok, 1, keep[:, :, None].expand(-1, -1, tok.shape[2]))
+        """Returns (final states incl. CLS at index 0, per-layer targets of the ``keep`` patch tokens)."""
+        tok = self.input_tokens(x, keep, clones)
         h = torch.cat([self.cls_token.expand(tok.shape[0], -1, -1).to(tok.dtype), tok], dim=1)
         h = self.pre_norm(h)
         layers = []
         for blk in self.blocks:
             h, t = blk(h)
             if return_layers:
-                layers.append(t[:, 1:])
+                layers.append(self.layer_targets_at(t[:, 1:], keep))
         return h, layers
 
 

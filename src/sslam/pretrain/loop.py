@@ -54,7 +54,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith("cls_token") else decay).append(p)
+            no_wd = p.ndim <= 1 or name.endswith(("cls_token", "mask_token")) or getattr(p, "_no_weight_decay", False)
+            (no_decay if no_wd else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

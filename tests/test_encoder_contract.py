@@ -1,0 +1,173 @@
+"""Every encoder, through the one contract (models/contract.py): the same tests of shapes, masking,
+the stage-1 objective, every stage-2 variant, linear evaluation and fine-tuning, on tiny sizes. The
+objectives have no encoder-specific branch, so what passes here for one encoder passes for the next."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pretrain_helpers import tiny_setup
+
+from sslam.config import MaskConfig, MixConfig, ModelConfig, SrlConfig, Stage2Config, StageConfig
+from sslam.models.contract import build_encoder, resolved_masked_tokens
+from sslam.models.student import Student, make_teacher
+from sslam.pretrain.masking import inverse_block_mask, visible_indices
+from sslam.pretrain.objectives import stage1_losses, stage2_losses
+
+FRAMES, MEL = 64, 32  # grid 4 x 2 with 16 x 16 patches
+ENCODERS = [
+    ("transformer", "auto"),
+    ("transformer", "mask_token"),
+    ("mamba", "auto"),
+    ("mamba", "drop"),
+    ("xlstm", "auto"),
+]
+IDS = [f"{e}-{m}" for e, m in ENCODERS]
+
+
+def tiny_model(encoder: str, masked: str = "auto", **extra) -> ModelConfig:
+    return ModelConfig(
+        encoder=encoder,
+        masked_tokens=masked,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        decoder_layers=1,
+        decoder_groups=4,
+        xlstm={"num_heads": 2, "expand": 2, "conv_kernel": 4, "cls_position": "none"},
+        **extra,
+    )
+
+
+def visible(n_rows: int, seed: int = 0) -> torch.Tensor:
+    mask = inverse_block_mask(n_rows, (4, 2), 0.5, 1, 0.0, torch.Generator().manual_seed(seed))
+    return visible_indices(mask)
+
+
+@pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
+def test_forward_shapes_and_positions(encoder, masked):
+    torch.manual_seed(0)
+    cfg = tiny_model(encoder, masked)
+    enc = build_encoder(cfg, FRAMES, MEL).eval()
+    assert enc.grid == (4, 2) and enc.num_patches == 8 and enc.patch_size == 16 and enc.dim == 32
+    assert enc.masked_tokens == resolved_masked_tokens(cfg)
+    x = torch.randn(3, FRAMES, MEL)
+    h, layers = enc(x, return_layers=True)
+    assert h.shape == (3, 1 + 8, 32) and len(layers) == enc.num_layers == 2
+    assert all(t.shape == (3, 8, 32) for t in layers)
+    keep = visible(6)  # 2 clones of 3 clips, 4 of 8 patches visible
+    h, layers = enc(x, keep=keep, clones=2, return_layers=True)
+    m = 4 if enc.masked_tokens == "drop" else 8
+    assert h.shape == (6, 1 + m, 32) and all(t.shape == (6, 4, 32) for t in layers)
+    pos = enc.output_positions(keep)
+    assert (pos is None) == (enc.masked_tokens == "mask_token")
+    # every patch visible: the same as no mask at all
+    all_keep = torch.arange(8).expand(3, 8)
+    h_all, l_all = enc(x, keep=all_keep, return_layers=True)
+    h_none, l_none = enc(x, return_layers=True)
+    assert torch.allclose(h_all, h_none, atol=1e-5) and all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(l_all, l_none)
+    )
+
+
+@pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
+def test_masked_patches_carry_nothing_into_the_student(encoder, masked):
+    """Whatever enters for a masked patch (dropped, or replaced by the mask embedding), its content is gone:
+    changing the masked input leaves every output unchanged."""
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_model(encoder, masked), FRAMES, MEL).eval()
+    x = torch.randn(2, FRAMES, MEL)
+    keep = visible(2, seed=3)
+    hidden = torch.ones(2, 8, dtype=torch.bool).scatter(1, keep, False)  # (B, N) masked patches
+    frame_mask = hidden.view(2, 4, 2).repeat_interleave(16, 1).repeat_interleave(16, 2)
+    y = torch.where(frame_mask, torch.randn_like(x) * 5, x)
+    a, la = enc(x, keep=keep, return_layers=True)
+    b, lb = enc(y, keep=keep, return_layers=True)
+    assert torch.allclose(a, b, atol=1e-5) and all(torch.allclose(p, q, atol=1e-5) for p, q in zip(la, lb))
+    assert not torch.allclose(enc(x)[0], enc(y)[0], atol=1e-3)  # unmasked, the change is seen
+
+
+def layer_groups_cover_every_parameter_once(enc) -> bool:
+    ids = [id(p) for group in enc.layer_groups() for p in group]
+    return len(ids) == len(set(ids)) == len(list(enc.parameters()))
+
+
+@pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
+def test_layer_groups_drop_path_and_teacher(encoder, masked):
+    torch.manual_seed(0)
+    student = Student(tiny_model(encoder, masked), FRAMES, MEL)
+    enc = student.encoder
+    assert layer_groups_cover_every_parameter_once(enc) and len(enc.layer_groups()) == 1 + enc.num_layers
+    enc.set_drop_path(0.2)
+    assert [b.drop_path for b in enc.blocks] == pytest.approx([0.0, 0.2])
+    x = torch.randn(2, FRAMES, MEL)
+    enc.eval()
+    assert torch.equal(enc(x)[0], enc(x)[0])  # no stochastic depth in eval
+    teacher = make_teacher(student)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert torch.allclose(teacher(x)[0], enc(x)[0], atol=1e-6)  # an exact copy to start with
+
+
+MASK = MaskConfig(ratio=0.5, block_size=1, prob_adjust=0.0, clone_batch=2)
+
+
+@pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
+def test_stage1_objective_trains_every_student_parameter(encoder, masked):
+    torch.manual_seed(0)
+    student = Student(tiny_model(encoder, masked), FRAMES, MEL)
+    teacher = make_teacher(student)
+    stage = StageConfig(top_k_layers=2, center_targets="batch")
+    out = stage1_losses(student, teacher, torch.randn(4, FRAMES, MEL), MASK, stage, seed=1)
+    assert set(out) == {"loss", "local", "global"} and all(torch.isfinite(v) for v in out.values())
+    assert torch.allclose(out["loss"], out["local"] + out["global"])
+    out["loss"].backward()
+    unused = [n for n, p in student.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    # a noise-filled decoder never uses its mask token; a `drop` encoder never uses one either
+    assert not [n for n in unused if "mask_token" not in n], unused
+
+
+@pytest.mark.parametrize("variant", ["mb_ua", "mb_pma", "mb_ua_pma", "sslam"])
+@pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
+def test_stage2_variants_run_through_the_contract(encoder, masked, variant):
+    torch.manual_seed(0)
+    student = Student(tiny_model(encoder, masked), FRAMES, MEL)
+    teacher = make_teacher(student)
+    stage = Stage2Config(variant=variant, top_k_layers=2, global_top_k_layers=1, clone_batch=None)
+    mix = MixConfig(strategy="max", partial=True, partial_mode="reference", mixed_fraction=0.5)
+    out = stage2_losses(student, teacher, torch.randn(4, FRAMES, MEL), MASK, stage, mix, SrlConfig(), seed=2)
+    assert ("srl" in out) == (variant == "sslam") and all(torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    assert any(p.grad is not None and p.grad.any() for p in student.encoder.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from sslam.config import load_config
+
+    params, feats = tiny_setup(tmp_path_factory.mktemp("contract"))
+    return load_config(params), feats
+
+
+@pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
+def test_linear_evaluation_and_finetuning_on_every_encoder(tiny, encoder, masked):
+    from sslam.downstream.encoder import build_encoder as build_eval_encoder
+    from sslam.downstream.finetune import finetune
+    from sslam.downstream.linear import linear_eval
+    from sslam.downstream.tasks import load_task
+
+    cfg, feats = tiny
+    model = cfg.model.model_copy(update={"encoder": encoder, "masked_tokens": masked})
+    cfg = cfg.model_copy(update={"model": model})
+    task, store = load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
+    frames, mel = store.raw(0).shape
+    lin = linear_eval(
+        build_eval_encoder(cfg, "random0", frames, mel),
+        task,
+        store,
+        cfg.linear_recipe("keywords").model_copy(update={"epochs": 3, "select_every": 1}),
+        seed=0,
+    )
+    assert 0.0 <= lin["accuracy"] <= 1.0
+    recipe = cfg.finetune_recipe("keywords").model_copy(update={"epochs": 1, "batch_size": 2})
+    res = finetune(lambda: build_eval_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
+    assert 0.0 <= res["accuracy"] <= 1.0
