@@ -21,7 +21,7 @@ from _corpus import TINY_TASKS
 
 from sslam.config import Config, load_config
 from sslam.data.synthetic import generate_corpus
-from sslam.downstream.encoder import Head, build_encoder, embed, pool, pooled_dim
+from sslam.downstream.encoder import Head, embed, load_encoder, pool, pooled_dim
 from sslam.downstream.linear import shuffled_batches
 from sslam.downstream.tasks import Fold, Task, TaskStore, folds, load_task, targets
 from sslam.downstream.training import loss_fn
@@ -97,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         task, store, source = load(cfg, args.task, Path(args.features), args.synthetic, Path(tmp))
         fold = folds(task, store)[0]
-        encoder = build_encoder(cfg, args.encoder, *store.raw(0).shape).eval()
+        encoder = load_encoder(cfg, args.encoder, *store.raw(0).shape).eval()
         naive_s, naive_head = train_head(encoder, task, store, fold, cfg, args.epochs, cached=False)
         cached_s, cached_head = train_head(encoder, task, store, fold, cfg, args.epochs, cached=True)
     same = all(

@@ -35,7 +35,7 @@ from sslam.features.store import build_features
 from sslam.models.student import Student, make_teacher
 from sslam.pretrain.losses import cls_loss, patch_loss
 from sslam.pretrain.masking import inverse_block_mask
-from sslam.pretrain.objectives import stage1_losses
+from sslam.pretrain.objectives import clones_per_clip, stage1_losses
 from sslam.pretrain.targets import cls_target, layer_averaged_targets
 
 
@@ -50,7 +50,7 @@ def naive_losses(
 ) -> torch.Tensor:
     """The same objective without the clone batch's savings: the teacher runs once per clone and the
     student's encoder sees the whole sequence with mask tokens in place (SSAST / MAE-encoder style)."""
-    b, clones = x.shape[0], stage.clone_batch or mask_cfg.clone_batch
+    b, clones = x.shape[0], clones_per_clip(mask_cfg, stage)
     enc, dec = student.encoder, student.decoder
     mask = inverse_block_mask(
         b * clones,

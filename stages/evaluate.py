@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task not in cfg.tasks:
         print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
         return 2
-    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.encoder import load_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import WaveFeatures, load_task, strong_event_counts
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in encoders:
         t0 = time.perf_counter()
         try:
-            make_encoder = partial(build_encoder, cfg, name, frames, mel, args.checkpoints)
+            make_encoder = partial(load_encoder, cfg, name, frames, mel, args.checkpoints)
             if linear:
                 res = linear_eval(make_encoder(), task, store, recipe, cfg.evaluate.seed, events, wave_features=wave)
             else:  # a fresh encoder per fold

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -52,3 +54,19 @@ def tiny_setup(root: Path, steps: int = 12, checkpoint_every: int = 4) -> tuple[
     p = root / "params.yaml"
     p.write_text(yaml.safe_dump(params, sort_keys=False))
     return p, feats
+
+
+def torchrun(script: Path, port: int, *args: object, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Two real processes under torchrun (DDP over gloo on the CPU) running ``script`` with ``args``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(script),
+        *map(str, args),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -4,17 +4,16 @@ batch by batch, the way the pretraining loop does (``ShardedSampler`` indices ->
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from pretrain_helpers import torchrun
 
 pytestmark = pytest.mark.slow
 
 BATCH = 2
 
-# The reads of src/sslam/pretrain/loop.py's micro_batch: micro-batch k is batch b of epoch e
+# The reads of src/sslam/pretrain/loop.py's MicroBatches: micro-batch k is batch b of epoch e
 # (divmod by the full batches per epoch, the last partial batch dropped), indices from the sampler.
 WORKER = textwrap.dedent(f"""
     import json, sys
@@ -54,19 +53,7 @@ def test_each_rank_reads_its_own_part(tmp_path):
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
     build_features(corpus, tmp_path / "f", FeaturesConfig(target_frames=64, shard_size=4, store_waveforms=False), SR)
     (tmp_path / "worker.py").write_text(WORKER)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29611",
-        str(tmp_path / "worker.py"),
-        str(tmp_path / "f"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = torchrun(tmp_path / "worker.py", 29611, tmp_path / "f", tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 for r in ranks)

@@ -141,7 +141,7 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
     """train_valid_test: the reported test score is the head's at the epoch with the best valid score,
     checked every `select_every` epochs."""
     from sslam.downstream import training
-    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.encoder import load_encoder
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import load_task
 
@@ -156,7 +156,7 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
         return s
 
     monkeypatch.setattr(training, "score", spy)  # valid and test scores are all taken in training
-    enc = build_encoder(cfg, "random0", *store.raw(0).shape)
+    enc = load_encoder(cfg, "random0", *store.raw(0).shape)
     lin = cfg.linear_eval.model_copy(update={"epochs": 9, "select_every": 4})
     res = linear_eval(enc, task, store, lin, seed=0)
     valid_scores, test_score = seen[:-1], seen[-1]
@@ -171,7 +171,7 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
 def test_finetune_runs_every_recipe_switch(tiny):
     """Weighted sampling, noise, task stats, freq_mean pooling and selection together: a real run whose
     result is a valid score per fold."""
-    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.encoder import load_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.tasks import load_task
 
@@ -189,7 +189,7 @@ def test_finetune_runs_every_recipe_switch(tiny):
             "mixup": True,
         }
     )
-    res = finetune(lambda: build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
+    res = finetune(lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
     assert 0.0 <= res["accuracy"] <= 1.0 and res["selection"]["selected_epoch"] in (1, 2)
 
 
@@ -234,7 +234,7 @@ def test_as2m_setting_trains_on_balanced_and_unbalanced(tiny):
 def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
     """norm_stats: task embeds each fold with its training clips' statistics: the same result as
     evaluating a store renormalised by hand with those statistics."""
-    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.encoder import load_encoder
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import folds, load_task
 
@@ -243,7 +243,7 @@ def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
     lin = cfg.linear_eval.model_copy(update={"epochs": 3})
     (fold,) = folds(task, store)
     by_hand = store.renormalised(store.train_stats(fold.train))
-    enc = build_encoder(cfg, "random0", *store.raw(0).shape)
+    enc = load_encoder(cfg, "random0", *store.raw(0).shape)
     a = linear_eval(enc, task, store, lin.model_copy(update={"norm_stats": "task"}), seed=0)
     b = linear_eval(enc, task, by_hand, lin, seed=0)
     assert a["map"] == pytest.approx(b["map"], abs=1e-6)
@@ -397,7 +397,7 @@ def test_finetune_runs_the_paper_recipe_switches(tiny):
     """Per-positive BCE, per-batch mixup, waveform roll with gain, no decay on biases and norms: a real
     run whose result is a valid mAP."""
     from sslam.config import FeaturesConfig
-    from sslam.downstream.encoder import build_encoder
+    from sslam.downstream.encoder import load_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.tasks import WaveFeatures, load_task
 
@@ -418,7 +418,7 @@ def test_finetune_runs_the_paper_recipe_switches(tiny):
         }
     )
     wave = WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
-    res = finetune(lambda: build_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave)
+    res = finetune(lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave)
     assert 0.0 < res["map"] <= 1.0
 
 
@@ -428,14 +428,14 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
     from pydantic import ValidationError
 
     from sslam.config import LinearEvalConfig
-    from sslam.downstream.encoder import Head, build_encoder, embed
+    from sslam.downstream.encoder import Head, embed, load_encoder
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import folds, load_task
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
     (fold,) = folds(task, store)
-    enc = build_encoder(cfg, "random0", *store.raw(0).shape)
+    enc = load_encoder(cfg, "random0", *store.raw(0).shape)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     epochs, n = 4, len(fold.train)
     lin = cfg.linear_eval.model_copy(

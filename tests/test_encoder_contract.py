@@ -136,6 +136,11 @@ def test_stage2_variants_run_through_the_contract(encoder, masked, variant):
     mix = MixConfig(strategy="max", partial=True, partial_mode="reference", mixed_fraction=0.5)
     out = stage2_losses(student, teacher, torch.randn(4, FRAMES, MEL), MASK, stage, mix, SrlConfig(), seed=2)
     assert ("srl" in out) == (variant == "sslam") and all(torch.isfinite(v) for v in out.values())
+    # the total is exactly the variant's terms (both globals on, SRL weight 1), whatever the encoder
+    expected = out["local"] + sum(v for k, v in out.items() if k.startswith("global_")) + out.get("srl", 0.0)
+    assert torch.allclose(out["loss"], expected)
+    if variant in ("mb_ua_pma", "sslam"):  # local = mean over the masked tokens of both halves
+        assert torch.allclose(out["local"], (out["local_unmixed"] + out["local_mixed"]) / 2, atol=1e-5)
     out["loss"].backward()
     assert any(p.grad is not None and p.grad.any() for p in student.encoder.parameters())
 
@@ -150,7 +155,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("encoder,masked", ENCODERS, ids=IDS)
 def test_linear_evaluation_and_finetuning_on_every_encoder(tiny, encoder, masked):
-    from sslam.downstream.encoder import build_encoder as build_eval_encoder
+    from sslam.downstream.encoder import load_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import load_task
@@ -160,14 +165,24 @@ def test_linear_evaluation_and_finetuning_on_every_encoder(tiny, encoder, masked
     cfg = cfg.model_copy(update={"model": model})
     task, store = load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
     frames, mel = store.raw(0).shape
-    lin = linear_eval(
-        build_eval_encoder(cfg, "random0", frames, mel),
-        task,
-        store,
-        cfg.linear_recipe("keywords").model_copy(update={"epochs": 3, "select_every": 1}),
-        seed=0,
-    )
+    frozen = load_encoder(cfg, "random0", frames, mel)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    recipe = cfg.linear_recipe("keywords").model_copy(update={"epochs": 3, "select_every": 1})
+    lin = linear_eval(frozen, task, store, recipe, seed=0)
     assert 0.0 <= lin["accuracy"] <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())  # linear: the encoder stays frozen
+    trained = []
+
+    def fresh():
+        trained.append(load_encoder(cfg, "random0", frames, mel))
+        return trained[-1]
+
     recipe = cfg.finetune_recipe("keywords").model_copy(update={"epochs": 1, "batch_size": 2})
-    res = finetune(lambda: build_eval_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
+    res = finetune(fresh, task, store, recipe, seed=0)
     assert 0.0 <= res["accuracy"] <= 1.0
+    # fine-tuning trains the encoder itself, through the contract's layer groups, every block included
+    # (one block may skip a whole branch under drop path in a one-step run, so: every block, not every tensor)
+    after = trained[-1].state_dict()
+    for i in range(trained[-1].num_layers):
+        block = [k for k in after if k.startswith(f"blocks.{i}.")]
+        assert any(not torch.equal(before[k], after[k]) for k in block), f"block {i} did not train"

@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
-from pretrain_helpers import tiny_setup
+from pretrain_helpers import tiny_setup, torchrun
 from safetensors.torch import load_file
 
 STAGE = str(REPO / "stages" / "pretrain.py")
 
 
-def run_stage(
-    params: Path, feats: Path, ckpt: Path, metrics: Path, extra: list[str] = ()
-) -> subprocess.CompletedProcess:
-    cmd = [
+def stage_cmd(params: Path, feats: Path, ckpt: Path, metrics: Path, extra: list[str] = ()) -> list[str]:
+    return [
         sys.executable,
         STAGE,
         "--params",
@@ -35,6 +33,12 @@ def run_stage(
         "--cpu",
         *extra,
     ]
+
+
+def run_stage(
+    params: Path, feats: Path, ckpt: Path, metrics: Path, extra: list[str] = ()
+) -> subprocess.CompletedProcess:
+    cmd = stage_cmd(params, feats, ckpt, metrics, extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -61,21 +65,7 @@ def test_two_processes_ddp_keep_identical_weights(tmp_path):
     """torchrun starts two real processes; the Accelerator on the CPU runs DDP over gloo."""
     params, feats = tiny_setup(tmp_path, steps=4, checkpoint_every=100)
     (tmp_path / "worker.py").write_text(WORKER)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29623",
-        str(tmp_path / "worker.py"),
-        str(params),
-        str(feats),
-        str(tmp_path / "ckpt"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = torchrun(tmp_path / "worker.py", 29623, params, feats, tmp_path / "ckpt", tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0["world"] == r1["world"] == 2
@@ -104,19 +94,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     clean = run_stage(params, feats, tmp_path / "clean", tmp_path / "m_clean")
     assert clean.returncode == 0, clean.stderr[-3000:]
 
-    cmd = [
-        sys.executable,
-        STAGE,
-        "--params",
-        str(params),
-        "--features",
-        str(feats),
-        "--checkpoints",
-        str(tmp_path / "killed"),
-        "--metrics-dir",
-        str(tmp_path / "m_killed"),
-        "--cpu",
-    ]
+    cmd = stage_cmd(params, feats, tmp_path / "killed", tmp_path / "m_killed")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (tmp_path / "killed" / "step-0000010" / "meta.json").exists():

@@ -24,7 +24,7 @@ from sslam.models.student import Student
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
 
 
-def build_encoder(
+def load_encoder(
     cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints"
 ) -> PatchEncoder:
     """``randomN``: a fresh encoder from seed N (random0 is exactly pretraining's starting point);

@@ -146,6 +146,18 @@ class PatchEncoder(nn.Module):
             return t
         return gather_tokens(t, keep)
 
+    def init_front_end(self, patch_init: str) -> None:
+        """The shared front end's init, run last by every encoder: the patch conv as ``model.patch_init``
+        (``xavier``: EAT's xavier-uniform of the weight as a (D, patch * patch) matrix; ``pytorch``: Conv2d's
+        default, kept), then the mask embedding (if any) N(0, 0.02)."""
+        if patch_init == "xavier":
+            w = self.patch_embed.proj.weight
+            nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
+        elif patch_init != "pytorch":
+            raise ValueError(f"model.patch_init must be 'xavier' or 'pytorch', got {patch_init!r}")
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
+
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """[parameters outside the blocks, block 0's, ..., block L-1's]: the groups of layer-wise lr decay."""
         in_blocks = {id(p) for p in self.blocks.parameters()}
@@ -161,6 +173,46 @@ class PatchEncoder(nn.Module):
         self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
+
+
+CLS_POSITIONS = ("start", "middle", "none")
+
+
+class SequenceEncoder(PatchEncoder):
+    """A stack of residual sequence blocks (Mamba, mLSTM) with the CLS token where ``cls_position`` puts it
+    (start, middle as SSAMBA, or none: the summary is the mean of the tokens) and a final norm.
+
+    Subclasses set ``blocks`` (each block: ``h -> (h, layer target)``) and ``final_norm``."""
+
+    final_norm: nn.Module
+
+    def __init__(self, dim: int, patch: int, frames: int, mel: int, masked_tokens: str, cls_position: str):
+        super().__init__(dim, patch, frames, mel, masked_tokens)
+        if cls_position not in CLS_POSITIONS:
+            raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {cls_position!r}")
+        self.cls_position = cls_position
+        self.cls_token = None if cls_position == "none" else nn.Parameter(torch.zeros(1, 1, dim))
+
+    def init_front_end(self, patch_init: str) -> None:
+        super().init_front_end(patch_init)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """([summary; final states of the tokens at :meth:`output_positions`], per block the layer target at
+        the ``keep`` patches), as the contract says."""
+        tok = self.input_tokens(x, keep, clones)
+        length = tok.shape[1]
+        h = with_summary(tok, self.cls_token, self.cls_position)
+        layers = []
+        for blk in self.blocks:
+            h, t = blk(h)
+            if return_layers:
+                layers.append(self.layer_targets_at(split_summary(t, self.cls_position, length)[1], keep))
+        summary, tokens = split_summary(self.final_norm(h), self.cls_position, length)
+        return torch.cat([summary[:, None], tokens], dim=1), layers
 
 
 def with_summary(tok: torch.Tensor, cls: torch.Tensor | None, position: str) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslam.config import ModelConfig
-from sslam.models.contract import PatchEncoder, drop_path, split_summary, with_summary
+from sslam.models.contract import SequenceEncoder, drop_path
 
 try:  # CUDA-only package, never a dependency: used when importable and the tensors are on the GPU
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
@@ -344,7 +344,7 @@ class MambaBlock(nn.Module):
 # ----------------------------------------------------------------------------- the encoder
 
 
-class MambaEncoder(PatchEncoder):
+class MambaEncoder(SequenceEncoder):
     """Patch embedding, positions, CLS at ``cls_position`` (start, middle as SSAMBA, none: mean pooling),
     Mamba blocks, final norm. ``masked_tokens: mask_token`` (the default for this encoder) reads the whole
     sequence in order with a learned mask embedding; ``drop`` reads the visible tokens in order."""
@@ -365,31 +365,25 @@ class MambaEncoder(PatchEncoder):
         patch_init: str = "pytorch",
         masked_tokens: str = "mask_token",
     ):
-        super().__init__(dim, patch, frames, mel, masked_tokens)
-        if cls_position not in ("start", "middle", "none"):
-            raise ValueError(f"model.mamba.cls_position must be start, middle or none, got {cls_position!r}")
-        self.cls_position = cls_position
+        super().__init__(dim, patch, frames, mel, masked_tokens, cls_position)
         if cls_position == "start" and not bidirectional:
             warnings.warn(
                 "a CLS token at the start of a unidirectional Mamba sees no token: its summary is a constant "
                 "(use model.mamba.cls_position: none or middle)",
                 stacklevel=2,
             )
-        self.cls_token = None if cls_position == "none" else nn.Parameter(torch.empty(1, 1, dim).normal_(std=0.02))
         self.blocks = nn.ModuleList(MambaBlock(dim, d_state, d_conv, expand, bidirectional, norm) for _ in range(depth))
-        self.norm_f = _norm(norm, dim)
+        self.norm_f = _norm(norm, dim)  # mamba-ssm's name for the final norm
         for blk in self.blocks:  # mamba-ssm's rescaling of the residual-branch output projection
             w = blk.mixer.out_proj.weight
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
             with torch.no_grad():
                 w /= math.sqrt(depth)
-        if patch_init == "xavier":  # as vit.py (EAT): the conv weight as a (D, patch * patch) matrix
-            w = self.patch_embed.proj.weight
-            nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
-        elif patch_init != "pytorch":
-            raise ValueError(f"model.patch_init must be 'xavier' or 'pytorch', got {patch_init!r}")
-        if self.mask_token is not None:
-            nn.init.normal_(self.mask_token, std=0.02)
+        self.init_front_end(patch_init)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.norm_f
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, frames: int, mel: int, masked_tokens: str) -> MambaEncoder:
@@ -409,18 +403,3 @@ class MambaEncoder(PatchEncoder):
             cfg.patch_init,
             masked_tokens,
         )
-
-    def forward(
-        self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Returns ([summary; final states of the tokens], per-block mixer outputs at the ``keep`` patches)."""
-        tok = self.input_tokens(x, keep, clones)
-        length = tok.shape[1]
-        h = with_summary(tok, self.cls_token, self.cls_position)
-        layers = []
-        for blk in self.blocks:
-            h, t = blk(h)
-            if return_layers:
-                layers.append(self.layer_targets_at(split_summary(t, self.cls_position, length)[1], keep))
-        summary, tokens = split_summary(self.norm_f(h), self.cls_position, length)
-        return torch.cat([summary[:, None], tokens], dim=1), layers

@@ -80,13 +80,7 @@ class Encoder(PatchEncoder):
         self.pre_norm = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.apply(_bert_init)
-        if patch_init == "xavier":  # EAT: the conv weight as a (D, 1 * patch * patch) matrix
-            w = self.patch_embed.proj.weight
-            nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
-        elif patch_init != "pytorch":
-            raise ValueError(f"model.patch_init must be 'xavier' or 'pytorch', got {patch_init!r}")
-        if self.mask_token is not None:
-            nn.init.normal_(self.mask_token, std=0.02)
+        self.init_front_end(patch_init)
 
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False

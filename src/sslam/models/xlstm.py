@@ -40,9 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslam.config import ModelConfig
-from sslam.models.contract import PatchEncoder, drop_path, split_summary, with_summary
-
-CLS_POSITIONS = ("start", "middle", "none")
+from sslam.models.contract import SequenceEncoder, drop_path
 
 
 def _gate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -168,7 +166,7 @@ class MlstmBlock(nn.Module):
         return x + drop_path(t, self.drop_path, self.training), t
 
 
-class XlstmEncoder(PatchEncoder):
+class XlstmEncoder(SequenceEncoder):
     """Patch embedding, positions, an optional CLS token (``cls_position``), alternating-direction mLSTM
     blocks, a final LayerNorm. ``masked_tokens: mask_token`` (the default here) keeps the whole sequence in
     order (the overview's SSAST-style input); ``drop`` runs the blocks on the visible tokens only."""
@@ -187,15 +185,11 @@ class XlstmEncoder(PatchEncoder):
         patch_init: str = "pytorch",
         masked_tokens: str = "mask_token",
     ):
-        super().__init__(dim, patch, frames, mel, masked_tokens)
-        if cls_position not in CLS_POSITIONS:
-            raise ValueError(f"model.xlstm.cls_position must be one of {CLS_POSITIONS}, got {cls_position!r}")
-        self.cls_position = cls_position
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_position != "none" else None
+        super().__init__(dim, patch, frames, mel, masked_tokens, cls_position)
         self.blocks = nn.ModuleList(
             MlstmBlock(dim, heads, expand, conv_kernel, reverse=i % 2 == 1) for i in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.final_norm = nn.LayerNorm(dim)
         self._init_weights(patch_init)
 
     @classmethod
@@ -230,27 +224,4 @@ class XlstmEncoder(PatchEncoder):
             nn.init.zeros_(layer.fgate.weight)
             with torch.no_grad():
                 layer.fgate.bias.copy_(torch.linspace(3.0, 6.0, layer.heads))
-        if patch_init == "xavier":  # EAT: the conv weight as a (D, patch * patch) matrix
-            w = self.patch_embed.proj.weight
-            nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
-        elif patch_init != "pytorch":
-            raise ValueError(f"model.patch_init must be 'xavier' or 'pytorch', got {patch_init!r}")
-        for p in (self.cls_token, self.mask_token):
-            if p is not None:
-                nn.init.normal_(p, std=0.02)
-
-    def forward(
-        self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(h (B * clones, 1 + M, D): summary first, then the tokens at :meth:`output_positions`; per block the
-        layer target at the ``keep`` positions), as the contract says."""
-        tok = self.input_tokens(x, keep, clones)
-        length = tok.shape[1]
-        h = with_summary(tok, self.cls_token, self.cls_position)
-        layers = []
-        for blk in self.blocks:
-            h, t = blk(h)
-            if return_layers:
-                layers.append(self.layer_targets_at(split_summary(t, self.cls_position, length)[1], keep))
-        summary, tokens = split_summary(self.norm(h), self.cls_position, length)
-        return torch.cat([summary[:, None], tokens], dim=1), layers
+        self.init_front_end(patch_init)

@@ -192,10 +192,12 @@ class LiveLog:
             self.live = Live(str(live_dir), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
             self.live.step = start
         if acc.is_main_process and timings is not None:
-            self.timings = Path(timings)
-            self.timings.parent.mkdir(parents=True, exist_ok=True)
-            if start == 0 or not self.timings.is_file():
-                self.timings.write_text("step\tsamples_per_s\tmemory_mb\n")
+            path = Path(timings)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = start == 0 or not path.is_file()
+            self.timings = path.open("w" if fresh else "a", buffering=1)  # line-buffered: one open per run
+            if fresh:
+                self.timings.write("step\tsamples_per_s\tmemory_mb\n")
         self.t_last, self.clips = time.perf_counter(), 0
 
     def log(self, step: int, last_step: bool, losses: dict[str, float], lr: float, decay: float, clips: int) -> None:
@@ -210,13 +212,15 @@ class LiveLog:
             self.live.next_step()
         now = time.perf_counter()
         if self.timings is not None:
-            with self.timings.open("a") as f:
-                f.write(f"{step}\t{self.clips / max(now - self.t_last, 1e-9):.2f}\t{_memory_mb(self.acc.device):.0f}\n")
+            rate = self.clips / max(now - self.t_last, 1e-9)
+            self.timings.write(f"{step}\t{rate:.2f}\t{_memory_mb(self.acc.device):.0f}\n")
         self.t_last, self.clips = now, 0
 
     def end(self) -> None:
         if self.live is not None:
             self.live.end()
+        if self.timings is not None:
+            self.timings.close()
 
 
 def _truncate_live(live_dir: Path, step: int) -> None:
