@@ -9,8 +9,9 @@ Prints, in one run:
 - the Mamba-to-Transformer time ratio at 512 tokens, and where (if anywhere) Mamba becomes faster;
 - the parallel scan against the step-by-step scan at 512 tokens (forward + backward).
 
-The xLSTM runs its parallel (quadratic) mLSTM form, so it stops where its L x L matrices would not fit
-(``--xlstm-max``). Inputs are random log-mel-shaped tensors: speed and memory do not depend on content.
+The xLSTM runs the mLSTM as the encoder does: the parallel (L x L) form up to ``MLSTM_CHUNK`` tokens, the
+chunkwise form (memory linear in L) beyond. Inputs are random log-mel-shaped tensors: speed and memory do
+not depend on content.
 
     python bench/encoders.py [--dim 64] [--depth 2] [--batch 1] [--max-tokens 16384] [--quick]
 """
@@ -108,7 +109,6 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=16384)
-    ap.add_argument("--xlstm-max", type=int, default=4096, help="largest token count for the quadratic mLSTM form")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="256 to 2048 tokens only (a smoke run)")
     ap.add_argument("--one", nargs=2, metavar=("ENCODER", "TOKENS"), help=argparse.SUPPRESS)
@@ -127,8 +127,6 @@ def main() -> None:
     for name in ("transformer", "mamba", "xlstm"):
         table[name] = {}
         for n in sizes:
-            if name == "xlstm" and n > args.xlstm_max:
-                continue
             cmd = [
                 sys.executable,
                 __file__,

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from sslam.config import ModelConfig
+from sslam.models import xlstm
 from sslam.models.contract import build_encoder
-from sslam.models.xlstm import XlstmEncoder, mlstm_parallel, mlstm_recurrent
+from sslam.models.xlstm import XlstmEncoder, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent
 
 FRAMES, MEL, PATCH = 32, 16, 4  # grid (8, 4): 32 patches
 
@@ -42,13 +43,38 @@ def test_parallel_matches_recurrent_values_and_gradients(length: int, gate_scale
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(("length", "chunk"), [(1, 4), (4, 4), (13, 4), (64, 16), (70, 32)])
+@pytest.mark.parametrize("gate_scale", [1.0, 30.0])
+def test_chunkwise_matches_recurrent_values_and_gradients(length: int, chunk: int, gate_scale: float) -> None:
+    # several chunks, a partial last one, one chunk only; extreme gates move the row max between the
+    # carried state and the chunk's own steps
+    inputs = _cell_inputs(2, 3, length, 4, gate_scale, seed=length)
+    hc = mlstm_chunkwise(*inputs, chunk=chunk)
+    hr = mlstm_recurrent(*inputs)
+    torch.testing.assert_close(hc, hr, rtol=1e-10, atol=1e-10)
+    w = torch.randn_like(hc)
+    for a, b in zip(torch.autograd.grad((hc * w).sum(), inputs), torch.autograd.grad((hr * w).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_encoder_switches_to_chunkwise_beyond_the_chunk(monkeypatch) -> None:
+    enc = _encoder(depth=1).double()
+    x = torch.randn(2, FRAMES, MEL, dtype=torch.float64)
+    whole, _ = enc(x)  # 32 patches: the parallel form
+    monkeypatch.setattr(xlstm, "MLSTM_CHUNK", 5)  # 32 > 5: chunks of 5
+    chunked, _ = enc(x)
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-10)
+
+
 def test_extreme_gates_stay_finite_in_float32() -> None:
     q, k, v, i_pre, f_pre = (t.detach().float() for t in _cell_inputs(1, 2, 32, 8, 1.0))
     i_pre = i_pre * 200.0  # exp(200) overflows float32
     f_pre = f_pre * 200.0
     hp, hr = mlstm_parallel(q, k, v, i_pre, f_pre), mlstm_recurrent(q, k, v, i_pre, f_pre)
-    assert torch.isfinite(hp).all()
+    hc = mlstm_chunkwise(q, k, v, i_pre, f_pre, chunk=8)
+    assert torch.isfinite(hp).all() and torch.isfinite(hc).all()
     torch.testing.assert_close(hp, hr, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hc, hr, rtol=1e-4, atol=1e-4)
 
 
 def test_hand_computed_case() -> None:
@@ -61,13 +87,13 @@ def test_hand_computed_case() -> None:
     f_pre = torch.full((1, 1, 4), 60.0, dtype=torch.float64)  # log sigmoid(60) ~ -1e-26
     # C = 1, 3, 0, 1; n = 1, 3, 2, 2.5; n q = 1, 3, 2, 0.5 -> denominators 1, 3, 2, 1
     expected = torch.tensor([1.0, 1.0, 0.0, 0.2], dtype=torch.float64).view(1, 1, 4, 1)
-    for fn in (mlstm_parallel, mlstm_recurrent):
+    for fn in (mlstm_parallel, mlstm_recurrent, mlstm_chunkwise):
         torch.testing.assert_close(fn(q, k, v, i_pre, f_pre), expected, rtol=0, atol=1e-12)
     # forget gate -> 0 (pre-activation very negative): only the current step remains
     f0 = torch.full((1, 1, 4), -60.0, dtype=torch.float64)
     # h_t = v_t k_t q_t / max(|k_t q_t|, 1): 1 / 1, 2 / 2, -3 / 1, 0.2 / max(0.1, 1)
     only_now = torch.tensor([1.0, 1.0, -3.0, 0.2], dtype=torch.float64).view(1, 1, 4, 1)
-    for fn in (mlstm_parallel, mlstm_recurrent):
+    for fn in (mlstm_parallel, mlstm_recurrent, mlstm_chunkwise):
         torch.testing.assert_close(fn(q, k, v, i_pre, f0), only_now, rtol=0, atol=1e-12)
 
 

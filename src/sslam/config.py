@@ -256,9 +256,9 @@ class MambaConfig(Section):
     """Mamba blocks (``model.encoder: mamba``): SSAMBA's bidirectional Vim block (a forward and a backward
     selective scan, shared in/out projections, outputs averaged) or the overview's unidirectional one."""
 
-    d_state: Positive = 16
+    d_state: Positive = 8
     d_conv: Positive = 4
-    expand: Positive = 2
+    expand: Positive = 1
     bidirectional: bool = True  # SSAMBA / Vim; false: the overview's unidirectional Mamba (d_state 24, expand 3)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # pre-norm of every residual block (SSAMBA: LayerNorm)
     cls_position: Literal["start", "middle", "none"] = "start"  # none: the summary is the mean of the tokens

@@ -15,7 +15,8 @@ The mLSTM cell keeps a matrix memory C_t = f_t C_{t-1} + i_t v_t k_t^T / sqrt(d)
 n_t = f_t n_{t-1} + i_t k_t / sqrt(d), with an exponential input gate i_t = exp(i~_t), a sigmoid forget gate
 f_t = sigmoid(f~_t), and reads out h_t = o (C_t q_t) / max(|n_t^T q_t|, 1) (here the output gate o is the
 block's SiLU(z) branch). :func:`mlstm_parallel` computes all steps at once through the stabilised (L x L)
-decay matrix; :func:`mlstm_recurrent` runs the stabilised recurrence step by step (tests, benchmarks).
+decay matrix; :func:`mlstm_chunkwise` runs it chunk by chunk (memory linear in L, for long inputs);
+:func:`mlstm_recurrent` runs the stabilised recurrence step by step (tests, benchmarks).
 
 Layer target (what the EMA teacher's top-k average is built from): the block output before the residual
 add, ``block(x)`` above. It is the mLSTM analogue of the Transformer's MLP output before the residual
@@ -41,6 +42,8 @@ from torch import nn
 
 from sslam.config import ModelConfig
 from sslam.models.contract import SequenceEncoder, drop_path
+
+MLSTM_CHUNK = 256  # steps: the parallel form up to this length, the chunkwise form beyond
 
 
 def _gate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,6 +71,63 @@ def mlstm_parallel(
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) * torch.exp(log_d - m)
     norm = torch.maximum(scores.sum(dim=-1, keepdim=True).abs(), torch.exp(-m))
     return ((scores / norm).to(v.dtype) @ v).to(q.dtype)
+
+
+def mlstm_chunkwise(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i_pre: torch.Tensor,
+    f_pre: torch.Tensor,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """The same cell as :func:`mlstm_parallel` in O(L chunk) memory: the parallel form inside chunks of
+    ``chunk`` steps, the stabilised state (C~, n~, m) of :func:`mlstm_recurrent` carried from chunk to chunk.
+
+    Inside a chunk, with F_t = sum of log f over the chunk up to t: the carried state contributes with
+    log-weight F_t + m_prev, step s <= t with F_t - F_s + i~_s; m_t, the max of those, is the parallel form's
+    row max exactly (so the max(|n q|, exp(-m)) floor and every value agree). The state at the chunk's end is
+    the same sums taken at its last step. Long sequences (16k tokens) fit where the L x L form does not."""
+    b, heads, length, d = q.shape
+    gd = _gate_dtype(q.dtype)
+    log_f, i_pre = F.logsigmoid(f_pre.to(gd)), i_pre.to(gd)
+    scale = 1.0 / math.sqrt(d)
+    c = q.new_zeros(b, heads, d, d, dtype=gd)  # C~: (value dim, key dim), as mlstm_recurrent
+    n = q.new_zeros(b, heads, d, dtype=gd)
+    m = q.new_full((b, heads), float("-inf"), dtype=gd)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
+    out = []
+    for start in range(0, length, chunk):
+        sl = slice(start, min(start + chunk, length))
+        qc, kc, vc = q[..., sl, :].to(gd), k[..., sl, :].to(gd) * scale, v[..., sl, :].to(gd)
+        t = qc.shape[-2]
+        cum = torch.cumsum(log_f[..., sl], dim=-1)  # (B, H, T)
+        log_d = cum[..., :, None] - cum[..., None, :] + i_pre[..., None, sl]  # (B, H, T_t, T_s)
+        log_d = log_d.masked_fill(~causal[:t, :t], float("-inf"))
+        log_c = cum + m[..., None]  # (B, H, T): the carried state's log-weight at each step
+        m_t = torch.maximum(log_d.amax(dim=-1), log_c).detach()
+        w = torch.exp(log_d - m_t[..., None])
+        wc = torch.exp(log_c - m_t)[..., None]  # exp(-inf) = 0 before the first chunk
+        scores = (qc @ kc.transpose(-2, -1)) * w
+        num = scores @ vc + wc * (qc @ c.transpose(-2, -1))
+        den = scores.sum(-1, keepdim=True) + wc * (qc @ n[..., :, None])
+        out.append(num / torch.maximum(den.abs(), torch.exp(-m_t)[..., None]))
+        # the state after the chunk's last step, stabilised by that step's m
+        m_end = m_t[..., -1]
+        w_end = torch.exp(log_d[..., -1, :] - m_end[..., None])  # (B, H, T_s)
+        wc_end = torch.exp(log_c[..., -1] - m_end)[..., None]
+        c = wc_end[..., None] * c + (vc * w_end[..., None]).transpose(-2, -1) @ kc
+        n = wc_end * n + (w_end[..., None] * kc).sum(-2)
+        m = m_end
+    return torch.cat(out, dim=-2).to(q.dtype)
+
+
+def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i_pre: torch.Tensor, f_pre: torch.Tensor) -> torch.Tensor:
+    """The mLSTM cell as the encoder runs it: the one-matrix parallel form up to ``MLSTM_CHUNK`` steps (the
+    CPU default's 153 tokens), the chunkwise form beyond (memory linear in L)."""
+    if q.shape[-2] <= MLSTM_CHUNK:
+        return mlstm_parallel(q, k, v, i_pre, f_pre)
+    return mlstm_chunkwise(q, k, v, i_pre, f_pre, MLSTM_CHUNK)
 
 
 def mlstm_recurrent(
@@ -143,7 +203,7 @@ class MlstmLayer(nn.Module):
         gate_in = torch.cat([t.transpose(1, 2).reshape(b, n, -1) for t in (q, k, v)], dim=-1)
         i_pre = self.igate(gate_in).transpose(1, 2)  # (B, heads, L)
         f_pre = self.fgate(gate_in).transpose(1, 2)
-        h = mlstm_parallel(q, k, v, i_pre, f_pre).transpose(1, 2).reshape(b * n, -1)
+        h = mlstm(q, k, v, i_pre, f_pre).transpose(1, 2).reshape(b * n, -1)
         h = self.out_norm(h).view(b, n, -1) + self.skip.to(c.dtype) * c
         return self.down(h * F.silu(z))
 
