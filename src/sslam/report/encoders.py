@@ -1,0 +1,137 @@
+"""The encoder comparison (Transformer / Mamba / xLSTM) from `dvc exp` runs: per task, each encoder's SSLAM
+checkpoint beside its own random-init control, in one table.
+
+A run is a row when its params differ from the baseline's only in the encoder keys (``model.encoder``,
+``model.masked_tokens``, ``model.mamba.*``, ``model.xlstm.*`` and the clone batches, which a mask-token
+encoder needs smaller on the CPU); the baseline (the commit the experiments start from) is a row too. The
+latest run of each encoder wins. Run them with, e.g.,
+
+    make exp ARGS="-n mamba -S model.encoder=mamba -S mask.clone_batch=1 -S pretrain.stage2.clone_batch=1"
+    make exp ARGS="-n xlstm -S model.encoder=xlstm -S mask.clone_batch=1 -S pretrain.stage2.clone_batch=1"
+    .venv/bin/python -m sslam.report.encoders      # -> metrics/encoders.md and metrics/encoders.json
+
+Each cell is ``pretrained / control`` in %: ``evaluate.linear_encoders``' first entry (the SSLAM stage-2
+checkpoint, ``stage2``) against ``random0`` (the same encoder, untrained, seed 0), both frozen under linear
+evaluation; the fine-tuned pair likewise where fine-tuning ran. "mean gain" is the mean over the tasks of
+pretrained minus control, in points, so an encoder is credited only for what pretraining added to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslam.io import write_text_atomic
+from sslam.report.ablations import Run, exp_show, runs_from_exp_show
+
+ENCODER_PREFIXES = ("model.encoder", "model.masked_tokens", "model.mamba.", "model.xlstm.")
+ENCODER_KEYS = ("mask.clone_batch", "pretrain.stage2.clone_batch")
+PRETRAINED, CONTROL = "stage2", "random0"
+
+
+def is_encoder_key(key: str) -> bool:
+    return key in ENCODER_KEYS or key.startswith(ENCODER_PREFIXES)
+
+
+@dataclass(frozen=True)
+class EncoderRow:
+    run: str
+    encoder: str
+    settings: dict[str, object]  # the encoder keys this run changed from the baseline
+    scores: dict[str, tuple[float | None, float | None]]  # "task/regime" -> (pretrained, control)
+
+    def mean_gain(self, regime: str) -> float | None:
+        gains = [p - c for k, (p, c) in self.scores.items() if k.endswith("/" + regime) and None not in (p, c)]
+        return sum(gains) / len(gains) if gains else None
+
+
+def encoder_rows(runs: list[Run], baseline: Run) -> list[EncoderRow]:
+    """The baseline and the latest run per encoder that changed only encoder keys (``runs`` newest first,
+    as ``dvc exp show`` lists them)."""
+    chosen: dict[str, tuple[Run, dict]] = {}
+    for r in [baseline, *runs]:
+        keys = set(r.params) | set(baseline.params)
+        differs = {k: r.params.get(k) for k in keys if r.params.get(k) != baseline.params.get(k)}
+        if r is not baseline and (not differs or not all(is_encoder_key(k) for k in differs)):
+            continue
+        enc = str(r.params.get("model.encoder", "transformer"))
+        if enc not in chosen:
+            chosen[enc] = (r, differs)
+    rows = []
+    for enc, (r, differs) in chosen.items():
+        pairs = {}
+        for key in r.metrics:
+            task, regime, name = key.split("/")
+            if name == PRETRAINED:
+                pairs[f"{task}/{regime}"] = (r.metrics[key], r.metrics.get(f"{task}/{regime}/{CONTROL}"))
+        rows.append(EncoderRow(r.name, enc, differs, pairs))
+    return rows
+
+
+def _cell(pair: tuple[float | None, float | None] | None) -> str:
+    if pair is None:
+        return "-"
+    return " / ".join("-" if v is None else f"{100 * v:.1f}" for v in pair)
+
+
+def render(rows: list[EncoderRow]) -> str:
+    columns = sorted({k for r in rows for k in r.scores}, key=lambda k: (k.split("/")[1] != "linear", k))
+    lines = [
+        "# Encoders: SSLAM checkpoint / random-init control of the same encoder",
+        "",
+        f"Cells: `{PRETRAINED}` (SSLAM stage 2) / `{CONTROL}` (untrained, seed 0), in % (accuracy or mAP, as each "
+        "task's metric). Mean gain: mean over the tasks of pretrained minus control, in points.",
+        "",
+        "| encoder | run | settings | " + " | ".join(columns) + " | mean gain, linear | mean gain, fine-tuned |",
+        "|" + " --- |" * (len(columns) + 5),
+    ]
+    for r in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "model.encoder") or "params.yaml"
+        gains = [r.mean_gain(g) for g in ("linear", "finetune")]
+        lines.append(
+            f"| {r.encoder} | {r.run} | {settings} | "
+            + " | ".join(_cell(r.scores.get(c)) for c in columns)
+            + " | "
+            + " | ".join("-" if g is None else f"{100 * g:+.1f}" for g in gains)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
+    ap.add_argument(
+        "--baseline", default=None, help="the baseline run (default: the commit the experiments start from)"
+    )
+    ap.add_argument("--out", default="metrics/encoders.md")
+    args = ap.parse_args(argv)
+    data = json.loads(Path(args.json).read_text()) if args.json else exp_show()
+    runs = runs_from_exp_show(data)
+    base = next((r for r in runs if (r.name == args.baseline if args.baseline else r.name != "workspace")), None)
+    if base is None:
+        print(f"encoders: no run named {args.baseline!r} (runs: {[r.name for r in runs]})", file=sys.stderr)
+        return 2
+    rows = encoder_rows([r for r in runs if r is not base and r.name != "workspace"], base)
+    md = render(rows)
+    out = Path(args.out)
+    write_text_atomic(out, md)
+    summary = {
+        r.encoder: {
+            "run": r.run,
+            "settings": r.settings,
+            "scores": {k: {PRETRAINED: p, CONTROL: c} for k, (p, c) in sorted(r.scores.items())},
+            "mean_gain": {g: r.mean_gain(g) for g in ("linear", "finetune")},
+        }
+        for r in rows
+    }
+    write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
