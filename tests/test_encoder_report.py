@@ -22,7 +22,8 @@ for task, scale in (("square", 1.0), ("mono", 0.5)):
                "encoders": {"stage2": {"map": scale * pre}, "random0": {"map": scale * ctrl}}},
               open(f"metrics/eval/{task}_linear.json", "w"))
 json.dump({"task": "square", "regime": "finetune", "metric": "map",
-           "encoders": {"stage2": {"map": 0.9}, "random0": {"map": 0.7}}}, open("metrics/eval/square_finetune.json", "w"))
+           "encoders": {"stage2": {"map": 0.9}, "random0": {"map": 0.7}}},
+          open("metrics/eval/square_finetune.json", "w"))
 """
 DVC_YAML = """stages:
   ev:

@@ -1,0 +1,175 @@
+"""The raw-patch objectives beside masked latent bootstrapping: SSAST's joint discriminative / generative
+masked patch modelling (also SSAMBA's) and the masked-spectrogram MSE of the Transformer / Mamba / xLSTM
+overview. Each paper step is one small function: the masks (:func:`cluster_mask`, :func:`random_mask`), the
+raw patch targets (:func:`raw_patches`, from the same normalised log-mel the encoder reads), the losses
+(:func:`info_nce`, :func:`patch_mse`), and the objectives (:func:`ssast_losses`, :func:`msm_losses`) that
+reach the encoder only through its contract (masked tokens kept in the sequence with the mask embedding).
+
+Not yet selectable in the pipeline (``pretrain.objective`` is the next step): the functions and their
+typed settings are tested here first (``tests/test_masked_modelling.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from sslam.config import Positive, Section
+from sslam.models.contract import PatchEncoder, gather_tokens
+from sslam.pretrain.masking import visible_indices
+
+
+class SsastConfig(Section):
+    """SSAST's joint discriminative / generative masked patch modelling (also SSAMBA's objective)."""
+
+    mask_count: Positive = 119  # patches masked per clip (SSAST / SSAMBA: 400 of 512; 119 of 152 the same share)
+    cluster_sizes: list[Positive] = [3, 4, 5]  # c x c clusters, c drawn per cluster
+    mse_weight: Annotated[float, Field(ge=0.0)] = 10.0  # loss = nce + mse_weight * mse
+    two_passes: bool = True  # the reference: separate masks and forward passes for the two heads
+
+
+class MsmConfig(Section):
+    """The overview's masked spectrogram modelling: unstructured masking, MSE to the raw patches."""
+
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    loss_on: Literal["masked", "all"] = "masked"  # the paper: masked; the public code: all patches
+
+
+def raw_patches(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """(B, frames, mel) normalised log-mel -> (B, N, pt * pf) raw patch targets, in the encoders' token
+    order (time-major, as the patch conv flattens its output), each patch flattened time-major too."""
+    b, frames, mel = x.shape
+    pt, pf = patch
+    gt, gf = frames // pt, mel // pf
+    x = x[:, : gt * pt, : gf * pf].reshape(b, gt, pt, gf, pf)
+    return x.permute(0, 1, 3, 2, 4).reshape(b, gt * gf, pt * pf)
+
+
+def cluster_mask(
+    num_masks: int,
+    grid: tuple[int, int],
+    count: int,
+    cluster_sizes: tuple[int, ...] = (3, 4, 5),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SSAST's cluster masking: (num_masks, T' * F') bool, True = masked, exactly ``count`` per row.
+
+    Per mask: draw a cluster size c from ``cluster_sizes`` and a random start patch, mask the c x c patches
+    from it (those off the grid skipped: clusters never wrap across a grid edge), repeat until ``count`` are
+    masked; the last cluster is trimmed in its drawing order (the reference keeps the first ``count``)."""
+    gt, gf = grid
+    n = gt * gf
+    if not 0 < count <= n:
+        raise ValueError(f"mask count must be in 1..{n} (the patch grid {gt}x{gf}), got {count}")
+    masked = torch.zeros(num_masks, n, dtype=torch.bool)
+    for row in range(num_masks):
+        chosen: list[int] = []
+        seen = masked[row]
+        while len(chosen) < count:
+            c = cluster_sizes[int(torch.randint(len(cluster_sizes), (1,), generator=generator))]
+            start = int(torch.randint(n, (1,), generator=generator))
+            t0, f0 = divmod(start, gf)
+            for t in range(t0, min(t0 + c, gt)):
+                for f in range(f0, min(f0 + c, gf)):
+                    i = t * gf + f
+                    if not seen[i] and len(chosen) < count:
+                        seen[i] = True
+                        chosen.append(i)
+    return masked
+
+
+def random_mask(
+    num_masks: int, num_patches: int, ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Unstructured masking (the overview): (num_masks, N) bool, exactly int(N * ratio) masked per row, a
+    uniformly random subset."""
+    count = int(num_patches * ratio)
+    order = torch.rand(num_masks, num_patches, generator=generator).argsort(dim=1)
+    return torch.zeros(num_masks, num_patches, dtype=torch.bool).scatter(1, order[:, :count], True)
+
+
+def info_nce(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSAST's discriminative loss over each clip's masked patches: pred, target (B, M, P) ->
+    (loss, accuracy).
+
+    Scores s_ij = target_i . pred_j within a clip; the loss is -mean_i log softmax_j(s_i.)_i (the other
+    masked patches of the same clip are the negatives); the accuracy is the share of predictions j whose
+    own target scores highest among the clip's targets (argmax_i s_ij = j), as the reference logs it."""
+    scores = target.float() @ pred.float().transpose(1, 2)  # (B, M_target, M_pred)
+    loss = -torch.diagonal(torch.log_softmax(scores, dim=-1), dim1=1, dim2=2).mean()
+    own = torch.arange(scores.shape[1], device=scores.device)
+    accuracy = (scores.argmax(dim=1) == own).float().mean()
+    return loss, accuracy.detach()
+
+
+def patch_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSAST's generative loss (and the overview's MSM loss): the mean squared error over every element of
+    the chosen patches, pred and target (..., P)."""
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+class RawPatchHead(nn.Module):
+    """Linear -> activation -> Linear from an encoder token to its raw patch (SSAST: ReLU, the overview:
+    GELU), hidden width the encoder's."""
+
+    def __init__(self, dim: int, patch_dim: int, activation: str = "relu"):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, patch_dim)
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(h)))
+
+
+def _masked_tokens_only(encoder: PatchEncoder, objective: str) -> None:
+    if encoder.masked_tokens != "mask_token":
+        raise ValueError(
+            f"pretrain.objective {objective} predicts the masked patches from the encoder's outputs there: it "
+            f"needs model.masked_tokens mask_token (or auto), got {encoder.masked_tokens!r}"
+        )
+
+
+def ssast_losses(
+    encoder: PatchEncoder,
+    heads: nn.ModuleDict,
+    x: torch.Tensor,
+    ssast: SsastConfig,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """SSAST's joint objective: cluster-masked patches kept in the sequence with the mask embedding; the
+    ``discriminative`` head's InfoNCE against the clip's other masked patches and the ``generative`` head's
+    MSE, both to the raw (normalised log-mel) patch; loss = nce + ``mse_weight`` * mse. With
+    ``two_passes`` each head reads its own forward pass with its own mask (the reference), else one."""
+    _masked_tokens_only(encoder, "ssast")
+    g = torch.Generator().manual_seed(seed)
+    target = raw_patches(x.float(), (encoder.patch_size, encoder.patch_size))
+    passes = []
+    for _ in range(2 if ssast.two_passes else 1):
+        masked = cluster_mask(x.shape[0], encoder.grid, ssast.mask_count, tuple(ssast.cluster_sizes), g).to(x.device)
+        h, _ = encoder(x, keep=visible_indices(masked))
+        where = visible_indices(~masked)  # the masked patches' indices, sorted
+        passes.append((gather_tokens(h[:, 1:], where), gather_tokens(target, where)))
+    (tok_d, tgt_d), (tok_g, tgt_g) = passes[0], passes[-1]
+    nce, accuracy = info_nce(heads["discriminative"](tok_d), tgt_d)
+    mse = patch_mse(heads["generative"](tok_g), tgt_g)
+    return {"loss": nce + ssast.mse_weight * mse, "nce": nce, "mse": mse, "accuracy": accuracy}
+
+
+def msm_losses(
+    encoder: PatchEncoder, head: nn.Module, x: torch.Tensor, msm: MsmConfig, seed: int
+) -> dict[str, torch.Tensor]:
+    """The overview's masked spectrogram modelling: ``mask_ratio`` of the patches masked at random (kept in
+    the sequence with the mask embedding), a head to the raw patch, MSE on the masked patches (``loss_on:
+    all``: on every patch, as the public code)."""
+    _masked_tokens_only(encoder, "msm")
+    g = torch.Generator().manual_seed(seed)
+    masked = random_mask(x.shape[0], encoder.num_patches, msm.mask_ratio, g).to(x.device)
+    h, _ = encoder(x, keep=visible_indices(masked))
+    pred = head(h[:, 1:])
+    target = raw_patches(x.float(), (encoder.patch_size, encoder.patch_size))
+    chosen = masked if msm.loss_on == "masked" else torch.ones_like(masked)
+    mse = patch_mse(pred[chosen], target[chosen])
+    return {"loss": mse, "mse": mse}
