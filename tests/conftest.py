@@ -14,3 +14,26 @@ def shared_audioset() -> Path:
     if not (SHARED_AUDIOSET / "ontology.json").is_file():
         pytest.skip("../shared/audioset is not present")
     return SHARED_AUDIOSET
+
+
+def dvc_project(root: Path, files: dict[str, str]):
+    """A git + DVC project in ``root`` holding ``files``, reproduced and committed (the baseline of `dvc
+    exp` runs); returns ``sh(*cmd) -> stdout``, run there with this interpreter's tools first on PATH."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, text=True).stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    (root / "metrics" / "eval").mkdir(parents=True)
+    for name, text in files.items():
+        (root / name).write_text(text)
+    sh("dvc", "repro", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline")
+    return sh

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+from conftest import dvc_project
 
 from sslam.report.ablations import main, runs_from_exp_show
 
@@ -28,20 +26,10 @@ DVC_YAML = """stages:
 
 
 def test_ablation_tables_from_dvc_experiments(tmp_path, monkeypatch):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-
-    def sh(*cmd: str) -> str:
-        return subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
-
-    sh("git", "init", "-q")
-    sh("dvc", "init", "-q")
-    (tmp_path / "params.yaml").write_text("mix: {strategy: max}\nsrl: {aggregation: mean}\n")
-    (tmp_path / "metrics" / "eval").mkdir(parents=True)
-    (tmp_path / "make.py").write_text(MAKE)
-    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
-    sh("dvc", "repro", "-q")
-    sh("git", "add", "-A")
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline")
+    sh = dvc_project(
+        tmp_path,
+        {"params.yaml": "mix: {strategy: max}\nsrl: {aggregation: mean}\n", "make.py": MAKE, "dvc.yaml": DVC_YAML},
+    )
     sh("dvc", "exp", "run", "-q", "-n", "avg", "-S", "mix.strategy=average")
     sh("dvc", "exp", "run", "-q", "-n", "wave", "-S", "mix.strategy=waveform")
     sh("dvc", "exp", "run", "-q", "-n", "srlmax", "-S", "mix.strategy=max", "-S", "srl.aggregation=max")

@@ -4,10 +4,8 @@ from params): which runs become rows, the pretrained / control pairs and the mea
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+from conftest import dvc_project
 
 from sslam.report.encoders import main
 
@@ -38,22 +36,8 @@ DVC_YAML = """stages:
 
 
 def test_encoder_table_from_dvc_experiments(tmp_path):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-
-    def sh(*cmd: str) -> str:
-        return subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout
-
-    sh("git", "init", "-q")
-    sh("dvc", "init", "-q")
-    (tmp_path / "params.yaml").write_text(
-        "model: {encoder: transformer, mamba: {d_state: 0}}\nmask: {clone_batch: 4}\npretrain: {lr: 0.0}\n"
-    )
-    (tmp_path / "metrics" / "eval").mkdir(parents=True)
-    (tmp_path / "make.py").write_text(MAKE)
-    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
-    sh("dvc", "repro", "-q")
-    sh("git", "add", "-A")
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline")
+    params = "model: {encoder: transformer, mamba: {d_state: 0}}\nmask: {clone_batch: 4}\npretrain: {lr: 0.0}\n"
+    sh = dvc_project(tmp_path, {"params.yaml": params, "make.py": MAKE, "dvc.yaml": DVC_YAML})
 
     def exp(*args: str) -> None:  # each from the commit's params: `dvc exp run` leaves the last run's in place
         sh("git", "checkout", "--", "params.yaml")

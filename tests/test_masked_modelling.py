@@ -23,25 +23,20 @@ def test_cluster_mask_hits_the_count_exactly(grid, count):
 
 
 def test_cluster_mask_is_made_of_clusters_on_the_grid():
-    # one cluster of size 3 from a known start, trimmed to 4 patches in drawing order: rows 0-1 of the
-    # 3 x 3 block at (t=1, f=2) on a (6, 4) grid clipped at f = 3 -> (1,2) (1,3) (2,2) (2,3)
-    torch.manual_seed(0)
+    """When the first cluster alone reaches the count, the mask is that cluster's first cells in drawing
+    order, clipped at the grid's edges (never wrapped to the next time row, as a flat index would)."""
+    checked = clipped = 0
     for seed in range(200):
-        g = torch.Generator().manual_seed(seed)
-        m = cluster_mask(1, (6, 4), 4, cluster_sizes=(3,), generator=g)
-        g = torch.Generator().manual_seed(seed)
+        m = cluster_mask(1, (6, 4), 4, cluster_sizes=(3,), generator=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)  # the same draws: the cluster size, then the start patch
         torch.randint(1, (1,), generator=g)
-        start = int(torch.randint(24, (1,), generator=g))
-        t0, f0 = divmod(start, 4)
+        t0, f0 = divmod(int(torch.randint(24, (1,), generator=g)), 4)
         expect = [t * 4 + f for t in range(t0, min(t0 + 3, 6)) for f in range(f0, min(f0 + 3, 4))][:4]
-        if len(expect) == 4:  # the first cluster alone reached the count
+        if len(expect) == 4:
             assert sorted(m[0].nonzero().flatten().tolist()) == sorted(expect), seed
-    # no cluster wraps across the frequency edge: a size-2 cluster started at f = 3 covers f = 3 only
-    m = cluster_mask(200, (8, 4), 2, cluster_sizes=(2,), generator=torch.Generator().manual_seed(1))
-    grid = m.view(200, 8, 4)
-    for row in grid:
-        ts, fs = row.nonzero(as_tuple=True)
-        assert (ts.max() - ts.min() <= 1) or (fs.max() - fs.min() <= 1)  # one 2x2 block, or its trimmed part
+            checked += 1
+            clipped += f0 == 2  # a 3-wide cluster from f = 2 keeps f = 2, 3 only
+    assert checked > 50 and clipped > 5
 
 
 def test_cluster_mask_rejects_impossible_counts():

@@ -68,20 +68,17 @@ def _linear_scan(a: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> tor
     n = x.shape[-2]
     if n < 2:
         return x
-    pairs = n // 2
+    pairs, rest = n // 2, (n - 1) // 2  # rest: the steps finished from a scanned neighbour afterwards
+    lo, hi = slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
     if not reverse:  # fold (2i, 2i+1) into 2i+1; scan the odd steps; then h_2i = a_2i h_2i-1 + x_2i
-        lo, hi = slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
         x[..., hi, :].addcmul_(a[..., hi, :], x[..., lo, :])
         a[..., hi, :].mul_(a[..., lo, :])
         _linear_scan(a[..., hi, :], x[..., hi, :])
-        rest = (n - 1) // 2
         x[..., 2::2, :].addcmul_(a[..., 2::2, :], x[..., 1 : 2 * rest : 2, :])
     else:  # fold (2i+1, 2i) into 2i; scan every even step (the last one unfolded when n is odd); finish odds
-        lo, hi = slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
         x[..., lo, :].addcmul_(a[..., lo, :], x[..., hi, :])
         a[..., lo, :].mul_(a[..., hi, :])
         _linear_scan(a[..., ::2, :], x[..., ::2, :], reverse=True)
-        rest = (n - 1) // 2  # odd steps 2i+1 with a successor 2i+2 < n
         x[..., 1 : 2 * rest : 2, :].addcmul_(a[..., 1 : 2 * rest : 2, :], x[..., 2::2, :])
     return x
 

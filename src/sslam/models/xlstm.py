@@ -112,13 +112,11 @@ def mlstm_chunkwise(
         num = scores @ vc + wc * (qc @ c.transpose(-2, -1))
         den = scores.sum(-1, keepdim=True) + wc * (qc @ n[..., :, None])
         out.append(num / torch.maximum(den.abs(), torch.exp(-m_t)[..., None]))
-        # the state after the chunk's last step, stabilised by that step's m
-        m_end = m_t[..., -1]
-        w_end = torch.exp(log_d[..., -1, :] - m_end[..., None])  # (B, H, T_s)
-        wc_end = torch.exp(log_c[..., -1] - m_end)[..., None]
+        # the state after the chunk's last step, stabilised by that step's m: its weights are the last row's
+        w_end, wc_end = w[..., -1, :], wc[..., -1, :]  # (B, H, T_s), (B, H, 1)
         c = wc_end[..., None] * c + (vc * w_end[..., None]).transpose(-2, -1) @ kc
         n = wc_end * n + (w_end[..., None] * kc).sum(-2)
-        m = m_end
+        m = m_t[..., -1]
     return torch.cat(out, dim=-2).to(q.dtype)
 
 

@@ -189,6 +189,19 @@ def exp_show(repo: str | Path = ".") -> list[dict]:
     return json.loads(out)
 
 
+def runs_and_baseline(json_path: str | None, baseline: str | None) -> tuple[list[Run], Run]:
+    """The runs of a saved ``dvc exp show --json`` (or of running it here) and the baseline among them:
+    the run named ``baseline``, else the first that is not the workspace (the commit the experiments start
+    from; the workspace holds the last experiment after ``dvc exp run``). Exits with status 2 and a message if none."""
+    data = json.loads(Path(json_path).read_text()) if json_path else exp_show()
+    runs = runs_from_exp_show(data)
+    base = next((r for r in runs if (r.name == baseline if baseline else r.name != "workspace")), None)
+    if base is None:
+        print(f"no run named {baseline!r} (runs: {[r.name for r in runs]})", file=sys.stderr)
+        raise SystemExit(2)
+    return runs, base
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
@@ -200,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default="metrics/ablations.md")
     args = ap.parse_args(argv)
-    data = json.loads(Path(args.json).read_text()) if args.json else exp_show()
-    runs = runs_from_exp_show(data)
-    base = next((r for r in runs if (r.name == args.baseline if args.baseline else r.name != "workspace")), None)
-    if base is None:
-        print(f"ablations: no run named {args.baseline!r} (runs: {[r.name for r in runs]})", file=sys.stderr)
-        return 2
+    runs, base = runs_and_baseline(args.json, args.baseline)
     md = render(runs, base)
     write_text_atomic(Path(args.out), md)
     print(md)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslam.io import write_text_atomic
-from sslam.report.ablations import Run, exp_show, runs_from_exp_show
+from sslam.report.ablations import Run, runs_and_baseline
 
 ENCODER_PREFIXES = ("model.encoder", "model.masked_tokens", "model.mamba.", "model.xlstm.")
 ENCODER_KEYS = ("mask.clone_batch", "pretrain.stage2.clone_batch")
@@ -109,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default="metrics/encoders.md")
     args = ap.parse_args(argv)
-    data = json.loads(Path(args.json).read_text()) if args.json else exp_show()
-    runs = runs_from_exp_show(data)
-    base = next((r for r in runs if (r.name == args.baseline if args.baseline else r.name != "workspace")), None)
-    if base is None:
-        print(f"encoders: no run named {args.baseline!r} (runs: {[r.name for r in runs]})", file=sys.stderr)
-        return 2
+    runs, base = runs_and_baseline(args.json, args.baseline)
     rows = encoder_rows([r for r in runs if r is not base and r.name != "workspace"], base)
     md = render(rows)
     out = Path(args.out)
