@@ -50,7 +50,7 @@ def naive_losses(
 ) -> torch.Tensor:
     """The same objective without the clone batch's savings: the teacher runs once per clone and the
     student's encoder sees the whole sequence with mask tokens in place (SSAST / MAE-encoder style)."""
-    b, clones = x.shape[0], clones_per_clip(mask_cfg, stage)
+    b, clones = x.shape[0], clones_per_clip(mask_cfg, stage, "drop")
     enc, dec = student.encoder, student.decoder
     mask = inverse_block_mask(
         b * clones,

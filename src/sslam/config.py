@@ -256,7 +256,7 @@ class MambaConfig(Section):
     """Mamba blocks (``model.encoder: mamba``): SSAMBA's bidirectional Vim block (a forward and a backward
     selective scan, shared in/out projections, outputs averaged) or the overview's unidirectional one."""
 
-    d_state: Positive = 8
+    d_state: Positive = 4
     d_conv: Positive = 4
     expand: Positive = 1
     bidirectional: bool = True  # SSAMBA / Vim; false: the overview's unidirectional Mamba (d_state 24, expand 3)
@@ -268,7 +268,7 @@ class XlstmConfig(Section):
     """mLSTM blocks (``model.encoder: xlstm``), direction alternating from block to block (the overview)."""
 
     num_heads: Positive = 4
-    expand: Positive = 2
+    expand: Positive = 1
     conv_kernel: Positive = 4
     cls_position: Literal["start", "middle", "none"] = "none"
 
@@ -309,11 +309,20 @@ class ModelConfig(Section):
 # ----------------------------------------------------------------------------- method
 
 
+class CloneBatch(Section):
+    """Masked copies of each clip, by how masked tokens enter the student (``model.masked_tokens``): a
+    ``drop`` copy costs only its visible tokens (20% at ratio 0.8), a ``mask_token`` copy the whole
+    sequence, so one mask-token copy costs about what four dropped copies do."""
+
+    drop: Positive = 4
+    mask_token: Positive = 1
+
+
 class MaskConfig(Section):
     ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
     block_size: Positive = 5
     prob_adjust: Annotated[float, Field(ge=0.0, le=1.0)] = 0.07  # extra block centres drawn, then trimmed (reference)
-    clone_batch: Positive = 4
+    clone_batch: Positive | CloneBatch = CloneBatch()  # an integer: the same for both
 
 
 class MixConfig(Section):
@@ -352,7 +361,7 @@ class StageConfig(Section):
     checkpoint_every: Positive = 150
     keep_checkpoints: Positive = 2
     log_every: Positive = 1
-    clone_batch: Positive | None = None  # null: mask.clone_batch
+    clone_batch: Positive | CloneBatch | None = None  # null: mask.clone_batch
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -373,7 +382,7 @@ class Stage2Config(StageConfig):
     warmup_steps: NonNegative = 15
     ema_anneal_steps: NonNegative = 150
     checkpoint_every: Positive = 50
-    clone_batch: Positive | None = 4
+    clone_batch: Positive | CloneBatch | None = CloneBatch()
     global_top_k_layers: Positive = 1  # teacher layers behind the CLS targets (reference: the last)
     global_unmixed: bool = True  # Table 5
     global_mixed: bool = True

@@ -23,9 +23,11 @@ from sslam.pretrain.targets import PositionCentring, average_top_layers, cls_tar
 VARIANTS = ("mb_ua", "mb_pma", "mb_ua_pma", "sslam")  # the rows of Tables 2 and 3
 
 
-def clones_per_clip(mask: MaskConfig, stage: StageConfig) -> int:
-    """Masked copies of each clip: the stage's ``clone_batch``, else ``mask.clone_batch``."""
-    return stage.clone_batch or mask.clone_batch
+def clones_per_clip(mask: MaskConfig, stage: StageConfig, masked_tokens: str) -> int:
+    """Masked copies of each clip: the stage's ``clone_batch``, else ``mask.clone_batch``; a per-mode
+    setting is read for the encoder's resolved ``masked_tokens`` (``drop`` | ``mask_token``)."""
+    value = stage.clone_batch or mask.clone_batch
+    return value if isinstance(value, int) else getattr(value, masked_tokens)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def stage1_losses(
     ``centring`` carries the running means of ``center_targets: running`` from step to step.
     """
     centring = centring or PositionCentring(stage.center_targets)
-    clones = clones_per_clip(mask, stage)
+    clones = clones_per_clip(mask, stage, teacher.masked_tokens)
     b = x.shape[0]
     g_mask = torch.Generator().manual_seed(seed)
     masked = inverse_block_mask(b * clones, teacher.grid, mask.ratio, mask.block_size, mask.prob_adjust, g_mask)
@@ -151,7 +153,7 @@ def stage2_losses(
     centring = centring or PositionCentring(stage.center_targets)
     b = x.shape[0]
     gt, gf = teacher.grid
-    c = clones_per_clip(mask, stage)
+    c = clones_per_clip(mask, stage, teacher.masked_tokens)
     g_mask = torch.Generator().manual_seed(seed)
     mixed_tp = mixed_time_patches(b, gt, mix.partial, mix.partial_mode, mix.mixed_fraction, g_mask)  # (B, T')
     halves = {"mb_ua": ("unmixed",), "mb_pma": ("mixed",)}.get(stage.variant, ("unmixed", "mixed"))
