@@ -62,6 +62,30 @@ def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 
         )
 
 
+def pass_through(cfg, init: Path, ckpt: Path, metrics_file: Path, live_dir: Path) -> int:
+    """Stage 2 of a raw-patch objective (``ssast``, ``msm``): SSLAM's stage 2 builds on the bootstrap
+    objective only, so the stage-1 checkpoint goes on unchanged, and the metrics say so."""
+    from accelerate import PartialState
+
+    from sslam.io import write_json_atomic
+    from sslam.pretrain.checkpoint import pass_through_final
+
+    if not PartialState().is_main_process:
+        return 0
+    try:
+        pass_through_final(init, ckpt, {"passed_through_from": str(init), "objective": cfg.pretrain.objective})
+    except FileNotFoundError as err:
+        print(f"pretrain: {err}", file=sys.stderr)
+        return 2
+    (live_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # the stage's declared output, empty
+    write_json_atomic(
+        metrics_file,
+        {"steps": 0, "objective": cfg.pretrain.objective, "checkpoint": "stage1", "variant": "none"},
+    )
+    print(f"pretrain stage 2: objective {cfg.pretrain.objective} has no stage 2; {ckpt}/final = {init}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -92,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         name, metrics_file = args.run, Path(args.metrics_dir) / "stage2_runs" / f"{args.run}.json"
         live_dir = Path(args.metrics_dir) / "stage2_runs" / f"{args.run}_live"
     ckpt = Path(args.checkpoints or f"checkpoints/{name}")
+    if args.stage == "stage2" and cfg.pretrain.objective != "bootstrap":
+        return pass_through(cfg, Path(args.init), ckpt, metrics_file, live_dir)
     timings = Path(args.metrics_dir) / "timings" / f"{name}.tsv"  # not a DVC output: machine-dependent
     try:
         result = train_stage(
@@ -124,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 if t.stem not in ("lr", "ema_decay")
             },
             "loss_curve": curve_summary(curves / "loss.tsv"),
-            "target_diagnostics": final_diagnostics(cfg, args.stage, args.features, ckpt / "final"),
+            "objective": cfg.pretrain.objective,
+            "checkpoint": name,
         }
+        if cfg.pretrain.objective == "bootstrap":  # what the teacher's targets hold: bootstrap only
+            summary["target_diagnostics"] = final_diagnostics(cfg, args.stage, args.features, ckpt / "final")
         # throughput is a timing, not science: printed and in metrics/timings/ (not tracked), never in the
         # metrics; the median over logged steps is also right when this call only resumed a finished run
         speed = statistics.median(curve_values(timings, "samples_per_s")) if timings.is_file() else float("nan")

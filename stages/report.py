@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     for stale in sorted(set(found) - configured):  # a task removed from params leaves its file
         print(f"report: ignoring metrics/eval/{stale[0]}_{stale[1]}.json (not in tasks / evaluate.finetune_tasks)")
     settings = {
-        "variant": cfg.pretrain.stage2.variant,
+        "pretrain.objective": cfg.pretrain.objective,
+        "variant": cfg.pretrain.stage2.variant if cfg.pretrain.objective == "bootstrap" else "none",
         "mix.strategy": cfg.mix.strategy,
         "mix.partial": cfg.mix.partial,
         "mix.partial_mode": cfg.mix.partial_mode,
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"stage2": (cfg.pretrain.stage2.variant, cfg.pretrain.seed)} | {
         name: (r.variant, r.seed) for name, r in cfg.pretrain.stage2_runs.items()
     }
+    if cfg.pretrain.objective != "bootstrap":  # no stage 2 trained: every "variant" is the stage-1 checkpoint
+        runs = {}
     comparison = variant_comparison(evals, runs)
     md = render_markdown(evals, settings) + render_comparison(comparison) + render_pretrain(pretrain)
     write_text_atomic(m / "report.md", md)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             FeatureStore(args.features, cfg.tasks[first_poly].feature_set(first_poly)),
             cfg.mix.strategy,
             cfg.mix.mixed_fraction,
-            cfg.model.patch_size,
+            cfg.model.patch[0],
             m / "plots" / "mixture_example.png",
         )
     print(md)

@@ -49,7 +49,7 @@ def test_forward_shapes_and_positions(encoder, masked):
     torch.manual_seed(0)
     cfg = tiny_model(encoder, masked)
     enc = build_encoder(cfg, FRAMES, MEL).eval()
-    assert enc.grid == (4, 2) and enc.num_patches == 8 and enc.patch_size == 16 and enc.dim == 32
+    assert enc.grid == (4, 2) and enc.num_patches == 8 and enc.patch_size == (16, 16) and enc.dim == 32
     assert enc.masked_tokens == resolved_masked_tokens(cfg)
     x = torch.randn(3, FRAMES, MEL)
     h, layers = enc(x, return_layers=True)

@@ -357,7 +357,15 @@ def test_from_config_layer_groups_gradients_and_init():
     missing = [n for n, p in enc.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
-    bi = build_encoder(ModelConfig(encoder="mamba", embed_dim=32, depth=1, patch_size=4), FRAMES, MEL)
+    ssamba = {
+        "d_state": 8,
+        "d_conv": 4,
+        "expand": 1,
+        "bidirectional": True,
+        "norm": "layernorm",
+        "cls_position": "start",
+    }
+    bi = build_encoder(ModelConfig(encoder="mamba", embed_dim=32, depth=1, patch_size=4, mamba=ssamba), FRAMES, MEL)
     assert bi.blocks[0].mixer.bidirectional and isinstance(bi.norm_f, nn.LayerNorm)
     assert bi.cls_position == "start"
     h, _ = bi(torch.randn(2, FRAMES, MEL), keep=random_keep(2, 8, 3))

@@ -98,9 +98,14 @@ def test_raw_patches_follow_the_patch_conv_token_order():
 
 # ----------------------------------------------------------------------------- the objectives on every encoder
 
-from sslam.config import ModelConfig  # noqa: E402
+from sslam.config import (  # noqa: E402
+    ModelConfig,  # noqa: E402
+    MsmConfig,
+    SsastConfig,
+)
 from sslam.models.contract import build_encoder  # noqa: E402
-from sslam.pretrain.raw_patch import MsmConfig, RawPatchHead, SsastConfig, msm_losses, ssast_losses  # noqa: E402
+from sslam.models.heads import RawPatchHead  # noqa: E402
+from sslam.pretrain.raw_patch import msm_losses, ssast_losses  # noqa: E402
 
 FRAMES, MEL = 96, 32  # grid 6 x 2 with 16 x 16 patches
 

@@ -235,6 +235,11 @@ class OntologyConfig(Section):
 
 
 class FeaturesConfig(Section):
+    # kaldi: the Kaldi fbank of EAT / SSLAM / SSAST | logmel: the overview's torchaudio log-mel (n_fft and hop from
+    #   frame_length_ms / frame_shift_ms, f_min..f_max, natural log, each clip standardised over its valid frames)
+    front_end: Literal["kaldi", "logmel"] = "kaldi"
+    f_min: Annotated[float, Field(ge=0.0)] = 50.0  # logmel only
+    f_max: Annotated[float, Field(gt=0.0)] = 8000.0  # logmel only
     num_mel_bins: Positive = 128
     frame_shift_ms: Annotated[float, Field(gt=0.0)] = 10.0
     frame_length_ms: Annotated[float, Field(gt=0.0)] = 25.0
@@ -249,6 +254,8 @@ class FeaturesConfig(Section):
     def _check(self) -> FeaturesConfig:
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ValueError("norm_mean and norm_std must both be set (pinned) or both be null (computed)")
+        if self.f_min >= self.f_max:
+            raise ValueError(f"f_min ({self.f_min}) must be below f_max ({self.f_max})")
         return self
 
 
@@ -256,12 +263,12 @@ class MambaConfig(Section):
     """Mamba blocks (``model.encoder: mamba``): SSAMBA's bidirectional Vim block (a forward and a backward
     selective scan, shared in/out projections, outputs averaged) or the overview's unidirectional one."""
 
-    d_state: Positive = 4
+    d_state: Positive = 8
     d_conv: Positive = 4
     expand: Positive = 1
-    bidirectional: bool = True  # SSAMBA / Vim; false: the overview's unidirectional Mamba (d_state 24, expand 3)
+    bidirectional: bool = False  # true: SSAMBA / Vim; false: the overview's unidirectional Mamba (d_state 24, expand 3)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # pre-norm of every residual block (SSAMBA: LayerNorm)
-    cls_position: Literal["start", "middle", "none"] = "start"  # none: the summary is the mean of the tokens
+    cls_position: Literal["start", "middle", "none"] = "none"  # none: the summary is the mean of the tokens
 
 
 class XlstmConfig(Section):
@@ -280,7 +287,7 @@ class ModelConfig(Section):
     depth: Positive = 4
     num_heads: Positive = 4  # transformer
     mlp_ratio: Annotated[float, Field(gt=0.0)] = 4.0  # transformer
-    patch_size: Positive = 16
+    patch_size: Positive | Annotated[list[Positive], Field(min_length=2, max_length=2)] = 16  # n or [time, freq]
     decoder_layers: NonNegative = 4
     decoder_kernel: Positive = 3
     decoder_groups: Positive = 16
@@ -289,6 +296,12 @@ class ModelConfig(Section):
     patch_init: Literal["xavier", "pytorch"] = "pytorch"  # patch conv: PyTorch's Conv2d default | xavier_uniform_ (EAT)
     mamba: MambaConfig = MambaConfig()
     xlstm: XlstmConfig = XlstmConfig()
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        """``patch_size`` as (time, frequency) frames x mel bins."""
+        p = self.patch_size
+        return (p, p) if isinstance(p, int) else (p[0], p[1])
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -388,6 +401,25 @@ class Stage2Config(StageConfig):
     global_mixed: bool = True
 
 
+class SsastConfig(Section):
+    """SSAST's joint discriminative / generative masked patch modelling (also SSAMBA's objective)."""
+
+    mask_count: Positive = 119  # patches masked per clip (SSAST / SSAMBA: 400 of 512; 119 of 152 the same share)
+    cluster_sizes: Annotated[list[Positive], Field(min_length=1)] = [3, 4, 5]  # c x c clusters, c drawn per cluster
+    mse_weight: Annotated[float, Field(ge=0.0)] = 10.0  # loss = nce + mse_weight * mse
+    two_passes: bool = True  # the reference: separate masks and forward passes for the two heads
+
+
+class MsmConfig(Section):
+    """The overview's masked spectrogram modelling: unstructured masking, MSE to the raw patches."""
+
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    loss_on: Literal["masked", "all"] = "masked"  # the paper: masked; the public code: all patches
+
+
+OBJECTIVES = ("bootstrap", "ssast", "msm")
+
+
 class Stage2Run(Section):
     """One more stage-2 run from the same stage-1 checkpoint: ``pretrain.stage2`` with this variant and
     seed (the paper's central comparison, SSLAM vs MB-UA, Tables 2 and 3, with a seed spread)."""
@@ -403,6 +435,12 @@ class PretrainConfig(Section):
     # fp32 | bf16 | fp16 ('no' is accelerate's spelling, but YAML 1.1 writers turn a bare no into false)
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
+    # bootstrap: masked latent bootstrapping (EAT) then SSLAM's stage 2 | ssast | msm: raw-patch objectives of stage
+    #   1 only (stage 2 passes the stage-1 checkpoint through)
+    objective: Literal["bootstrap", "ssast", "msm"] = "bootstrap"
+    ssast: SsastConfig = SsastConfig()
+    msm: MsmConfig = MsmConfig()
+    crop_seconds: Annotated[float, Field(gt=0.0)] | None = None  # random crops in pretraining (the overview: 2 s)
     stage1: StageConfig = StageConfig()
     stage2: Stage2Config = Stage2Config()
     stage2_runs: dict[Name, Stage2Run] = {  # checkpoints/<name>/, evaluated under <name>
@@ -419,6 +457,12 @@ class PretrainConfig(Section):
                 f"stage2_runs names {taken} clash with the built-in encoder names (stage1, stage2, random<N>)"
             )
         return self
+
+    def crop_frames(self, frame_shift_ms: float) -> int | None:
+        """``crop_seconds`` in feature frames (None: the whole stored clip)."""
+        if self.crop_seconds is None:
+            return None
+        return max(1, round(self.crop_seconds * 1000.0 / frame_shift_ms))
 
     def stage2_run(self, name: str) -> PretrainConfig:
         """This config as the run ``name`` sees it: its variant in ``stage2``, its seed in ``seed``."""
@@ -614,6 +658,13 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Config:
+        if self.pretrain.objective != "bootstrap" and self.model.masked_tokens == "drop":
+            raise ValueError(
+                f"pretrain.objective {self.pretrain.objective} predicts the masked patches from the encoder's "
+                "outputs at their positions: model.masked_tokens must be mask_token or auto, not drop"
+            )
+        if self.pretrain.crop_seconds is not None and self.mix.strategy == "waveform":
+            raise ValueError("pretrain.crop_seconds crops the stored log-mel: mix.strategy waveform cannot use it")
         unknown = [t for t in self.evaluate.finetune_tasks if t not in self.tasks]
         if unknown:
             raise ValueError(f"evaluate.finetune_tasks {unknown} are not in tasks ({sorted(self.tasks)})")

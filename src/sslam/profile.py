@@ -1,6 +1,10 @@
-"""Print a named profile as `dvc exp run -S` flags, after checking it against the config schema.
+"""Print named profiles as `dvc exp run -S` flags, after checking them against the config schema.
 
-dvc exp run $(python -m sslam.profile audioset)
+Several profiles merge left to right (a setting, then sizes); ``--encoder`` picks the encoder last:
+
+    dvc exp run $(python -m sslam.profile audioset)
+    dvc exp run $(python -m sslam.profile ssast ssamba_tiny)
+    dvc exp run $(python -m sslam.profile overview_msm --encoder xlstm)
 """
 
 from __future__ import annotations
@@ -26,11 +30,18 @@ def profile_overrides(name: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name")
+    ap.add_argument(
+        "names", nargs="+", metavar="name", help=f"profiles: {sorted(p.stem for p in PROFILES.glob('*.yaml'))}"
+    )
+    ap.add_argument("--encoder", choices=["transformer", "mamba", "xlstm"], help="model.encoder, set last")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:
-        overrides = profile_overrides(args.name)
+        overrides: dict = {}
+        for name in args.names:
+            overrides |= profile_overrides(name)
+        if args.encoder is not None:
+            overrides["model.encoder"] = args.encoder
         load_config(args.params, overrides)  # the profile must validate on top of this params file
     except ConfigError as err:
         print(err, file=sys.stderr)

@@ -28,10 +28,11 @@ def load_encoder(
     cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints"
 ) -> PatchEncoder:
     """``randomN``: a fresh encoder from seed N (random0 is exactly pretraining's starting point);
-    otherwise the student encoder of ``checkpoints/<name>/final``."""
+    otherwise the student encoder of ``checkpoints/<name>/final`` (built for ``pretrain.objective``, whose
+    student it is; the encoder's positions follow ``frames``, so a model pretrained on crops reads whole clips)."""
     m = re.fullmatch(r"random(\d+)", name)
     torch.manual_seed(int(m.group(1)) if m else 0)
-    student = Student(cfg.model, frames, mel)
+    student = Student(cfg.model, frames, mel, cfg.pretrain.objective)
     if not m:
         path = Path(checkpoints) / name / "final" / "student.safetensors"
         if not path.is_file():

@@ -1,9 +1,12 @@
-"""Log-mel filterbanks exactly as the SSLAM/EAT reference computes them."""
+"""The feature front ends: the Kaldi fbank exactly as the SSLAM / EAT reference computes it, and the
+overview's standardised log-mel (``features.front_end``)."""
 
 from __future__ import annotations
 
 import torch
 import torchaudio
+
+from sslam.config import FeaturesConfig
 
 
 def kaldi_fbank(
@@ -31,3 +34,44 @@ def kaldi_fbank(
         frame_shift=frame_shift_ms,
         frame_length=frame_length_ms,
     )
+
+
+def overview_logmel(
+    wave: torch.Tensor,
+    sample_rate: int = 16000,
+    num_mel_bins: int = 80,
+    frame_shift_ms: float = 10.0,
+    frame_length_ms: float = 25.0,
+    f_min: float = 50.0,
+    f_max: float = 8000.0,
+) -> torch.Tensor:
+    """(samples,) float waveform -> (frames, mel): the overview's front end, each clip standardised.
+
+    torchaudio's power mel spectrogram (n_fft = window = ``frame_length_ms``, hop ``frame_shift_ms``: 400 /
+    160 at 16 kHz; Hann window; HTK mel scale; f_min..f_max), natural log of (mel + 1e-6), then the clip's
+    own mean and standard deviation removed. Frames are not centred (no reflection padding), so a clip gives
+    as many frames as the Kaldi front end and every frame-indexed path (padding, mixing) stays the same."""
+    n_fft = int(round(sample_rate * frame_length_ms / 1000))
+    hop = int(round(sample_rate * frame_shift_ms / 1000))
+    wave = wave.to(torch.float32)
+    if wave.shape[0] < n_fft:
+        return torch.zeros(0, num_mel_bins)
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate, n_fft=n_fft, hop_length=hop, f_min=f_min, f_max=f_max, n_mels=num_mel_bins, center=False
+    )(wave)
+    logmel = torch.log(mel + 1e-6).T  # (frames, mel)
+    return standardise_clip(logmel)
+
+
+def standardise_clip(logmel: torch.Tensor) -> torch.Tensor:
+    """(frames, mel) -> zero mean, unit standard deviation over the clip's values (a constant clip -> 0)."""
+    return (logmel - logmel.mean()) / logmel.std(unbiased=False).clamp_min(1e-6)
+
+
+def log_mel(wave: torch.Tensor, sample_rate: int, cfg: FeaturesConfig) -> torch.Tensor:
+    """(samples,) -> (frames, mel) by ``features.front_end``: the one entry every waveform path uses."""
+    if cfg.front_end == "logmel":
+        return overview_logmel(
+            wave, sample_rate, cfg.num_mel_bins, cfg.frame_shift_ms, cfg.frame_length_ms, cfg.f_min, cfg.f_max
+        )
+    return kaldi_fbank(wave, sample_rate, cfg.num_mel_bins, cfg.frame_shift_ms, cfg.frame_length_ms)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from sslam.config import FeaturesConfig
 from sslam.data.manifest import read_manifest
-from sslam.features.fbank import kaldi_fbank
+from sslam.features.fbank import log_mel
 from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
 
@@ -62,8 +62,8 @@ def pad_or_crop(fbank: torch.Tensor, target_frames: int) -> torch.Tensor:
 
 
 def clip_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tuple[np.ndarray, int]:
-    """(target_frames, mel) raw log-mel, zero-padded, and the number of valid frames."""
-    fb = kaldi_fbank(torch.from_numpy(wave), sample_rate, cfg.num_mel_bins, cfg.frame_shift_ms, cfg.frame_length_ms)
+    """(target_frames, mel) raw log-mel of ``features.front_end``, zero-padded, and the number of valid frames."""
+    fb = log_mel(torch.from_numpy(wave), sample_rate, cfg)
     return pad_or_crop(fb, cfg.target_frames).numpy(), min(fb.shape[0], cfg.target_frames)
 
 

@@ -6,7 +6,7 @@ downstream evaluation need from an encoder, defined once. The Transformer (``mod
 Every encoder turns a normalised log-mel (B, frames, mel) into patch tokens the same way (Conv2d patch x
 patch, time-major order ``t * F' + f``, fixed 2-D sin-cos positions) and promises:
 
-- ``grid`` (T', F'), ``num_patches``, ``patch_size``, ``dim``;
+- ``grid`` (T', F'), ``num_patches``, ``patch_size`` (time, frequency), ``dim``;
 - ``forward(x, keep=None, clones=1, return_layers=False) -> (h, layers)``: each clip repeated ``clones``
   times; ``keep`` (B * clones, K) the sorted indices of the visible patches (None: all). ``h`` is
   (B * clones, 1 + M, D): the summary token first (a CLS token, wherever the encoder keeps it, or the
@@ -47,14 +47,21 @@ def sincos_2d(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, f), sincos_1d(dim // 2, t)], dim=1)
 
 
+def as_patch(patch: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """A patch size as (time frames, mel bins): n means n x n."""
+    return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+
+
 class PatchEmbed(nn.Module):
-    def __init__(self, dim: int, patch: int = 16):
+    """Conv2d with kernel = stride = the patch, (time, frequency): non-square patches (the overview's 4 x 16)."""
+
+    def __init__(self, dim: int, patch: int | tuple[int, int] = 16):
         super().__init__()
-        self.patch = patch
-        self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
+        self.patch = as_patch(patch)
+        self.proj = nn.Conv2d(1, dim, kernel_size=self.patch, stride=self.patch)
 
     def grid(self, frames: int, mel: int) -> tuple[int, int]:
-        return frames // self.patch, mel // self.patch
+        return frames // self.patch[0], mel // self.patch[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, frames, mel) -> (B, N, D), time-major."""
@@ -87,15 +94,18 @@ class PatchEncoder(nn.Module):
 
     blocks: nn.ModuleList
 
-    def __init__(self, dim: int, patch: int, frames: int, mel: int, masked_tokens: str):
+    def __init__(self, dim: int, patch: int | tuple[int, int], frames: int, mel: int, masked_tokens: str):
         super().__init__()
+        patch = as_patch(patch)
         if masked_tokens not in MASKED_TOKENS:
             raise ValueError(f"model.masked_tokens must resolve to one of {MASKED_TOKENS}, got {masked_tokens!r}")
         self.dim, self.patch_size, self.masked_tokens = dim, patch, masked_tokens
         self.patch_embed = PatchEmbed(dim, patch)
         gt, gf = self.patch_embed.grid(frames, mel)
         if gt < 1 or gf < 1:
-            raise ValueError(f"input of {frames} frames x {mel} mel bins is smaller than one {patch}x{patch} patch")
+            raise ValueError(
+                f"input of {frames} frames x {mel} mel bins is smaller than one {patch[0]}x{patch[1]} patch"
+            )
         self.grid = (gt, gf)
         self.register_buffer("pos", sincos_2d(dim, gt, gf), persistent=False)
         # created (zeros) only where used, so a `drop` encoder's state dict and init draws are unchanged
@@ -186,7 +196,9 @@ class SequenceEncoder(PatchEncoder):
 
     final_norm: nn.Module
 
-    def __init__(self, dim: int, patch: int, frames: int, mel: int, masked_tokens: str, cls_position: str):
+    def __init__(
+        self, dim: int, patch: int | tuple[int, int], frames: int, mel: int, masked_tokens: str, cls_position: str
+    ):
         super().__init__(dim, patch, frames, mel, masked_tokens)
         if cls_position not in CLS_POSITIONS:
             raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {cls_position!r}")
@@ -233,22 +245,24 @@ def split_summary(h: torch.Tensor, position: str, length: int) -> tuple[torch.Te
     return h[:, at], torch.cat([h[:, :at], h[:, at + 1 :]], dim=1)
 
 
-def resolved_masked_tokens(cfg: ModelConfig) -> str:
-    """``model.masked_tokens``; ``auto``: ``drop`` for the Transformer (the clone batch of EAT / SSLAM),
-    ``mask_token`` for the recurrent encoders (SSAMBA, the overview)."""
+def resolved_masked_tokens(cfg: ModelConfig, objective: str = "bootstrap") -> str:
+    """``model.masked_tokens``; ``auto``: ``drop`` for the Transformer under masked latent bootstrapping (the
+    clone batch of EAT / SSLAM), ``mask_token`` for the recurrent encoders (SSAMBA, the overview) and for
+    every encoder under the raw-patch objectives (``ssast``, ``msm``: they predict at the masked positions)."""
     if cfg.masked_tokens != "auto":
         return cfg.masked_tokens
-    return "drop" if cfg.encoder == "transformer" else "mask_token"
+    return "drop" if cfg.encoder == "transformer" and objective == "bootstrap" else "mask_token"
 
 
-def build_encoder(cfg: ModelConfig, frames: int, mel: int) -> PatchEncoder:
-    """The encoder ``model.encoder`` names, sized by ``model``."""
-    masked = resolved_masked_tokens(cfg)
+def build_encoder(cfg: ModelConfig, frames: int, mel: int, objective: str = "bootstrap") -> PatchEncoder:
+    """The encoder ``model.encoder`` names, sized by ``model`` (``objective``: ``pretrain.objective``, which
+    decides ``masked_tokens: auto``)."""
+    masked = resolved_masked_tokens(cfg, objective)
     if cfg.encoder == "transformer":
         from sslam.models.vit import Encoder
 
         return Encoder(
-            cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch_size, frames, mel, cfg.patch_init, masked
+            cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch, frames, mel, cfg.patch_init, masked
         )
     if cfg.encoder == "mamba":
         from sslam.models.mamba import MambaEncoder

@@ -13,20 +13,36 @@ from torch import nn
 from sslam.config import ModelConfig
 from sslam.models.contract import PatchEncoder, build_encoder
 from sslam.models.decoder import CnnDecoder
+from sslam.models.heads import RawPatchHead
 
 
 class Student(nn.Module):
-    def __init__(self, cfg: ModelConfig, frames: int, mel: int):
+    """The encoder and what ``objective`` trains on top of it: the CNN decoder to the teacher's targets
+    (``bootstrap``), SSAST's ``heads`` (discriminative and generative, Linear -> ReLU -> Linear to the raw
+    patch) or the overview's ``head`` (Linear -> GELU -> Linear). Downstream use reads ``encoder.*`` only."""
+
+    def __init__(self, cfg: ModelConfig, frames: int, mel: int, objective: str = "bootstrap"):
         super().__init__()
-        self.encoder = build_encoder(cfg, frames, mel)
-        self.decoder = CnnDecoder(
-            cfg.embed_dim,
-            self.encoder.grid,
-            cfg.decoder_layers,
-            cfg.decoder_kernel,
-            cfg.decoder_groups,
-            fill=cfg.decoder_fill,
-        )
+        self.objective = objective
+        self.encoder = build_encoder(cfg, frames, mel, objective)
+        patch_dim = self.encoder.patch_size[0] * self.encoder.patch_size[1]
+        if objective == "bootstrap":
+            self.decoder = CnnDecoder(
+                cfg.embed_dim,
+                self.encoder.grid,
+                cfg.decoder_layers,
+                cfg.decoder_kernel,
+                cfg.decoder_groups,
+                fill=cfg.decoder_fill,
+            )
+        elif objective == "ssast":
+            self.heads = nn.ModuleDict(
+                {k: RawPatchHead(cfg.embed_dim, patch_dim, "relu") for k in ("discriminative", "generative")}
+            )
+        elif objective == "msm":
+            self.head = RawPatchHead(cfg.embed_dim, patch_dim, "gelu")
+        else:
+            raise ValueError(f"pretrain.objective must be one of bootstrap, ssast, msm, got {objective!r}")
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, clones: int, noise: torch.Generator | None = None):
         """-> (summary outputs (B*C, D), patch predictions (B*C, N, D)). The decoder places the encoder's

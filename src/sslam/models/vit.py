@@ -69,7 +69,7 @@ class Encoder(PatchEncoder):
         depth: int,
         heads: int,
         mlp_ratio: float = 4.0,
-        patch: int = 16,
+        patch: int | tuple[int, int] = 16,
         frames: int = 1024,
         mel: int = 128,
         patch_init: str = "xavier",

@@ -42,6 +42,9 @@ def fingerprint(cfg: Config, stage: str, init_from: Path | None) -> dict:
         "train": getattr(cfg.pretrain, stage).model_dump(),
         "seed": cfg.pretrain.seed,
         "train_set": cfg.pretrain.train_set,
+        "objective": cfg.pretrain.objective,
+        "raw_patch": {"ssast": cfg.pretrain.ssast.model_dump(), "msm": cfg.pretrain.msm.model_dump()},
+        "crop_seconds": cfg.pretrain.crop_seconds,
         "code": code_hash(),
     }
     if stage == "stage2":
@@ -131,5 +134,21 @@ def export_final(
     if centring is not None and centring.means:
         save_file(centring.state_dict(), tmp / "centring.safetensors")
     write_json_atomic(tmp / "meta.json", meta)
+    shutil.rmtree(ckpt_dir / "final", ignore_errors=True)
+    os.replace(tmp, ckpt_dir / "final")
+
+
+def pass_through_final(init_from: Path, ckpt_dir: Path, meta: dict) -> None:
+    """``ckpt_dir/final`` = a copy of ``init_from`` (another stage's ``final/``) with ``meta``: how stage 2
+    hands the stage-1 checkpoint on when the objective has no stage 2, so the DVC graph stays one graph."""
+    if not (init_from / "student.safetensors").is_file():
+        raise FileNotFoundError(f"{init_from}/student.safetensors is missing: nothing to pass through")
+    tmp = ckpt_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(init_from, tmp)
+    write_json_atomic(tmp / "meta.json", meta)
+    for old in ckpt_dir.glob("step-*"):  # a bootstrap run's checkpoints would otherwise be resumed later
+        shutil.rmtree(old)
     shutil.rmtree(ckpt_dir / "final", ignore_errors=True)
     os.replace(tmp, ckpt_dir / "final")

@@ -31,6 +31,7 @@ from sslam.models.student import Student, make_teacher
 from sslam.pretrain.checkpoint import export_final, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
 from sslam.pretrain.ema import ema_decay, ema_update
 from sslam.pretrain.objectives import WaveformInputs, stage1_losses, stage2_losses
+from sslam.pretrain.raw_patch import msm_losses, ssast_losses
 from sslam.pretrain.targets import PositionCentring
 from sslam.schedule import warmup_cosine_lr
 
@@ -122,8 +123,17 @@ def make_objective(
     teacher: torch.nn.Module,
     centring: PositionCentring,
 ) -> StepLosses:
-    """(clips, their store rows, seed) -> this stage's losses, the typed params sections passed whole."""
+    """(clips, their store rows, seed) -> this stage's losses, the typed params sections passed whole:
+    ``pretrain.objective`` in stage 1 (masked latent bootstrapping, SSAST, the overview's MSM), SSLAM's
+    Algorithm 1 in stage 2 (bootstrap only)."""
     scfg = getattr(cfg.pretrain, stage)
+    objective = cfg.pretrain.objective
+    if stage == "stage2" and objective != "bootstrap":
+        raise ValueError(f"stage 2 trains only the bootstrap objective, pretrain.objective is {objective!r}")
+    if objective == "ssast":
+        return lambda x, idx, seed: ssast_losses(student.encoder, student.heads, x, cfg.pretrain.ssast, seed)
+    if objective == "msm":
+        return lambda x, idx, seed: msm_losses(student.encoder, student.head, x, cfg.pretrain.msm, seed)
     if stage == "stage1":
         return lambda x, idx, seed: stage1_losses(student, teacher, x, cfg.mask, scfg, seed, centring)
     hop = int(cfg.data.sample_rate * cfg.features.frame_shift_ms / 1000)
@@ -140,17 +150,31 @@ def make_objective(
                 cfg.data.sample_rate,
                 cfg.features.num_mel_bins,
                 cfg.features.frame_length_ms,
+                cfg.features,
             )
         return stage2_losses(student, teacher, x, cfg.mask, scfg, cfg.mix, cfg.srl, seed, wave, centring)
 
     return losses
 
 
-class MicroBatches:
-    """Micro-batch k of this process: its clips (on the device) and their store rows; epochs reshuffle."""
+def random_crops(x: torch.Tensor, valid: list[int], frames: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, T, mel) -> (B, frames, mel): per clip a window starting uniformly in [0, valid - frames] (its valid
+    frames, so a crop holds no padding where the clip is long enough; from 0 where it is not)."""
+    if frames > x.shape[1]:
+        raise ValueError(f"pretrain.crop_seconds gives {frames} frames, the stored clips have {x.shape[1]}")
+    starts = [int(torch.randint(max(1, v - frames + 1), (1,), generator=generator)) for v in valid]
+    return torch.stack([x[i, s : s + frames] for i, s in enumerate(starts)])
 
-    def __init__(self, store: FeatureStore, acc: Accelerator, batch_size: int, seed: int, stage: str):
-        self.store, self.device, self.batch_size = store, acc.device, batch_size
+
+class MicroBatches:
+    """Micro-batch k of this process: its clips (on the device) and their store rows; epochs reshuffle.
+    ``crop``: random windows of that many frames (seeded by ``seed``, k and the rank: a resumed run repeats)."""
+
+    def __init__(
+        self, store: FeatureStore, acc: Accelerator, batch_size: int, seed: int, stage: str, crop: int | None = None
+    ):
+        self.store, self.device, self.batch_size, self.crop = store, acc.device, batch_size, crop
+        self.seed, self.rank = seed, acc.process_index
         self.sampler = ShardedSampler(len(store), acc.process_index, acc.num_processes, seed=seed)
         self.per_epoch = len(self.sampler) // batch_size
         if self.per_epoch == 0:
@@ -165,7 +189,11 @@ class MicroBatches:
             self.sampler.set_epoch(epoch)
             self._epoch, self._order = epoch, list(self.sampler)
         idx = self._order[b * self.batch_size : (b + 1) * self.batch_size]
-        return self.store.batch(idx).to(self.device), idx
+        x = self.store.batch(idx)
+        if self.crop is not None:
+            g = torch.Generator().manual_seed(step_seed(self.seed, k, 0, self.rank) + 7)
+            x = random_crops(x, [self.store.frames(i) for i in idx], self.crop, g)
+        return x.to(self.device), idx
 
 
 class LiveLog:
@@ -282,7 +310,9 @@ def train_stage(
     ckpt_dir = Path(ckpt_dir)
     store = FeatureStore(features_dir, cfg.pretrain.train_set)
     torch.manual_seed(cfg.pretrain.seed)  # identical initial weights on every rank
-    student = Student(cfg.model, *store.raw(0).shape)
+    frames, mel = store.raw(0).shape
+    crop = cfg.pretrain.crop_frames(cfg.features.frame_shift_ms)
+    student = Student(cfg.model, crop or frames, mel, cfg.pretrain.objective)
     teacher = make_teacher(student)
     optimizer = torch.optim.AdamW(
         param_groups(student, scfg.weight_decay, scfg.decay_all_params), lr=scfg.lr, betas=tuple(scfg.betas), eps=1e-8
@@ -294,7 +324,7 @@ def train_stage(
     centring.to(acc.device)
     student, optimizer = acc.prepare(student, optimizer)
     step_losses = make_objective(cfg, stage, store, acc.device, student, teacher, centring)
-    batches = MicroBatches(store, acc, scfg.batch_size, cfg.pretrain.seed, stage)
+    batches = MicroBatches(store, acc, scfg.batch_size, cfg.pretrain.seed, stage, crop)
     end = scfg.steps if stop_after is None else min(scfg.steps, stop_after)
     log = LiveLog(acc, live_dir, timings, stage, start, scfg.log_every)
     last_ckpt = str(last) if last is not None else "none (no checkpoint yet)"

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from sslam.features.fbank import kaldi_fbank
+from sslam.config import FeaturesConfig
+from sslam.features.fbank import kaldi_fbank, log_mel
 from sslam.features.store import pad_or_crop
 
 
@@ -117,6 +118,7 @@ def mix_waveforms(
     num_mel_bins: int,
     target_frames: int,
     frame_length_ms: float = 25.0,
+    features: FeaturesConfig | None = None,
 ) -> torch.Tensor:
     """``waveform`` strategy (Table 10): average the waveforms over the samples of the mixed frames, then
     compute the normalised log-mel of each mixture (fbank on whatever device ``waves`` lives on).
@@ -124,7 +126,8 @@ def mix_waveforms(
     Each mixture is cut to its clip's own ``lengths`` (the partner is zero past its end) and its fbank
     zero-padded to ``target_frames`` before normalising, exactly as the features stage stores a clip: a
     mixture with no mixed frames is the stored clip again, and the waveform mean is never taken over
-    padding."""
+    padding. ``features``: the features stage's settings, whose ``front_end`` then computes the log-mel
+    (else the Kaldi fbank with the arguments above)."""
     b, n = waves.shape
     samples = frames_mixed.repeat_interleave(hop, dim=1)
     if samples.shape[1] < n:  # the tail beyond the last hop belongs to the last frame
@@ -133,9 +136,11 @@ def mix_waveforms(
     mixed = torch.where(samples, 0.5 * (waves + partner(waves)), waves)
     out = []
     for w, length in zip(mixed, lengths.tolist()):
-        fb = pad_or_crop(
-            kaldi_fbank(w[: int(length)], sample_rate, num_mel_bins, 1000.0 * hop / sample_rate, frame_length_ms),
-            target_frames,
-        )
+        w = w[: int(length)]
+        if features is not None:
+            fb = log_mel(w, sample_rate, features)
+        else:
+            fb = kaldi_fbank(w, sample_rate, num_mel_bins, 1000.0 * hop / sample_rate, frame_length_ms)
+        fb = pad_or_crop(fb, target_frames)
         out.append((fb - mean) / (2 * std))
     return torch.stack(out)

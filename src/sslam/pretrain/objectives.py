@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslam.config import MaskConfig, MixConfig, SrlConfig, Stage2Config, StageConfig
+from sslam.config import FeaturesConfig, MaskConfig, MixConfig, SrlConfig, Stage2Config, StageConfig
 from sslam.pretrain.losses import cls_loss, patch_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
 from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mix_waveforms, mixed_time_patches, partner
@@ -42,6 +42,7 @@ class WaveformInputs:
     sample_rate: int
     num_mel_bins: int
     frame_length_ms: float = 25.0
+    features: FeaturesConfig | None = None  # the features stage's front end (None: the Kaldi fbank)
 
 
 def stage1_losses(
@@ -114,7 +115,7 @@ def mixed_inputs(
 ) -> torch.Tensor:
     """The partial mixtures B_m of Algorithm 1: clip i with its partner (clip i-1) in the mixed time patches."""
     frames = x.shape[1]
-    fm = frames_mask(mixed_tp, patch_size, frames)
+    fm = frames_mask(mixed_tp, patch_size, frames)  # patch_size: the time side
     if mix.strategy != "waveform":
         return mix_spectrograms(x, fm, mix.strategy)
     if wave is None:
@@ -130,6 +131,7 @@ def mixed_inputs(
         wave.num_mel_bins,
         frames,
         wave.frame_length_ms,
+        wave.features,
     ).to(x.dtype)
 
 
@@ -158,7 +160,7 @@ def stage2_losses(
     mixed_tp = mixed_time_patches(b, gt, mix.partial, mix.partial_mode, mix.mixed_fraction, g_mask)  # (B, T')
     halves = {"mb_ua": ("unmixed",), "mb_pma": ("mixed",)}.get(stage.variant, ("unmixed", "mixed"))
     inputs = torch.cat(
-        [x if h == "unmixed" else mixed_inputs(x, mixed_tp, teacher.patch_size, mix, wave) for h in halves]
+        [x if h == "unmixed" else mixed_inputs(x, mixed_tp, teacher.patch_size[0], mix, wave) for h in halves]
     )
     mask_b = inverse_block_mask(b * c, (gt, gf), mask.ratio, mask.block_size, mask.prob_adjust, g_mask).to(x.device)
     masked = mask_b.repeat(len(halves), 1)  # mixed clip i reuses clip i's masks

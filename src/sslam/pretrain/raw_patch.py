@@ -5,37 +5,17 @@ raw patch targets (:func:`raw_patches`, from the same normalised log-mel the enc
 (:func:`info_nce`, :func:`patch_mse`), and the objectives (:func:`ssast_losses`, :func:`msm_losses`) that
 reach the encoder only through its contract (masked tokens kept in the sequence with the mask embedding).
 
-Not yet selectable in the pipeline (``pretrain.objective`` is the next step): the functions and their
-typed settings are tested here first (``tests/test_masked_modelling.py``).
+Selected by ``pretrain.objective`` (``ssast`` | ``msm``) in stage 1; the heads are in ``models/heads.py``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from sslam.config import Positive, Section
+from sslam.config import MsmConfig, SsastConfig
 from sslam.models.contract import PatchEncoder, gather_tokens
 from sslam.pretrain.masking import visible_indices
-
-
-class SsastConfig(Section):
-    """SSAST's joint discriminative / generative masked patch modelling (also SSAMBA's objective)."""
-
-    mask_count: Positive = 119  # patches masked per clip (SSAST / SSAMBA: 400 of 512; 119 of 152 the same share)
-    cluster_sizes: list[Positive] = [3, 4, 5]  # c x c clusters, c drawn per cluster
-    mse_weight: Annotated[float, Field(ge=0.0)] = 10.0  # loss = nce + mse_weight * mse
-    two_passes: bool = True  # the reference: separate masks and forward passes for the two heads
-
-
-class MsmConfig(Section):
-    """The overview's masked spectrogram modelling: unstructured masking, MSE to the raw patches."""
-
-    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    loss_on: Literal["masked", "all"] = "masked"  # the paper: masked; the public code: all patches
 
 
 def raw_patches(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -111,19 +91,6 @@ def patch_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).mean()
 
 
-class RawPatchHead(nn.Module):
-    """Linear -> activation -> Linear from an encoder token to its raw patch (SSAST: ReLU, the overview:
-    GELU), hidden width the encoder's."""
-
-    def __init__(self, dim: int, patch_dim: int, activation: str = "relu"):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, patch_dim)
-        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(h)))
-
-
 def _masked_tokens_only(encoder: PatchEncoder, objective: str) -> None:
     if encoder.masked_tokens != "mask_token":
         raise ValueError(
@@ -145,7 +112,7 @@ def ssast_losses(
     ``two_passes`` each head reads its own forward pass with its own mask (the reference), else one."""
     _masked_tokens_only(encoder, "ssast")
     g = torch.Generator().manual_seed(seed)
-    target = raw_patches(x.float(), (encoder.patch_size, encoder.patch_size))
+    target = raw_patches(x.float(), encoder.patch_size)
     passes = []
     for _ in range(2 if ssast.two_passes else 1):
         masked = cluster_mask(x.shape[0], encoder.grid, ssast.mask_count, tuple(ssast.cluster_sizes), g).to(x.device)
@@ -169,7 +136,7 @@ def msm_losses(
     masked = random_mask(x.shape[0], encoder.num_patches, msm.mask_ratio, g).to(x.device)
     h, _ = encoder(x, keep=visible_indices(masked))
     pred = head(h[:, 1:])
-    target = raw_patches(x.float(), (encoder.patch_size, encoder.patch_size))
+    target = raw_patches(x.float(), encoder.patch_size)
     chosen = masked if msm.loss_on == "masked" else torch.ones_like(masked)
     mse = patch_mse(pred[chosen], target[chosen])
     return {"loss": mse, "mse": mse}

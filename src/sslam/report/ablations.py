@@ -182,18 +182,18 @@ def render(runs: list[Run], baseline: Run, columns: list[str] | None = None) -> 
     return "\n".join(lines)
 
 
-def exp_show(repo: str | Path = ".") -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout
+def exp_show(repo: str | Path = ".", all_commits: bool = False) -> list[dict]:
+    """``dvc exp show --json`` (``all_commits``: the experiments of every commit, ``-A``)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] if all_commits else [])]
+    out = subprocess.run(cmd, cwd=repo, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
 
-def runs_and_baseline(json_path: str | None, baseline: str | None) -> tuple[list[Run], Run]:
+def runs_and_baseline(json_path: str | None, baseline: str | None, all_commits: bool = False) -> tuple[list[Run], Run]:
     """The runs of a saved ``dvc exp show --json`` (or of running it here) and the baseline among them:
     the run named ``baseline``, else the first that is not the workspace (the commit the experiments start
     from; the workspace holds the last experiment after ``dvc exp run``). Exits with status 2 and a message if none."""
-    data = json.loads(Path(json_path).read_text()) if json_path else exp_show()
+    data = json.loads(Path(json_path).read_text()) if json_path else exp_show(all_commits=all_commits)
     runs = runs_from_exp_show(data)
     base = next((r for r in runs if (r.name == baseline if baseline else r.name != "workspace")), None)
     if base is None:

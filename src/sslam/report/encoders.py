@@ -2,12 +2,11 @@
 checkpoint beside its own random-init control, in one table.
 
 A run is a row when its params differ from the baseline's only in the encoder keys (``model.encoder``,
-``model.masked_tokens``, ``model.mamba.*``, ``model.xlstm.*`` and the clone batches, which a mask-token
-encoder needs smaller on the CPU); the baseline (the commit the experiments start from) is a row too. The
-latest run of each encoder wins. Run them with, e.g.,
+``model.masked_tokens``, ``model.mamba.*``, ``model.xlstm.*`` and the clone batches); the baseline (the
+commit the experiments start from) is a row too. The latest run of each encoder wins. Run them with
 
-    make exp ARGS="-n mamba -S model.encoder=mamba -S mask.clone_batch=1 -S pretrain.stage2.clone_batch=1"
-    make exp ARGS="-n xlstm -S model.encoder=xlstm -S mask.clone_batch=1 -S pretrain.stage2.clone_batch=1"
+    make exp ARGS="-n mamba -S model.encoder=mamba"
+    make exp ARGS="-n xlstm -S model.encoder=xlstm"
     .venv/bin/python -m sslam.report.encoders      # -> metrics/encoders.md and metrics/encoders.json
 
 Each cell is ``pretrained / control`` in %: ``evaluate.linear_encoders``' first entry (the SSLAM stage-2
@@ -33,7 +32,7 @@ PRETRAINED, CONTROL = "stage2", "random0"
 
 
 def is_encoder_key(key: str) -> bool:
-    return key in ENCODER_KEYS or key.startswith(ENCODER_PREFIXES)
+    return key.startswith(ENCODER_KEYS + ENCODER_PREFIXES)  # the clone batches may be per-mode mappings
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ def encoder_rows(runs: list[Run], baseline: Run) -> list[EncoderRow]:
     as ``dvc exp show`` lists them)."""
     chosen: dict[str, tuple[Run, dict]] = {}
     for r in [baseline, *runs]:
-        keys = set(r.params) | set(baseline.params)
-        differs = {k: r.params.get(k) for k in keys if r.params.get(k) != baseline.params.get(k)}
+        # a key the run lacks was added after it ran: the run had the behaviour the key's default keeps
+        differs = {k: v for k, v in r.params.items() if k not in baseline.params or v != baseline.params[k]}
         if r is not baseline and (not differs or not all(is_encoder_key(k) for k in differs)):
             continue
         enc = str(r.params.get("model.encoder", "transformer"))
@@ -107,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--baseline", default=None, help="the baseline run (default: the commit the experiments start from)"
     )
+    ap.add_argument("--all-commits", action="store_true", help="runs of every commit (dvc exp show -A)")
     ap.add_argument("--out", default="metrics/encoders.md")
     args = ap.parse_args(argv)
-    runs, base = runs_and_baseline(args.json, args.baseline)
+    runs, base = runs_and_baseline(args.json, args.baseline, args.all_commits)
     rows = encoder_rows([r for r in runs if r is not base and r.name != "workspace"], base)
     md = render(rows)
     out = Path(args.out)

@@ -185,6 +185,15 @@ def render_markdown(evals: dict, settings: dict) -> str:
         "",
         "Stage-2 settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()),
         "",
+    ]
+    objective = settings.get("pretrain.objective", "bootstrap")
+    if objective != "bootstrap":
+        lines += [
+            f"Pretraining objective `{objective}` has no stage 2: every pretrained encoder below (`stage2` and "
+            "the stage-2 runs) is the **stage-1 checkpoint**, passed through unchanged.",
+            "",
+        ]
+    lines += [
         "Synthetic analogues of the paper's datasets (column headers say which); the paper's SSLAM numbers "
         "(ViT-B, AS-2M pretraining, real data) stand beside ours as context, not as a target.",
         "",
@@ -299,18 +308,19 @@ def render_pretrain(pretrain: dict[str, dict]) -> str:
         "(uncentred) target that the patch position alone explains, and the student's loss on the targets it "
         "was trained on beside a position-only predictor of those same targets.",
         "",
-        "| run | variant | seed | steps | loss first -> last | reference target explained by position | "
-        "student loss | position-only loss (trained targets) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | objective | checkpoint | variant | seed | steps | loss first -> last | reference target explained "
+        "by position | student loss | position-only loss (trained targets) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for stage, d in pretrain.items():
         diag = d.get("target_diagnostics") or {}
         share = f"{100 * diag['position_share']:.0f}%" if "position_share" in diag else "-"
         pos = diag.get("trained_position_only_loss", diag.get("position_only_loss", "-"))
+        curve = d.get("loss_curve")
+        loss = f"{curve['first']:.1f} -> {curve['last']:.1f}" if curve else "-"
         lines.append(
-            f"| {stage} | {d.get('variant', '-')} | {d.get('seed', '-')} | {d['steps']} | "
-            f"{d['loss_curve']['first']:.1f} -> {d['loss_curve']['last']:.1f} | "
-            f"{share} | {diag.get('student_loss', '-')} | {pos} |"
+            f"| {stage} | {d.get('objective', 'bootstrap')} | {d.get('checkpoint', stage)} | {d.get('variant', '-')} | "
+            f"{d.get('seed', '-')} | {d['steps']} | {loss} | {share} | {diag.get('student_loss', '-')} | {pos} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -333,13 +343,14 @@ def plot_loss_curves(live_dirs: dict[str, Path], path: Path) -> None:
     fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(6 * max(1, len(stages)), 3.6), dpi=90, squeeze=False)
     for ax, (stage, d) in zip(axes[0], stages.items()):
         for tsv in sorted(d.glob("*.tsv")):
-            if tsv.stem.startswith(("local", "srl")):
+            if tsv.stem.startswith(("local", "srl", "nce", "mse")):  # bootstrap / SSLAM; SSAST and MSM
                 x, y = _curve(tsv)
                 ax.plot(x, y, label=tsv.stem, lw=1.2)
-        ax.set_title(f"{stage}: per-token losses")
+        ax.set_title(f"{stage}: per-token losses" if ax.lines else f"{stage}: no training (passed through)")
         ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

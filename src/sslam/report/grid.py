@@ -1,0 +1,274 @@
+"""The comparison grid: encoder x pretraining objective, frozen linear evaluation, one table (the shape of
+the masked-spectrogram overview's), from `dvc exp` runs.
+
+A run is a row when its params differ from the baseline's only in the grid's keys (the encoder and its
+sizes, ``pretrain.objective`` and its sections, the clone batch, ``pretrain.seed``) and in what is evaluated
+(``evaluate.*``, ``pretrain.stage2_runs``). Runs of the same (encoder, objective) with other seeds are
+averaged, with their spread. Queue the grid with, e.g.,
+
+    for e in transformer mamba xlstm; do for o in bootstrap ssast msm; do
+      dvc exp run --queue -n $e-$o -S model.encoder=$e -S pretrain.objective=$o \\
+        -S 'evaluate.linear_encoders=[stage2,stage1,random0]' -S 'evaluate.finetune_tasks=[]' \\
+        -S 'pretrain.stage2_runs={}'
+    done; done
+    dvc exp run --run-all
+    python -m sslam.report.grid            # -> metrics/grid.md, metrics/grid.json
+
+Each cell is the linear-evaluation score (accuracy or mAP, %) of the row's pretrained encoder: ``stage2``,
+which is SSLAM's stage 2 for ``bootstrap`` and the stage-1 checkpoint passed through for ``ssast`` and
+``msm`` (the ``checkpoint`` column says which; ``bootstrap`` also gets a row for its stage-1 checkpoint, the
+same steps as the others). The overall score normalises each task by the random-init control of the same
+encoder (``random0``): the mean over the tasks of pretrained minus control, in points, so an encoder is
+credited only for what pretraining added. The cost columns are measured here, on this machine, in one run
+(``--cost-steps``): stage-1 clips/s and peak memory of each row's objective, the same batch for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sslam.io import write_text_atomic
+from sslam.report.ablations import Run, runs_and_baseline
+
+GRID_PREFIXES = (
+    "model.encoder",
+    "model.masked_tokens",
+    "model.mamba.",
+    "model.xlstm.",
+    "mask.clone_batch",
+    "pretrain.stage2.clone_batch",
+    "pretrain.objective",
+    "pretrain.ssast.",
+    "pretrain.msm.",
+    "pretrain.seed",
+)
+EVALUATION_PREFIXES = ("evaluate.", "pretrain.stage2_runs")
+CONTROL = "random0"
+
+
+def is_grid_key(key: str) -> bool:
+    return key.startswith(GRID_PREFIXES + EVALUATION_PREFIXES)
+
+
+@dataclass
+class GridRow:
+    encoder: str
+    objective: str
+    checkpoint: str  # the encoder name evaluated: stage2 (SSLAM or passed-through stage 1) or stage1
+    settings: dict[str, object]  # the training keys the row's runs changed from the baseline (seed excluded)
+    runs: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=dict)  # task -> per seed
+    controls: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.objective == "bootstrap":
+            return "bootstrap + SSLAM stage 2" if self.checkpoint == "stage2" else "bootstrap (stage 1)"
+        return self.objective
+
+    def task_mean(self, task: str) -> float:
+        return statistics.fmean(self.scores[task])
+
+    def overall_per_seed(self) -> list[float]:
+        """Per seed: the mean over tasks of pretrained minus the same encoder's control (points / 100)."""
+        tasks = sorted(t for t in self.scores if t in self.controls)
+        return [
+            statistics.fmean(self.scores[t][i] - self.controls[t][i] for t in tasks) for i in range(len(self.seeds))
+        ]
+
+    def overall(self) -> float:
+        return statistics.fmean(self.overall_per_seed())
+
+    def spread(self) -> float | None:
+        per = self.overall_per_seed()
+        return max(per) - min(per) if len(per) > 1 else None
+
+
+def grid_rows(runs: list[Run], baseline: Run) -> list[GridRow]:
+    """Rows from the baseline and every run that changed only grid and evaluation keys; each (encoder,
+    objective, seed) counts once (the newest run: ``runs`` come newest first, as ``dvc exp show`` lists)."""
+    rows: dict[tuple[str, str, str], GridRow] = {}
+    for r in [baseline, *runs]:
+        # a key the run lacks was added after it ran: the run had the behaviour the key's default keeps
+        differs = {k: v for k, v in r.params.items() if k not in baseline.params or v != baseline.params[k]}
+        if r is not baseline and not all(is_grid_key(k) for k in differs):
+            continue
+        enc = str(r.params.get("model.encoder", "transformer"))
+        obj = str(r.params.get("pretrain.objective", "bootstrap"))
+        seed = int(r.params.get("pretrain.seed", 0))
+        training = {k: v for k, v in differs.items() if k.startswith(GRID_PREFIXES) and k != "pretrain.seed"}
+        checkpoints = ["stage2", "stage1"] if obj == "bootstrap" else ["stage2"]
+        for ck in checkpoints:
+            per_task = {
+                key.split("/")[0]: v
+                for key, v in r.metrics.items()
+                if key.endswith(f"/linear/{ck}") and r.metrics.get(key.replace(f"/{ck}", f"/{CONTROL}")) is not None
+            }
+            if not per_task:
+                continue
+            row = rows.setdefault((enc, obj, ck), GridRow(enc, obj, ck, training))
+            if seed in row.seeds:
+                continue
+            row.runs.append(r.name)
+            row.seeds.append(seed)
+            for task, v in per_task.items():
+                row.scores.setdefault(task, []).append(v)
+                row.controls.setdefault(task, []).append(r.metrics[f"{task}/linear/{CONTROL}"])
+    order = {"transformer": 0, "mamba": 1, "xlstm": 2}
+    return sorted(rows.values(), key=lambda g: (order.get(g.encoder, 9), g.objective, g.checkpoint != "stage2"))
+
+
+# ----------------------------------------------------------------------------- pretraining cost
+
+
+def measure_cost(overrides: dict, steps: int, params: str = "params.yaml") -> dict:
+    """Stage-1 clips/s and peak memory of a configuration, in its own process (so the peak is its own)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sslam.report.grid",
+            "--measure",
+            json.dumps(overrides),
+            "--cost-steps",
+            str(steps),
+            "--params",
+            params,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_here(overrides: dict, steps: int, params: str) -> dict:
+    import resource
+    import time
+
+    import torch
+
+    from sslam.config import load_config
+    from sslam.models.student import Student, make_teacher
+    from sslam.pretrain.objectives import stage1_losses
+    from sslam.pretrain.raw_patch import msm_losses, ssast_losses
+
+    cfg = load_config(params, overrides)
+    torch.manual_seed(0)
+    frames = cfg.pretrain.crop_frames(cfg.features.frame_shift_ms) or cfg.features.target_frames
+    batch, obj = cfg.pretrain.stage1.batch_size, cfg.pretrain.objective
+    student = Student(cfg.model, frames, cfg.features.num_mel_bins, obj)
+    teacher = make_teacher(student)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    x = torch.randn(batch, frames, cfg.features.num_mel_bins) * 0.5
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
+    base, times = rss(), []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        if obj == "ssast":
+            losses = ssast_losses(student.encoder, student.heads, x, cfg.pretrain.ssast, step)
+        elif obj == "msm":
+            losses = msm_losses(student.encoder, student.head, x, cfg.pretrain.msm, step)
+        else:
+            losses = stage1_losses(student, teacher, x, cfg.mask, cfg.pretrain.stage1, step)
+        losses["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return {"clips_per_s": batch / statistics.median(times[1:]), "peak_mb": rss() - base}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render(rows: list[GridRow], cost: dict[tuple[str, str], dict] | None = None) -> str:
+    tasks = sorted({t for r in rows for t in r.scores})
+    cost = cost or {}
+    lines = [
+        "# Encoder x objective: frozen linear evaluation",
+        "",
+        "Cells: linear-evaluation score in % (accuracy or mAP, each task's metric) of the row's pretrained "
+        "encoder, the mean over its seeds. Overall: the mean over the tasks of pretrained minus the same "
+        "encoder's random-init control (`random0`), in points (± the spread between seeds, where there are two "
+        "or more). Cost: stage-1 clips/s and peak memory above the process baseline, measured in one run on "
+        "the machine that rendered this table (the same batch for every row).",
+        "",
+        "| encoder | objective | checkpoint | seeds | " + " | ".join(tasks) + " | overall | clips/s | peak MB |",
+        "|" + " --- |" * (len(tasks) + 7),
+    ]
+    for r in rows:
+        spread = r.spread()
+        overall = f"{100 * r.overall():+.1f}" + ("" if spread is None else f" ± {100 * spread / 2:.1f}")
+        c = cost.get((r.encoder, r.objective))
+        lines.append(
+            f"| {r.encoder} | {r.label} | {r.checkpoint} | {', '.join(map(str, sorted(r.seeds)))} | "
+            + " | ".join(f"{100 * r.task_mean(t):.1f}" if t in r.scores else "-" for t in tasks)
+            + f" | {overall} | "
+            + (f"{c['clips_per_s']:.1f} | {c['peak_mb']:.0f} |" if c else "- | - |")
+        )
+    controls = sorted({r.encoder for r in rows})
+    lines += ["", "Random-init controls (`random0`, seed 0 of each encoder):", ""]
+    lines += ["| encoder | " + " | ".join(tasks) + " |", "|" + " --- |" * (len(tasks) + 1)]
+    for enc in controls:
+        r = next(g for g in rows if g.encoder == enc)
+        lines.append(
+            f"| {enc} | "
+            + " | ".join(f"{100 * r.controls[t][0]:.1f}" if t in r.controls else "-" for t in tasks)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
+    ap.add_argument("--baseline", default=None, help="the baseline run (default: the commit the runs start from)")
+    ap.add_argument("--all-commits", action="store_true", help="runs of every commit (dvc exp show -A)")
+    ap.add_argument("--out", default="metrics/grid.md")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--cost-steps", type=int, default=5, help="timed stage-1 steps per row (0: no cost columns)")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one configuration's cost, as JSON
+    args = ap.parse_args(argv)
+    if args.measure is not None:
+        print(json.dumps(_measure_here(json.loads(args.measure), args.cost_steps, args.params)))
+        return 0
+    runs, base = runs_and_baseline(args.json, args.baseline, args.all_commits)
+    rows = grid_rows([r for r in runs if r is not base and r.name != "workspace"], base)
+    cost = {}
+    if args.cost_steps > 0:
+        for r in rows:
+            if (r.encoder, r.objective) not in cost:
+                settings = {k: v for k, v in r.settings.items() if k.startswith(GRID_PREFIXES)}
+                cost[(r.encoder, r.objective)] = measure_cost(settings, args.cost_steps, args.params)
+    md = render(rows, cost)
+    out = Path(args.out)
+    write_text_atomic(out, md)
+    summary = [
+        {
+            "encoder": r.encoder,
+            "objective": r.objective,
+            "checkpoint": r.checkpoint,
+            "runs": r.runs,
+            "seeds": r.seeds,
+            "scores": r.scores,
+            "controls": r.controls,
+            "overall": r.overall(),
+            "overall_per_seed": r.overall_per_seed(),
+            "cost": cost.get((r.encoder, r.objective)),
+        }
+        for r in rows
+    ]
+    write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The encoder x objective table: which runs are rows, seeds averaged, the overall score by hand."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO
+
+from sslam.report.ablations import Run
+from sslam.report.grid import grid_rows, measure_cost, render
+
+BASE = {"model.encoder": "transformer", "pretrain.objective": "bootstrap", "pretrain.seed": 0, "mix.strategy": "max"}
+
+
+def run(name: str, metrics: dict[str, float], **params) -> Run:
+    flat = BASE | {k.replace("__", "."): v for k, v in params.items()}
+    return Run(name, flat, metrics)
+
+
+def scores(task_values: dict, pretrained: str = "stage2", stage1: float | None = None) -> dict:
+    out = {}
+    for task, (p, c) in task_values.items():
+        out[f"{task}/linear/{pretrained}"] = p
+        out[f"{task}/linear/random0"] = c
+        if stage1 is not None:
+            out[f"{task}/linear/stage1"] = stage1
+        out[f"{task}/finetune/{pretrained}"] = 0.99  # fine-tuning is not part of this table
+    return out
+
+
+def test_rows_seeds_and_overall_by_hand():
+    base = Run("main", BASE, scores({"a": (0.6, 0.4), "b": (0.5, 0.5)}, stage1=0.45))
+    runs = [  # newest first
+        run("m-msm", scores({"a": (0.7, 0.3), "b": (0.4, 0.5)}), model__encoder="mamba", pretrain__objective="msm"),
+        run(
+            "m-msm-s1",
+            scores({"a": (0.5, 0.3), "b": (0.6, 0.5)}),
+            model__encoder="mamba",
+            pretrain__objective="msm",
+            pretrain__seed=1,
+        ),
+        run("m-msm-old", scores({"a": (0.0, 0.0), "b": (0.0, 0.0)}), model__encoder="mamba", pretrain__objective="msm"),
+        run("other", scores({"a": (0.9, 0.1)}), mix__strategy="average"),  # not a grid key: not a row
+    ]
+    older = Run("older", {"model.encoder": "xlstm", "pretrain.seed": 0}, scores({"a": (0.5, 0.4)}))
+    assert [r.encoder for r in grid_rows([older], base)] == ["transformer", "transformer", "xlstm"]  # keys it lacks
+    rows = grid_rows(runs, base)
+    labels = [(r.encoder, r.label, r.checkpoint) for r in rows]
+    assert labels == [
+        ("transformer", "bootstrap + SSLAM stage 2", "stage2"),
+        ("transformer", "bootstrap (stage 1)", "stage1"),
+        ("mamba", "msm", "stage2"),
+    ]
+    boot, stage1, msm = rows
+    assert boot.overall() == pytest.approx(((0.6 - 0.4) + (0.5 - 0.5)) / 2)
+    assert stage1.overall() == pytest.approx(((0.45 - 0.4) + (0.45 - 0.5)) / 2)
+    # two seeds (the older seed-0 run is ignored): per seed ((0.7-0.3)+(0.4-0.5))/2 and ((0.5-0.3)+(0.6-0.5))/2
+    assert sorted(msm.seeds) == [0, 1] and msm.runs == ["m-msm", "m-msm-s1"]
+    assert msm.overall_per_seed() == pytest.approx([0.15, 0.15]) and msm.spread() == pytest.approx(0.0)
+    assert msm.task_mean("a") == pytest.approx(0.6)
+    md = render(rows, {("mamba", "msm"): {"clips_per_s": 12.34, "peak_mb": 456.0}})
+    assert "| mamba | msm | stage2 | 0, 1 | 60.0 | 50.0 | +15.0 ± 0.0 | 12.3 | 456 |" in md
+    assert "| transformer | bootstrap + SSLAM stage 2 | stage2 | 0 | 60.0 | 50.0 | +10.0 | - | - |" in md
+
+
+def test_cost_is_measured_in_its_own_process():
+    c = measure_cost({"pretrain.objective": "msm", "model.encoder": "transformer"}, 1, str(REPO / "params.yaml"))
+    assert c["clips_per_s"] > 0 and c["peak_mb"] >= 0
