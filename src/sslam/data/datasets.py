@@ -1,0 +1,253 @@
+"""Real downstream datasets in their published layouts: each reader lists a dataset's clips exactly as
+its publishers lay them out (file names, list files, metadata columns) and returns a :class:`Listing`:
+the task's kind, protocol, splits and classes, and one :class:`~sslam.data.folder.FolderItem` per listed
+clip (relative path, split or fold, labels). Decoding, resampling to mono 16 kHz and the checks on each
+file (missing, empty, unreadable, silent) are the folder source's (``data/folder.py: convert_file``), so
+a bad file becomes a failures-table row with its reason, never a dead task. A file listed twice is kept
+once and the repeat is a failed row ("listed twice").
+
+Layout facts are in ``shared/reference/datasets-and-checkpoints-facts.md``; the readers check the
+headers they rely on and name the file and the columns when they do not match.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslam.data.folder import FolderItem
+
+FORMATS = ("esc50", "speech_commands", "hear", "strong_tsv", "urban_sed", "fsd50k", "spass")
+
+
+class DatasetLayoutError(ValueError):
+    """The dataset folder does not have the published layout (a missing metadata file, a wrong header)."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    kind: str  # single_label | multi_label
+    protocol: str  # cross_validation | train_valid_test | train_eval
+    splits: tuple[str, ...]  # folds (cross_validation) or the split names, in order
+    classes: tuple[str, ...]
+    items: tuple[FolderItem, ...]
+
+
+def _clip_id(rel: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(Path(rel).with_suffix("")).replace("/", "__")).strip("._-") or "clip"
+
+
+def _items(rows: Iterable[tuple[str, str, tuple[str, ...]]]) -> tuple[FolderItem, ...]:
+    """(relative path, split, labels) -> items; a path listed again becomes a failed 'listed twice' row."""
+    seen: dict[str, int] = {}
+    out = []
+    for rel, split, labels in rows:
+        cid = _clip_id(rel)
+        seen[cid] = seen.get(cid, 0) + 1
+        if seen[cid] == 1:
+            out.append(FolderItem(cid, split, rel, labels, ""))
+        else:
+            out.append(FolderItem(f"{cid}__{seen[cid]}", split, rel, labels, f"listed twice: {rel} (kept once)"))
+    return tuple(out)
+
+
+def _read_csv(path: Path, need: tuple[str, ...], delimiter: str = ",") -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DatasetLayoutError(f"{path}: missing (expected the dataset's published metadata file)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        header = reader.fieldnames or []
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
+        return list(reader)
+
+
+# ----------------------------------------------------------------------------- ESC-50
+
+
+def list_esc50(root: str | Path) -> Listing:
+    """``ESC-50-master/``: ``meta/esc50.csv`` (filename, fold, target, category, ...) and ``audio/``;
+    5-fold cross-validation on the official folds, single label (the category)."""
+    root = Path(root)
+    rows = _read_csv(root / "meta" / "esc50.csv", ("filename", "fold", "category"))
+    folds = sorted({int(r["fold"]) for r in rows})
+    return Listing(
+        "single_label",
+        "cross_validation",
+        tuple(f"fold{k}" for k in folds),
+        tuple(sorted({r["category"] for r in rows})),
+        _items((f"audio/{r['filename']}", f"fold{int(r['fold'])}", (r["category"],)) for r in rows),
+    )
+
+
+# ----------------------------------------------------------------------------- Speech Commands (KS2)
+
+
+def list_speech_commands(root: str | Path) -> Listing:
+    """The unpacked Speech Commands v0.02 archive: word folders, ``validation_list.txt`` and
+    ``testing_list.txt`` (relative paths, no header); KS2: all 35 words, train = every clip in neither
+    list, ``_background_noise_`` excluded; test accuracy, model selected on valid."""
+    root = Path(root)
+    lists = {}
+    for split, name in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
+        path = root / name
+        if not path.is_file():
+            raise DatasetLayoutError(f"{path}: missing (the archive ships validation_list.txt and testing_list.txt)")
+        lists[split] = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    words = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    if not words:
+        raise DatasetLayoutError(f"{root}: no word folders")
+    listed = {rel for rels in lists.values() for rel in rels}
+    train = sorted(
+        f"{w}/{f.name}"
+        for w in words
+        for f in (root / w).iterdir()
+        if f.suffix == ".wav" and f"{w}/{f.name}" not in listed
+    )
+    rows = [(rel, "train", (rel.split("/")[0],)) for rel in train]
+    for split in ("valid", "test"):
+        rows += [(rel, split, (rel.split("/")[0],)) for rel in lists[split]]
+    return Listing("single_label", "train_valid_test", ("train", "valid", "test"), tuple(words), _items(rows))
+
+
+# ----------------------------------------------------------------------------- HEAR
+
+
+def list_hear(root: str | Path) -> Listing:
+    """A HEAR task folder: ``task_metadata.json`` (prediction_type, split_mode, splits or nfolds, sample
+    rates), ``labelvocabulary.csv`` (idx, label), ``{split}.json`` ({file: [labels]} for scene tasks) and
+    the audio in ``<sample_rate>/<split>/``. Scene tasks only (event tasks need timestamps)."""
+    root = Path(root)
+    meta_file = root / "task_metadata.json"
+    if not meta_file.is_file():
+        raise DatasetLayoutError(f"{meta_file}: missing (a HEAR task folder has task_metadata.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("embedding_type", "scene") != "scene":
+        raise DatasetLayoutError(f"{meta_file}: embedding_type {meta.get('embedding_type')!r}; only scene tasks")
+    vocab = [r["label"] for r in _read_csv(root / "labelvocabulary.csv", ("idx", "label"))]
+    mode = meta.get("split_mode", "trainvaltest")
+    if mode == "trainvaltest":
+        splits, protocol = ("train", "valid", "test"), "train_valid_test"
+    elif mode in ("presplit_kfold", "new_split_kfold"):
+        splits, protocol = tuple(f"fold{k:02d}" for k in range(int(meta["nfolds"]))), "cross_validation"
+    else:
+        raise DatasetLayoutError(f"{meta_file}: unknown split_mode {mode!r}")
+    rates = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not rates:
+        raise DatasetLayoutError(f"{root}: no <sample_rate>/ audio folder")
+    rate = 16000 if 16000 in rates else rates[-1]
+    rows = []
+    for split in splits:
+        path = root / f"{split}.json"
+        if not path.is_file():
+            raise DatasetLayoutError(f"{path}: missing (split_mode {mode} lists this split)")
+        for name, labels in sorted(json.loads(path.read_text()).items()):
+            rows.append((f"{rate}/{split}/{name}", split, tuple(str(x) for x in labels)))
+    kind = "multi_label" if meta.get("prediction_type") == "multilabel" else "single_label"
+    return Listing(kind, protocol, splits, tuple(vocab), _items(rows))
+
+
+# ----------------------------------------------------------------------------- strong-label TSVs
+
+
+def _events_tsv(path: Path, name_col: str, label_col: str) -> dict[str, set[str]]:
+    """A strong-label TSV with a header -> {file: its event labels}; a row without a label counts the file."""
+    labels: dict[str, set[str]] = {}
+    for r in _read_csv(path, (name_col, label_col), delimiter="\t"):
+        labels.setdefault(r[name_col], set())
+        if r[label_col]:
+            labels[r[name_col]].add(r[label_col])
+    return labels
+
+
+def list_strong_tsv(root: str | Path, splits: dict[str, tuple[str, str]] | None = None) -> Listing:
+    """DESED-style folders: per split a strong TSV (``filename onset offset event_label``, header, tabs)
+    and an audio folder; clip labels = the set of its events. Default splits: ``train`` from
+    ``metadata/train.tsv`` + ``audio/train``, ``eval`` from ``metadata/eval.tsv`` + ``audio/eval``."""
+    root = Path(root)
+    splits = splits or {s: (f"metadata/{s}.tsv", f"audio/{s}") for s in ("train", "eval")}
+    rows, classes = [], set()
+    for split, (tsv, audio) in splits.items():
+        for name, labels in sorted(_events_tsv(root / tsv, "filename", "event_label").items()):
+            rows.append((f"{audio}/{name}", split, tuple(sorted(labels))))
+            classes |= labels
+    return Listing("multi_label", "train_eval", tuple(splits), tuple(sorted(classes)), _items(rows))
+
+
+def list_urban_sed(root: str | Path) -> Listing:
+    """``URBAN-SED_v2.0.0/``: ``audio/{train,validate,test}/*.wav`` and ``annotations/<split>/*.txt``
+    (tab-separated ``start end label``, no header). Clip labels from the events; train = train,
+    validate folded into train, eval = test (keep clips with more than one label via ``min_labels``)."""
+    root = Path(root)
+    rows, classes = [], set()
+    for split, out in (("train", "train"), ("validate", "train"), ("test", "eval")):
+        ann_dir = root / "annotations" / split
+        if not ann_dir.is_dir():
+            raise DatasetLayoutError(f"{ann_dir}: missing (URBAN-SED ships annotations/{{train,validate,test}})")
+        for ann in sorted(ann_dir.glob("*.txt")):
+            labels = set()
+            for ln in ann.read_text().splitlines():
+                parts = ln.split("\t")
+                if len(parts) >= 3 and parts[2].strip():
+                    labels.add(parts[2].strip())
+            rows.append((f"audio/{split}/{ann.stem}.wav", out, tuple(sorted(labels))))
+            classes |= labels
+    return Listing("multi_label", "train_eval", ("train", "eval"), tuple(sorted(classes)), _items(rows))
+
+
+def list_fsd50k(root: str | Path) -> Listing:
+    """``FSD50K.ground_truth/{dev,eval,vocabulary}.csv`` beside ``FSD50K.dev_audio/`` and
+    ``FSD50K.eval_audio/``: dev's ``split`` column gives train / valid, eval.csv the test set; labels are
+    the comma-joined ``labels`` (vocabulary names); mAP on eval."""
+    root = Path(root)
+    gt = root / "FSD50K.ground_truth"
+    vocab_file = gt / "vocabulary.csv"
+    if not vocab_file.is_file():
+        raise DatasetLayoutError(f"{vocab_file}: missing")
+    with open(vocab_file, newline="", encoding="utf-8") as f:
+        vocab = [r[1] for r in csv.reader(f) if len(r) >= 2]
+    rows = []
+    for r in _read_csv(gt / "dev.csv", ("fname", "labels", "split")):
+        split = {"train": "train", "val": "valid"}.get(r["split"])
+        if split is None:
+            raise DatasetLayoutError(f"{gt / 'dev.csv'}: split {r['split']!r} for {r['fname']} (expected train or val)")
+        rows.append((f"FSD50K.dev_audio/{r['fname']}.wav", split, tuple(r["labels"].split(","))))
+    for r in _read_csv(gt / "eval.csv", ("fname", "labels")):
+        rows.append((f"FSD50K.eval_audio/{r['fname']}.wav", "test", tuple(r["labels"].split(","))))
+    return Listing("multi_label", "train_valid_test", ("train", "valid", "test"), tuple(vocab), _items(rows))
+
+
+SPASS_ENVIRONMENTS = ("Market", "Park", "Square", "Street", "Waterfront")
+
+
+def list_spass(root: str | Path, environment: str) -> Listing:
+    """SPASS: one folder per environment (``<Env>/<env>NNNNN.wav``) and
+    ``SPASS_META_DATA/<k>_MatrixLabels<Env>.csv`` (``audio_filename``, ``class``: one row per event).
+    Clip labels = the set of its event classes; the reference's split: the sorted unique files, the first
+    75% train, the last 25% eval."""
+    if environment not in SPASS_ENVIRONMENTS:
+        raise DatasetLayoutError(f"SPASS environment must be one of {SPASS_ENVIRONMENTS}, got {environment!r}")
+    root = Path(root)
+    k = SPASS_ENVIRONMENTS.index(environment) + 1
+    meta = root / "SPASS_META_DATA" / f"{k}_MatrixLabels{environment}.csv"
+    labels = _events_tsv_csv(meta)
+    files = sorted(labels)
+    cut = int(0.75 * len(files))
+    rows = [
+        (f"{environment}/{name}", "train" if i < cut else "eval", tuple(sorted(labels[name])))
+        for i, name in enumerate(files)
+    ]
+    classes = sorted({lab for v in labels.values() for lab in v})
+    return Listing("multi_label", "train_eval", ("train", "eval"), tuple(classes), _items(rows))
+
+
+def _events_tsv_csv(path: Path) -> dict[str, set[str]]:
+    labels: dict[str, set[str]] = {}
+    for r in _read_csv(path, ("audio_filename", "class")):
+        labels.setdefault(r["audio_filename"], set()).add(r["class"])
+    return labels

@@ -1,0 +1,203 @@
+"""Readers of real datasets in their published layouts, on small fixtures written here in those layouts
+(file names, headers, list files, separators), bad and missing files included; labels, splits and folds
+checked against values worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sslam.data.datasets import (
+    DatasetLayoutError,
+    list_esc50,
+    list_fsd50k,
+    list_hear,
+    list_spass,
+    list_speech_commands,
+    list_strong_tsv,
+    list_urban_sed,
+)
+from sslam.data.folder import convert_file
+
+
+def wav(path: Path, seconds: float = 0.5, rate: int = 44100, silent: bool = False, channels: int = 1) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = int(seconds * rate)
+    x = (
+        np.zeros((n, channels))
+        if silent
+        else 0.1 * np.random.default_rng(len(str(path))).standard_normal((n, channels))
+    )
+    sf.write(path, x, rate)
+
+
+def by_id(listing):
+    return {i.clip_id: i for i in listing.items}
+
+
+def test_esc50_folds_labels_and_bad_rows(tmp_path):
+    root = tmp_path / "ESC-50-master"
+    meta = root / "meta" / "esc50.csv"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(
+        "filename,fold,target,category,esc10,src_file,take\n"
+        "1-100032-A-0.wav,1,0,dog,True,100032,A\n"
+        "1-110389-A-0.wav,1,0,dog,True,110389,A\n"
+        "2-102414-A-17.wav,2,17,pouring_water,False,102414,A\n"
+        "5-9032-A-0.wav,5,0,dog,True,9032,A\n"
+        "5-9032-A-0.wav,5,0,dog,True,9032,A\n"  # listed twice
+        "3-1234-A-1.wav,3,1,rooster,False,1234,A\n"  # listed, absent from disk
+    )
+    for name in ("1-100032-A-0.wav", "1-110389-A-0.wav", "2-102414-A-17.wav", "5-9032-A-0.wav"):
+        wav(root / "audio" / name)
+    got = list_esc50(root)
+    assert got.kind == "single_label" and got.protocol == "cross_validation"
+    assert got.splits == ("fold1", "fold2", "fold3", "fold5") and got.classes == ("dog", "pouring_water", "rooster")
+    items = by_id(got)
+    assert items["audio__2-102414-A-17"].split == "fold2" and items["audio__2-102414-A-17"].labels == ("pouring_water",)
+    assert items["audio__5-9032-A-0__2"].problem.startswith("listed twice")
+    # the folder source's checks turn the absent file and the repeat into failed rows with reasons
+    out = {i.clip_id: convert_file(i, root, tmp_path / "out", 16000, 30.0, -70.0).row for i in got.items}
+    assert out["audio__3-1234-A-1"].status == "failed" and out["audio__3-1234-A-1"].reason.startswith("missing")
+    assert out["audio__5-9032-A-0__2"].status == "failed"
+    ok = out["audio__1-100032-A-0"]
+    assert ok.status == "ok" and ok.sample_rate == 16000 and ok.duration == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(DatasetLayoutError, match="esc50.csv: missing"):
+        list_esc50(tmp_path / "nowhere")
+
+
+def test_speech_commands_ks2_splits_from_the_lists(tmp_path):
+    root = tmp_path / "speech_commands_v0.02"
+    for rel in (
+        "yes/a1_nohash_0.wav",
+        "yes/b2_nohash_0.wav",
+        "yes/c3_nohash_0.wav",
+        "no/a1_nohash_0.wav",
+        "no/d4_nohash_1.wav",
+        "_background_noise_/white_noise.wav",
+    ):
+        wav(root / rel, 1.0, 16000)
+    (root / "validation_list.txt").write_text("yes/b2_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("no/d4_nohash_1.wav\nyes/c3_nohash_0.wav\nno/gone_nohash_0.wav\n")
+    got = list_speech_commands(root)
+    assert got.classes == ("no", "yes") and got.protocol == "train_valid_test"
+    split = {i.source: i.split for i in got.items}
+    assert split == {
+        "yes/a1_nohash_0.wav": "train",
+        "no/a1_nohash_0.wav": "train",
+        "yes/b2_nohash_0.wav": "valid",
+        "no/d4_nohash_1.wav": "test",
+        "yes/c3_nohash_0.wav": "test",
+        "no/gone_nohash_0.wav": "test",  # listed but absent: reported by the conversion, not dropped
+    }
+    assert all(i.labels == (i.source.split("/")[0],) for i in got.items)
+    (root / "testing_list.txt").unlink()
+    with pytest.raises(DatasetLayoutError, match="testing_list.txt: missing"):
+        list_speech_commands(root)
+
+
+def test_hear_scene_task_trainvaltest_and_folds(tmp_path):
+    root = tmp_path / "hear_task"
+    (root / "48000" / "train").mkdir(parents=True)
+    (root / "16000" / "train").mkdir(parents=True)
+    (root / "task_metadata.json").write_text(
+        json.dumps(
+            {
+                "task_name": "t",
+                "embedding_type": "scene",
+                "prediction_type": "multilabel",
+                "split_mode": "trainvaltest",
+                "evaluation": ["mAP"],
+            }
+        )
+    )
+    (root / "labelvocabulary.csv").write_text("idx,label\n0,cat\n1,dog\n")
+    for split, files in {
+        "train": {"a.wav": ["cat"], "b.wav": ["cat", "dog"]},
+        "valid": {"c.wav": ["dog"]},
+        "test": {"d.wav": []},
+    }.items():
+        (root / f"{split}.json").write_text(json.dumps(files))
+    got = list_hear(root)
+    assert got.kind == "multi_label" and got.splits == ("train", "valid", "test") and got.classes == ("cat", "dog")
+    assert {i.source: (i.split, i.labels) for i in got.items}["16000/train/b.wav"] == ("train", ("cat", "dog"))
+    meta = json.loads((root / "task_metadata.json").read_text()) | {
+        "split_mode": "new_split_kfold",
+        "nfolds": 2,
+        "prediction_type": "multiclass",
+    }
+    (root / "task_metadata.json").write_text(json.dumps(meta))
+    for k in range(2):
+        (root / f"fold{k:02d}.json").write_text(json.dumps({f"f{k}.wav": ["cat"]}))
+    folds = list_hear(root)
+    assert (
+        folds.protocol == "cross_validation" and folds.splits == ("fold00", "fold01") and folds.kind == "single_label"
+    )
+
+
+def test_strong_tsv_urban_sed_fsd50k_spass_labels_by_hand(tmp_path):
+    desed = tmp_path / "desed"
+    (desed / "metadata").mkdir(parents=True)
+    (desed / "metadata" / "train.tsv").write_text(
+        "filename\tonset\toffset\tevent_label\na.wav\t0.0\t1.0\tDog\na.wav\t2.0\t3.0\tCat\na.wav\t4.0\t5.0\tDog\n"
+        "b.wav\t0.5\t1.0\tSpeech\n"
+    )
+    (desed / "metadata" / "eval.tsv").write_text("filename\tonset\toffset\tevent_label\nc.wav\t0\t1\tBlender\n")
+    got = list_strong_tsv(desed)
+    assert {i.source: (i.split, i.labels) for i in got.items} == {
+        "audio/train/a.wav": ("train", ("Cat", "Dog")),
+        "audio/train/b.wav": ("train", ("Speech",)),
+        "audio/eval/c.wav": ("eval", ("Blender",)),
+    }
+    assert got.classes == ("Blender", "Cat", "Dog", "Speech")
+    (desed / "metadata" / "eval.tsv").write_text("file\tonset\n")
+    with pytest.raises(DatasetLayoutError, match=r"eval.tsv: missing column\(s\) \['filename', 'event_label'\]"):
+        list_strong_tsv(desed)
+
+    urban = tmp_path / "URBAN-SED_v2.0.0"
+    for split in ("train", "validate", "test"):
+        (urban / "annotations" / split).mkdir(parents=True)
+    (urban / "annotations" / "train" / "soundscape_train_uniform0.txt").write_text(
+        "0.1\t1.2\tdog_bark\n2.0\t3.0\tsiren\n"
+    )
+    (urban / "annotations" / "validate" / "soundscape_validate_bimodal1.txt").write_text("0\t1\tsiren\n")
+    (urban / "annotations" / "test" / "soundscape_test_unimodal2.txt").write_text("0\t1\tjackhammer\n")
+    u = {i.source: (i.split, i.labels) for i in list_urban_sed(urban).items}
+    assert u == {
+        "audio/train/soundscape_train_uniform0.wav": ("train", ("dog_bark", "siren")),
+        "audio/validate/soundscape_validate_bimodal1.wav": ("train", ("siren",)),
+        "audio/test/soundscape_test_unimodal2.wav": ("eval", ("jackhammer",)),
+    }
+
+    fsd = tmp_path / "fsd"
+    (fsd / "FSD50K.ground_truth").mkdir(parents=True)
+    (fsd / "FSD50K.ground_truth" / "vocabulary.csv").write_text("0,Bark,/m/05tny_\n1,Meow,/m/07qrkrw\n")
+    (fsd / "FSD50K.ground_truth" / "dev.csv").write_text(
+        'fname,labels,mids,split\n64760,"Bark,Meow","/m/05tny_,/m/07qrkrw",train\n16399,Meow,/m/07qrkrw,val\n'
+    )
+    (fsd / "FSD50K.ground_truth" / "eval.csv").write_text("fname,labels,mids\n37199,Bark,/m/05tny_\n")
+    f = list_fsd50k(fsd)
+    assert f.classes == ("Bark", "Meow")
+    assert {i.source: (i.split, i.labels) for i in f.items} == {
+        "FSD50K.dev_audio/64760.wav": ("train", ("Bark", "Meow")),
+        "FSD50K.dev_audio/16399.wav": ("valid", ("Meow",)),
+        "FSD50K.eval_audio/37199.wav": ("test", ("Bark",)),
+    }
+
+    spass = tmp_path / "SPASS"
+    (spass / "SPASS_META_DATA").mkdir(parents=True)
+    lines = ["audio_filename,class,start,end"] + [
+        f"park{n:05d}.wav,{c},0,1" for n, c in [(1, "bird"), (1, "dog"), (2, "bird"), (3, "car"), (4, "bird")]
+    ]
+    (spass / "SPASS_META_DATA" / "2_MatrixLabelsPark.csv").write_text("\n".join(lines) + "\n")
+    s = {i.source: (i.split, i.labels) for i in list_spass(spass, "Park").items}
+    assert s == {  # 4 files sorted: the first int(0.75 * 4) = 3 train, the last eval
+        "Park/park00001.wav": ("train", ("bird", "dog")),
+        "Park/park00002.wav": ("train", ("bird",)),
+        "Park/park00003.wav": ("train", ("car",)),
+        "Park/park00004.wav": ("eval", ("bird",)),
+    }
