@@ -65,3 +65,28 @@ def test_rows_seeds_and_overall_by_hand():
 def test_cost_is_measured_in_its_own_process():
     c = measure_cost({"pretrain.objective": "msm", "model.encoder": "transformer"}, 1, str(REPO / "params.yaml"))
     assert c["clips_per_s"] > 0 and c["peak_mb"] >= 0
+
+
+def test_running_experiments_are_not_rows():
+    """A running `dvc exp` shows the baseline's metrics files until it finishes: it must not become a row."""
+    from sslam.report.ablations import runs_from_exp_show
+
+    def rev(name, enc):
+        return {
+            "rev": name,
+            "name": name,
+            "data": {"params": {"params.yaml": {"data": {"model": {"encoder": enc}}}}, "metrics": {}},
+        }
+
+    data = [
+        {
+            "rev": "abc1234",
+            "name": "main",
+            "data": rev("main", "transformer")["data"],
+            "experiments": [
+                {"executor": {"state": "running"}, "name": "x", "revs": [rev("x", "xlstm")]},
+                {"executor": None, "name": "m", "revs": [rev("m", "mamba")]},
+            ],
+        }
+    ]
+    assert [r.name for r in runs_from_exp_show(data)] == ["main", "m"]

@@ -118,7 +118,7 @@ def _run(entry: dict, name: str) -> Run | None:
 
 
 def runs_from_exp_show(exp_show: list[dict]) -> list[Run]:
-    """The workspace, each baseline commit and each experiment of ``dvc exp show --json``."""
+    """The workspace, each baseline commit and each finished experiment of ``dvc exp show --json``."""
     runs = []
     for base in exp_show:
         rev = base.get("rev", "?")
@@ -128,6 +128,9 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[Run]:
             runs.append(r)
         for exp in base.get("experiments") or []:
             revs = exp.get("revs") or []
+            state = (exp.get("executor") or {}).get("state")
+            if state not in (None, "success"):  # running or queued: its metrics are still the baseline's
+                continue
             if revs:
                 r = _run(revs[0], revs[0].get("name") or revs[0].get("rev", "?")[:7])
                 if r:
