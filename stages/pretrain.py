@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -77,7 +78,9 @@ def pass_through(cfg, init: Path, ckpt: Path, metrics_file: Path, live_dir: Path
     except FileNotFoundError as err:
         print(f"pretrain: {err}", file=sys.stderr)
         return 2
-    (live_dir / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # the stage's declared output, empty
+    curves = live_dir / "plots" / "metrics"  # the stage's declared output: empty, no curve of an earlier run
+    shutil.rmtree(curves, ignore_errors=True)
+    curves.mkdir(parents=True)
     write_json_atomic(
         metrics_file,
         {"steps": 0, "objective": cfg.pretrain.objective, "checkpoint": "stage1", "variant": "none"},

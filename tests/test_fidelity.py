@@ -182,7 +182,9 @@ def test_waveform_mixture_without_mixed_frames_is_the_stored_clip(wave_store):
     waves, lengths = wave_store.waves(idx), wave_store.wave_lengths(idx)
     assert lengths.tolist() == [int(1.2 * SR), int(0.7 * SR), SR]
     none_mixed = torch.zeros(3, stored.shape[1], dtype=torch.bool)
-    got = mix_waveforms(waves, lengths, none_mixed, 160, wave_store.mean, wave_store.std, SR, 128, stored.shape[1])
+    got = mix_waveforms(
+        waves, lengths, none_mixed, wave_store.mean, wave_store.std, SR, FeaturesConfig(), stored.shape[1]
+    )
     # equal up to the float16 rounding of the store, padded frames included (exactly the padding value)
     assert torch.allclose(got, stored, atol=2e-3 * (1 + stored.abs().max()))
     valid = wave_store.frames(1)
@@ -198,7 +200,9 @@ def test_waveform_mixture_with_a_silent_partner_is_the_clip_at_half_amplitude(wa
     lengths = torch.cat([wave_store.wave_lengths([0]), wave_store.wave_lengths([0])])
     # roll: the partner of clip 0 is clip 1 (silence)
     all_mixed = torch.ones(2, stored.shape[1], dtype=torch.bool)
-    got = mix_waveforms(waves, lengths, all_mixed, 160, wave_store.mean, wave_store.std, SR, 128, stored.shape[1])[0]
+    got = mix_waveforms(
+        waves, lengths, all_mixed, wave_store.mean, wave_store.std, SR, FeaturesConfig(), stored.shape[1]
+    )[0]
     valid = wave_store.frames(0)
     shift = math.log(0.25) / (2 * wave_store.std)
     raw = stored[0, :valid] * 2 * wave_store.std + wave_store.mean

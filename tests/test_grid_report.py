@@ -62,9 +62,17 @@ def test_rows_seeds_and_overall_by_hand():
     assert "| transformer | bootstrap + SSLAM stage 2 | stage2 | 0 | 60.0 | 50.0 | +10.0 | - | - |" in md
 
 
-def test_cost_is_measured_in_its_own_process():
-    c = measure_cost({"pretrain.objective": "msm", "model.encoder": "transformer"}, 1, str(REPO / "params.yaml"))
-    assert c["clips_per_s"] > 0 and c["peak_mb"] >= 0
+def test_cost_is_measured_on_the_rows_setting_in_its_own_process():
+    """The row's settings reach the measured configuration (objective, encoder, batch, crop frames)."""
+    over = {
+        "pretrain.objective": "msm",
+        "model.encoder": "mamba",
+        "pretrain.stage1.batch_size": 3,
+        "pretrain.crop_seconds": 0.64,
+    }
+    c = measure_cost(over, 1, str(REPO / "params.yaml"))
+    assert c["setting"] == {"objective": "msm", "encoder": "mamba", "batch": 3, "frames": 64}
+    assert 0 < c["clips_per_s"] < 1e4 and c["peak_mb"] >= 0
 
 
 def test_running_experiments_are_not_rows():

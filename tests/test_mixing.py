@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio
 
-from sslam.config import MaskConfig, MixConfig, SrlConfig, Stage2Config
+from sslam.config import FeaturesConfig, MaskConfig, MixConfig, SrlConfig, Stage2Config
 from sslam.models.student import Student, make_teacher
 from sslam.models.vit import Encoder
 from sslam.pretrain import mixing as M
@@ -76,7 +76,7 @@ def test_waveform_mixing_equals_fbank_of_the_averaged_waveform():
     n = 400 + 63 * 160
     waves = torch.randn(2, n) * 0.1
     fm = torch.ones(2, 64, dtype=torch.bool)
-    got = M.mix_waveforms(waves, torch.tensor([n, n]), fm, 160, -5.0, 3.0, 16000, 128, 64)
+    got = M.mix_waveforms(waves, torch.tensor([n, n]), fm, -5.0, 3.0, 16000, FeaturesConfig(), 64)
     for i in range(2):
         avg = 0.5 * (waves[i] + waves[1 - i])
         fb = torchaudio.compliance.kaldi.fbank(
@@ -91,7 +91,7 @@ def test_waveform_mixing_equals_fbank_of_the_averaged_waveform():
         )
         assert torch.allclose(got[i], (fb - -5.0) / 6.0, atol=1e-4)
     none = M.mix_waveforms(
-        waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 160, 0.0, 1.0, 16000, 128, 64
+        waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 0.0, 1.0, 16000, FeaturesConfig(), 64
     )
     assert not torch.allclose(none, got)
 

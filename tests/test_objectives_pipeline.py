@@ -151,9 +151,13 @@ def test_raw_patch_objective_trains_passes_through_stage2_and_evaluates(tmp_path
     assert "encoder.mask_token" in weights
     # stage 2: the stage-1 checkpoint passed through, and said so
     init = ["--init", str(ck / "stage1" / "final")]
+    stale = metrics / "stage2_live" / "plots" / "metrics" / "stage2" / "loss.tsv"  # a bootstrap run's curve
+    stale.parent.mkdir(parents=True)
+    stale.write_text("step\tloss\n0\t1.0\n")
     assert stage.main([*common, "--stage", "stage2", "--checkpoints", str(ck / "stage2"), *init]) == 0
     s2 = json.loads((metrics / "pretrain_stage2.json").read_text())
     assert s2 == {"steps": 0, "objective": objective, "checkpoint": "stage1", "variant": "none"}
+    assert list((metrics / "stage2_live" / "plots" / "metrics").iterdir()) == []  # no stale curve reaches the report
     passed = load_file(ck / "stage2" / "final" / "student.safetensors")
     assert passed.keys() == weights.keys() and all(torch.equal(passed[k], weights[k]) for k in weights)
     # downstream: the encoder on whole 64-frame clips (pretrained on 32-frame crops), its trained weights
@@ -181,8 +185,13 @@ def test_paper_settings_print_for_every_encoder(capsys, encoder):
     assert grid == (64, 8) and ssast.pretrain.ssast.mask_count == 400 and ssast.pretrain.ssast.mse_weight == 10.0
 
 
-def test_profiles_merge_left_to_right():
-    from sslam.profile import main
+def test_profiles_merge_left_to_right(capsys):
+    from sslam.profile import main, profile_overrides
 
-    assert main(["ssast", "ssamba_tiny"]) == 0
+    assert main(["ssast", "ssamba_tiny", "--encoder", "xlstm"]) == 0
+    flags = capsys.readouterr().out.split(" -S ")
+    expected = profile_overrides("ssast") | profile_overrides("ssamba_tiny") | {"model.encoder": "xlstm"}
+    assert len(flags) == len(expected)  # one flag per key: a later profile replaces an earlier value
+    assert "'model.embed_dim=192'" in flags and "'pretrain.ssast.mask_count=400'" in flags
+    assert "'model.encoder=xlstm'" in flags and "'model.encoder=mamba'" not in flags  # --encoder wins
     assert main(["no_such_profile"]) == 2

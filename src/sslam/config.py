@@ -24,6 +24,11 @@ NonNegative = Annotated[int, Field(ge=0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
+def as_patch(patch: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """A patch size as (time frames, mel bins): n means n x n."""
+    return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+
+
 class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file, the key and what is allowed."""
 
@@ -300,8 +305,7 @@ class ModelConfig(Section):
     @property
     def patch(self) -> tuple[int, int]:
         """``patch_size`` as (time, frequency) frames x mel bins."""
-        p = self.patch_size
-        return (p, p) if isinstance(p, int) else (p[0], p[1])
+        return as_patch(self.patch_size)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

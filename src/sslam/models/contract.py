@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslam.config import ModelConfig
+from sslam.config import ModelConfig, as_patch
 
 MASKED_TOKENS = ("drop", "mask_token")
 
@@ -45,11 +45,6 @@ def sincos_2d(dim: int, grid_t: int, grid_f: int) -> torch.Tensor:
     t = torch.arange(grid_t).repeat_interleave(grid_f)
     f = torch.arange(grid_f).repeat(grid_t)
     return torch.cat([sincos_1d(dim // 2, f), sincos_1d(dim // 2, t)], dim=1)
-
-
-def as_patch(patch: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """A patch size as (time frames, mel bins): n means n x n."""
-    return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
 
 
 class PatchEmbed(nn.Module):

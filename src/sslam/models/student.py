@@ -23,7 +23,6 @@ class Student(nn.Module):
 
     def __init__(self, cfg: ModelConfig, frames: int, mel: int, objective: str = "bootstrap"):
         super().__init__()
-        self.objective = objective
         self.encoder = build_encoder(cfg, frames, mel, objective)
         patch_dim = self.encoder.patch_size[0] * self.encoder.patch_size[1]
         if objective == "bootstrap":

@@ -117,7 +117,7 @@ def resume_or_init(
 def make_objective(
     cfg: Config,
     stage: str,
-    store: FeatureStore,
+    store: FeatureStore | None,  # stage 2's waveform mixing reads the waveforms; nothing else needs it
     device: torch.device,
     student: torch.nn.Module,
     teacher: torch.nn.Module,
@@ -136,7 +136,6 @@ def make_objective(
         return lambda x, idx, seed: msm_losses(student.encoder, student.head, x, cfg.pretrain.msm, seed)
     if stage == "stage1":
         return lambda x, idx, seed: stage1_losses(student, teacher, x, cfg.mask, scfg, seed, centring)
-    hop = int(cfg.data.sample_rate * cfg.features.frame_shift_ms / 1000)
 
     def losses(x: torch.Tensor, idx: list[int], seed: int) -> dict[str, torch.Tensor]:
         wave = None
@@ -144,12 +143,9 @@ def make_objective(
             wave = WaveformInputs(
                 store.waves(idx).to(device),
                 store.wave_lengths(idx),
-                hop,
                 store.mean,
                 store.std,
                 cfg.data.sample_rate,
-                cfg.features.num_mel_bins,
-                cfg.features.frame_length_ms,
                 cfg.features,
             )
         return stage2_losses(student, teacher, x, cfg.mask, scfg, cfg.mix, cfg.srl, seed, wave, centring)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from sslam.config import FeaturesConfig
-from sslam.features.fbank import kaldi_fbank, log_mel
+from sslam.features.fbank import log_mel
 from sslam.features.store import pad_or_crop
 
 
@@ -111,14 +111,11 @@ def mix_waveforms(
     waves: torch.Tensor,
     lengths: torch.Tensor,
     frames_mixed: torch.Tensor,
-    hop: int,
     mean: float,
     std: float,
     sample_rate: int,
-    num_mel_bins: int,
+    features: FeaturesConfig,
     target_frames: int,
-    frame_length_ms: float = 25.0,
-    features: FeaturesConfig | None = None,
 ) -> torch.Tensor:
     """``waveform`` strategy (Table 10): average the waveforms over the samples of the mixed frames, then
     compute the normalised log-mel of each mixture (fbank on whatever device ``waves`` lives on).
@@ -126,9 +123,10 @@ def mix_waveforms(
     Each mixture is cut to its clip's own ``lengths`` (the partner is zero past its end) and its fbank
     zero-padded to ``target_frames`` before normalising, exactly as the features stage stores a clip: a
     mixture with no mixed frames is the stored clip again, and the waveform mean is never taken over
-    padding. ``features``: the features stage's settings, whose ``front_end`` then computes the log-mel
-    (else the Kaldi fbank with the arguments above)."""
+    padding. ``features``: the features stage's settings (front end, mel bins, frame shift and length), so
+    a mixture goes through exactly the stage's log-mel."""
     b, n = waves.shape
+    hop = int(sample_rate * features.frame_shift_ms / 1000)
     samples = frames_mixed.repeat_interleave(hop, dim=1)
     if samples.shape[1] < n:  # the tail beyond the last hop belongs to the last frame
         samples = torch.cat([samples, samples[:, -1:].expand(-1, n - samples.shape[1])], dim=1)
@@ -136,11 +134,6 @@ def mix_waveforms(
     mixed = torch.where(samples, 0.5 * (waves + partner(waves)), waves)
     out = []
     for w, length in zip(mixed, lengths.tolist()):
-        w = w[: int(length)]
-        if features is not None:
-            fb = log_mel(w, sample_rate, features)
-        else:
-            fb = kaldi_fbank(w, sample_rate, num_mel_bins, 1000.0 * hop / sample_rate, frame_length_ms)
-        fb = pad_or_crop(fb, target_frames)
+        fb = pad_or_crop(log_mel(w[: int(length)], sample_rate, features), target_frames)
         out.append((fb - mean) / (2 * std))
     return torch.stack(out)

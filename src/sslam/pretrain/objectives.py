@@ -36,13 +36,10 @@ class WaveformInputs:
 
     waves: torch.Tensor
     lengths: torch.Tensor  # (B,) valid samples of each clip (the rest of ``waves`` is zero padding)
-    hop: int
     mean: float
     std: float
     sample_rate: int
-    num_mel_bins: int
-    frame_length_ms: float = 25.0
-    features: FeaturesConfig | None = None  # the features stage's front end (None: the Kaldi fbank)
+    features: FeaturesConfig  # the features stage's settings: the mixtures' log-mel is the stage's
 
 
 def stage1_losses(
@@ -120,19 +117,9 @@ def mixed_inputs(
         return mix_spectrograms(x, fm, mix.strategy)
     if wave is None:
         raise ValueError("mix.strategy 'waveform' needs the stored waveforms (features.store_waveforms: true)")
-    return mix_waveforms(
-        wave.waves,
-        wave.lengths,
-        fm,
-        wave.hop,
-        wave.mean,
-        wave.std,
-        wave.sample_rate,
-        wave.num_mel_bins,
-        frames,
-        wave.frame_length_ms,
-        wave.features,
-    ).to(x.dtype)
+    return mix_waveforms(wave.waves, wave.lengths, fm, wave.mean, wave.std, wave.sample_rate, wave.features, frames).to(
+        x.dtype
+    )
 
 
 def stage2_losses(

@@ -138,12 +138,18 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[Run]:
     return runs
 
 
+def changed_params(run: Run, baseline: Run) -> dict[str, Any]:
+    """The params ``run`` set differently from ``baseline``. A key the run lacks was added to params.yaml
+    after it ran: the run had the behaviour the key's default keeps, so that is no change."""
+    return {k: v for k, v in run.params.items() if k not in baseline.params or v != baseline.params[k]}
+
+
 def rows_for(ablation: Ablation, runs: list[Run], baseline: Run) -> list[Run]:
     """The baseline, then each run that differs from it only in the ablation's keys (one row per setting)."""
     keys = set(ablation.keys)
     chosen = [baseline]
     for r in runs:
-        differs = {k for k in set(r.params) | set(baseline.params) if r.params.get(k) != baseline.params.get(k)}
+        differs = set(changed_params(r, baseline))
         if differs and differs <= keys and all(r.params != c.params for c in chosen):
             chosen.append(r)
     return chosen
@@ -205,8 +211,8 @@ def runs_and_baseline(json_path: str | None, baseline: str | None, all_commits: 
     return runs, base
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every experiment table shares: where the runs come from and which is the baseline."""
     ap.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
     ap.add_argument(
         "--baseline",
@@ -214,12 +220,31 @@ def main(argv: list[str] | None = None) -> int:
         help="the run the others are compared with (default: the commit the experiments start from; "
         "not the workspace, which `dvc exp run` leaves holding the last experiment)",
     )
+    ap.add_argument("--all-commits", action="store_true", help="runs of every commit (dvc exp show -A)")
+
+
+def experiment_runs(args: argparse.Namespace) -> tuple[list[Run], Run]:
+    """(the experiments, newest first, neither the baseline nor the workspace; the baseline)."""
+    runs, base = runs_and_baseline(args.json, args.baseline, args.all_commits)
+    return [r for r in runs if r is not base and r.name != "workspace"], base
+
+
+def write_table(out: str | Path, md: str, summary: Any = None) -> None:
+    """The markdown table, its JSON summary beside it (``.json``) when given, and the table on stdout."""
+    out = Path(out)
+    write_text_atomic(out, md)
+    if summary is not None:
+        write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(ap)
     ap.add_argument("--out", default="metrics/ablations.md")
     args = ap.parse_args(argv)
-    runs, base = runs_and_baseline(args.json, args.baseline)
-    md = render(runs, base)
-    write_text_atomic(Path(args.out), md)
-    print(md)
+    runs, base = experiment_runs(args)
+    write_table(args.out, render(runs, base))
     return 0
 
 

@@ -18,13 +18,10 @@ pretrained minus control, in points, so an encoder is credited only for what pre
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from sslam.io import write_text_atomic
-from sslam.report.ablations import Run, runs_and_baseline
+from sslam.report.ablations import Run, add_run_arguments, changed_params, experiment_runs, write_table
 
 ENCODER_PREFIXES = ("model.encoder", "model.masked_tokens", "model.mamba.", "model.xlstm.")
 ENCODER_KEYS = ("mask.clone_batch", "pretrain.stage2.clone_batch")
@@ -52,8 +49,7 @@ def encoder_rows(runs: list[Run], baseline: Run) -> list[EncoderRow]:
     as ``dvc exp show`` lists them)."""
     chosen: dict[str, tuple[Run, dict]] = {}
     for r in [baseline, *runs]:
-        # a key the run lacks was added after it ran: the run had the behaviour the key's default keeps
-        differs = {k: v for k, v in r.params.items() if k not in baseline.params or v != baseline.params[k]}
+        differs = changed_params(r, baseline)
         if r is not baseline and (not differs or not all(is_encoder_key(k) for k in differs)):
             continue
         enc = str(r.params.get("model.encoder", "transformer"))
@@ -102,18 +98,10 @@ def render(rows: list[EncoderRow]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
-    ap.add_argument(
-        "--baseline", default=None, help="the baseline run (default: the commit the experiments start from)"
-    )
-    ap.add_argument("--all-commits", action="store_true", help="runs of every commit (dvc exp show -A)")
+    add_run_arguments(ap)
     ap.add_argument("--out", default="metrics/encoders.md")
     args = ap.parse_args(argv)
-    runs, base = runs_and_baseline(args.json, args.baseline, args.all_commits)
-    rows = encoder_rows([r for r in runs if r is not base and r.name != "workspace"], base)
-    md = render(rows)
-    out = Path(args.out)
-    write_text_atomic(out, md)
+    rows = encoder_rows(*experiment_runs(args))
     summary = {
         r.encoder: {
             "run": r.run,
@@ -123,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in rows
     }
-    write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(md)
+    write_table(args.out, render(rows), summary)
     return 0
 
 

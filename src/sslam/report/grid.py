@@ -31,10 +31,8 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from sslam.io import write_text_atomic
-from sslam.report.ablations import Run, runs_and_baseline
+from sslam.report.ablations import Run, add_run_arguments, changed_params, experiment_runs, write_table
 
 GRID_PREFIXES = (
     "model.encoder",
@@ -96,8 +94,7 @@ def grid_rows(runs: list[Run], baseline: Run) -> list[GridRow]:
     objective, seed) counts once (the newest run: ``runs`` come newest first, as ``dvc exp show`` lists)."""
     rows: dict[tuple[str, str, str], GridRow] = {}
     for r in [baseline, *runs]:
-        # a key the run lacks was added after it ran: the run had the behaviour the key's default keeps
-        differs = {k: v for k, v in r.params.items() if k not in baseline.params or v != baseline.params[k]}
+        differs = changed_params(r, baseline)
         if r is not baseline and not all(is_grid_key(k) for k in differs):
             continue
         enc = str(r.params.get("model.encoder", "transformer"))
@@ -157,8 +154,8 @@ def _measure_here(overrides: dict, steps: int, params: str) -> dict:
 
     from sslam.config import load_config
     from sslam.models.student import Student, make_teacher
-    from sslam.pretrain.objectives import stage1_losses
-    from sslam.pretrain.raw_patch import msm_losses, ssast_losses
+    from sslam.pretrain.loop import make_objective
+    from sslam.pretrain.targets import PositionCentring
 
     cfg = load_config(params, overrides)
     torch.manual_seed(0)
@@ -167,22 +164,23 @@ def _measure_here(overrides: dict, steps: int, params: str) -> dict:
     student = Student(cfg.model, frames, cfg.features.num_mel_bins, obj)
     teacher = make_teacher(student)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    stage = cfg.pretrain.stage1
+    centring = PositionCentring(stage.center_targets, stage.center_momentum)
+    step_losses = make_objective(cfg, "stage1", None, torch.device("cpu"), student, teacher, centring)  # the loop's
     x = torch.randn(batch, frames, cfg.features.num_mel_bins) * 0.5
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
     base, times = rss(), []
     for step in range(steps + 1):
         t0 = time.perf_counter()
-        if obj == "ssast":
-            losses = ssast_losses(student.encoder, student.heads, x, cfg.pretrain.ssast, step)
-        elif obj == "msm":
-            losses = msm_losses(student.encoder, student.head, x, cfg.pretrain.msm, step)
-        else:
-            losses = stage1_losses(student, teacher, x, cfg.mask, cfg.pretrain.stage1, step)
-        losses["loss"].backward()
+        step_losses(x, [], step)["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return {"clips_per_s": batch / statistics.median(times[1:]), "peak_mb": rss() - base}
+    return {
+        "clips_per_s": batch / statistics.median(times[1:]),
+        "peak_mb": rss() - base,
+        "setting": {"objective": obj, "encoder": cfg.model.encoder, "batch": batch, "frames": frames},
+    }
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -228,9 +226,7 @@ def render(rows: list[GridRow], cost: dict[tuple[str, str], dict] | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", help="a saved `dvc exp show --json` (default: run it here)")
-    ap.add_argument("--baseline", default=None, help="the baseline run (default: the commit the runs start from)")
-    ap.add_argument("--all-commits", action="store_true", help="runs of every commit (dvc exp show -A)")
+    add_run_arguments(ap)
     ap.add_argument("--out", default="metrics/grid.md")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--cost-steps", type=int, default=5, help="timed stage-1 steps per row (0: no cost columns)")
@@ -239,17 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure is not None:
         print(json.dumps(_measure_here(json.loads(args.measure), args.cost_steps, args.params)))
         return 0
-    runs, base = runs_and_baseline(args.json, args.baseline, args.all_commits)
-    rows = grid_rows([r for r in runs if r is not base and r.name != "workspace"], base)
+    rows = grid_rows(*experiment_runs(args))
     cost = {}
     if args.cost_steps > 0:
         for r in rows:
             if (r.encoder, r.objective) not in cost:
                 settings = {k: v for k, v in r.settings.items() if k.startswith(GRID_PREFIXES)}
                 cost[(r.encoder, r.objective)] = measure_cost(settings, args.cost_steps, args.params)
-    md = render(rows, cost)
-    out = Path(args.out)
-    write_text_atomic(out, md)
     summary = [
         {
             "encoder": r.encoder,
@@ -265,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in rows
     ]
-    write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    print(md)
+    write_table(args.out, render(rows, cost), summary)
     return 0
 
 
