@@ -25,38 +25,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-dir", default="metrics/eval")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)
-    if args.task not in cfg.tasks:
-        print(f"evaluate: task {args.task!r} is not in params.yaml tasks ({sorted(cfg.tasks)})", file=sys.stderr)
+    if args.task not in cfg.task_names:
+        print(
+            f"evaluate: task {args.task!r} is in neither params.yaml tasks ({sorted(cfg.tasks)}) "
+            f"nor datasets ({sorted(cfg.datasets)})",
+            file=sys.stderr,
+        )
         return 2
     from sslam.downstream.encoder import load_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.linear import linear_eval
-    from sslam.downstream.tasks import WaveFeatures, load_task, strong_event_counts
+    from sslam.downstream.tasks import WaveFeatures, load_task, task_event_counts
     from sslam.io import write_json_atomic
 
-    task_cfg = cfg.tasks[args.task]
+    task_cfg = cfg.task(args.task)
+    corpus, features = cfg.task_location(args.task, args.features)
     try:
-        task, store = load_task(cfg.data.corpus_dir, args.task, task_cfg, args.features)
+        task, store = load_task(corpus, args.task, task_cfg, features)
     except (FileNotFoundError, ValueError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
-    strong = (
-        Path(cfg.data.corpus_dir) / "strong" / "eval.tsv"
-        if task_cfg.data == "audioset"
-        else Path(cfg.data.corpus_dir) / task_cfg.feature_set(args.task) / "strong.tsv"
-    )
-    events = strong_event_counts(strong, segment_ids=task_cfg.data == "audioset")
+    events = task_event_counts(task_cfg, args.task, corpus)
     frames, mel = store.raw(0).shape
     linear = args.regime == "linear"
     recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
     encoders = cfg.evaluate.linear_encoders if linear else cfg.evaluate.finetune_encoders
-    wave = WaveFeatures(cfg.features, cfg.data.sample_rate)  # roll_domain: waveform recomputes the log-mel
+    wave = WaveFeatures(
+        cfg.task_features(args.task), cfg.data.sample_rate
+    )  # roll_domain: waveform recomputes the log-mel
     out = {
         "task": args.task,
         "regime": args.regime,
-        "metric": task_cfg.metric,
+        "metric": task.metric,
         "protocol": task.protocol,
-        "data": task_cfg.feature_set(args.task),
+        "data": f"datasets/{args.task}" if args.task in cfg.datasets else task_cfg.feature_set(args.task),
         "recipe": recipe.model_dump(),
         "encoders": {},
     }

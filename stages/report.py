@@ -32,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     m = Path(args.metrics_dir)
-    configured = {(t, "linear") for t in cfg.tasks} | {(t, "finetune") for t in cfg.evaluate.finetune_tasks}
+    configured = {(t, "linear") for t in cfg.task_names} | {(t, "finetune") for t in cfg.finetuned_tasks}
     found = load_eval(m / "eval")
     evals = {k: v for k, v in found.items() if k in configured}
     for stale in sorted(set(found) - configured):  # a task removed from params leaves its file
-        print(f"report: ignoring metrics/eval/{stale[0]}_{stale[1]}.json (not in tasks / evaluate.finetune_tasks)")
+        print(
+            f"report: ignoring metrics/eval/{stale[0]}_{stale[1]}.json (not in tasks / datasets / evaluate.finetune_*)"
+        )
     settings = {
         "pretrain.objective": cfg.pretrain.objective,
         "variant": cfg.pretrain.stage2.variant if cfg.pretrain.objective == "bootstrap" else "none",

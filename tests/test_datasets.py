@@ -8,11 +8,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
+from dataset_layouts import BUILDERS
 
+from sslam.config import Config, TaskConfig
 from sslam.data.datasets import (
     DatasetLayoutError,
+    build_dataset,
     list_esc50,
     list_fsd50k,
     list_hear,
@@ -22,6 +26,9 @@ from sslam.data.datasets import (
     list_urban_sed,
 )
 from sslam.data.folder import convert_file
+from sslam.data.manifest import read_manifest
+from sslam.downstream.tasks import task_event_counts
+from sslam.features.dataset import FeatureStore
 
 
 def wav(path: Path, seconds: float = 0.5, rate: int = 44100, silent: bool = False, channels: int = 1) -> None:
@@ -201,3 +208,72 @@ def test_strong_tsv_urban_sed_fsd50k_spass_labels_by_hand(tmp_path):
         "Park/park00003.wav": ("train", ("car",)),
         "Park/park00004.wav": ("eval", ("bird",)),
     }
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_build_dataset_caches_the_clips_worked_out_by_hand(tmp_path, name):
+    """The dataset stage's library call on each layout: the manifest holds exactly the good clips with
+    their splits and labels, failures.csv exactly the bad ones with their reasons, task.json the
+    layout's kind, protocol, splits and classes, the cache one row per good clip at target_frames."""
+    exp = BUILDERS[name](tmp_path / "root")
+    cfg = Config.model_validate({"datasets": {name: exp.params}})
+    out = tmp_path / "out"
+    summary = build_dataset(name, cfg.datasets[name], cfg.task_features(name), 16000, out)
+    man = read_manifest(out / "tasks" / name / "manifest.csv", only_ok=True)
+    assert {r.clip_id: (r.split, tuple(r.labels)) for r in man.itertuples()} == exp.ok
+    fails = pd.read_csv(out / "failures.csv", dtype=str)
+    assert set(fails["clip_id"]) == set(exp.failed)
+    for row in fails.itertuples():
+        assert row.reason.startswith(exp.failed[row.clip_id]), (row.clip_id, row.reason)
+    task = json.loads((out / "tasks" / name / "task.json").read_text())
+    assert (task["kind"], task["protocol"]) == (exp.kind, exp.protocol)
+    assert tuple(task["splits"]) == exp.splits and tuple(task["classes"]) == exp.classes
+    assert summary["clips"] == exp.clips_per_split() and summary["listed"] == len(exp.ok) + len(exp.failed)
+    store = FeatureStore(out / "features", f"tasks/{name}")
+    assert len(store) == len(exp.ok) and store.raw(0).shape == (exp.params["target_frames"], 128)
+    if "norm_mean" in exp.params:  # pinned statistics reach the store untouched
+        assert (store.mean, store.std) == (exp.params["norm_mean"], exp.params["norm_std"])
+    else:  # computed over the training clips only (every fold under cross-validation), as a float64 sum
+        train = exp.splits if exp.protocol == "cross_validation" else ("train",)
+        vals = np.concatenate(
+            [
+                store.raw(i)[: store.frames(i)].astype(np.float64).ravel()
+                for i in range(len(store))
+                if store.index["split"][i] in train
+            ]
+        )
+        assert store.mean == pytest.approx(vals.mean(), abs=1e-4) and store.std == pytest.approx(vals.std(), rel=1e-4)
+    if exp.kind == "multi_label":  # the labels per clip, for the breakdown by degree of polyphony
+        strong = pd.read_csv(out / "tasks" / name / "strong.tsv", sep="\t", dtype=str)
+        assert strong.groupby("segment_id")["label"].nunique().to_dict() == {
+            c: len(set(v[1])) for c, v in exp.ok.items()
+        }
+
+
+def test_dataset_params_are_checked_before_any_work(tmp_path):
+    exp = BUILDERS["esc50"](tmp_path / "root")
+    with pytest.raises(ValueError, match="format spass needs environment"):
+        Config.model_validate({"datasets": {"p": {"format": "spass", "root": "x"}}})
+    with pytest.raises(ValueError, match="name both a task and a dataset"):
+        Config.model_validate({"datasets": {"mono": exp.params}})
+    wrong = Config.model_validate({"datasets": {"e": exp.params | {"protocol": "train_eval"}}})
+    with pytest.raises(DatasetLayoutError, match="datasets.e.protocol is 'train_eval' but the esc50 layout"):
+        build_dataset("e", wrong.datasets["e"], wrong.task_features("e"), 16000, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before converting anything
+
+
+def test_audioset_strong_labels_count_distinct_events_of_the_real_eval_file(tmp_path):
+    """The released ``audioset_eval_strong.tsv`` layout: header, segment ids ``<YTID>_<start ms>`` whose
+    YTID may itself hold ``_``; a label repeated in a clip counts once (the degree of polyphony)."""
+    tsv = tmp_path / "audioset_eval_strong.tsv"
+    tsv.write_text(
+        "segment_id\tstart_time_seconds\tend_time_seconds\tlabel\n"
+        "a_b-c_d_30000\t0.0\t1.0\t/m/09x0r\n"
+        "a_b-c_d_30000\t2.0\t3.0\t/m/09x0r\n"
+        "a_b-c_d_30000\t2.5\t4.0\t/m/05tny_\n"
+        "XyZ123abcde_0\t0.0\t10.0\t/m/04rlf\n"
+    )
+    task = TaskConfig(data="audioset", strong_labels=str(tsv))
+    assert task_event_counts(task, "as20k", tmp_path / "corpus") == {"a_b-c_d": 2, "XyZ123abcde": 1}
+    with pytest.raises(ValueError, match="strong_labels is for data: audioset"):
+        TaskConfig(strong_labels=str(tsv))

@@ -29,6 +29,9 @@ def as_patch(patch: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
 
 
+DATASETS_DIR = "data/datasets"  # the dataset@<name> stages' outputs: data/datasets/<name>/
+
+
 class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file, the key and what is allowed."""
 
@@ -573,10 +576,31 @@ FinetuneOverrides = _overrides_of(FinetuneConfig, "FinetuneOverrides")
 LinearEvalOverrides = _overrides_of(LinearEvalConfig, "LinearEvalOverrides")
 TaskKind = Literal["single_label", "multi_label"]
 Protocol = Literal["cross_validation", "train_eval", "train_valid_test"]
+Metric = Literal["map", "accuracy"]
 
 
-class TaskConfig(Section):
-    """A downstream task: its data, kind, metric, protocol and recipe.
+def metric_of(kind: str) -> str:
+    """The score a task kind is reported with: accuracy (one class per clip) or mAP (multi-label)."""
+    return "map" if kind == "multi_label" else "accuracy"
+
+
+class _TaskRecipe(Section):
+    """What every downstream task has, synthetic or real: which clips count and the evaluation recipes."""
+
+    min_labels: Positive = 1  # keep clips with at least this many of the task's labels (URBAN-SED: 2)
+    recipe: FinetuneOverrides = FinetuneOverrides()  # type: ignore[valid-type]
+    linear: LinearEvalOverrides = LinearEvalOverrides()  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check_metric(self) -> _TaskRecipe:
+        kind, metric = getattr(self, "kind", None), getattr(self, "metric", None)
+        if kind is not None and metric is not None and metric != metric_of(kind):
+            raise ValueError(f"metric {metric!r} does not fit kind {kind!r} (use {metric_of(kind)!r})")
+        return self
+
+
+class TaskConfig(_TaskRecipe):
+    """A downstream task of the corpus: its data, kind, metric, protocol and recipe.
 
     ``data``: ``tasks/<name>`` of the corpus (empty: ``tasks/<key>``), or ``audioset`` (train on the
     labelled ``balanced`` split, evaluate on ``eval``: AS-20K; with ``unbalanced`` added: AS-2M).
@@ -585,24 +609,60 @@ class TaskConfig(Section):
 
     data: str = ""
     kind: TaskKind = "multi_label"
-    metric: Literal["map", "accuracy"] = "map"
+    metric: Metric = "map"
     protocol: Protocol = "train_eval"
     train_splits: list[Name] = ["balanced"]  # data: audioset only
-    min_labels: Positive = 1  # keep clips with at least this many of the task's labels (URBAN-SED: 2)
-    recipe: FinetuneOverrides = FinetuneOverrides()  # type: ignore[valid-type]
-    linear: LinearEvalOverrides = LinearEvalOverrides()  # type: ignore[valid-type]
+    strong_labels: str = ""  # data: audioset only: audioset_eval_strong.tsv for the polyphony breakdown
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
-        want = "map" if self.kind == "multi_label" else "accuracy"
-        if self.metric != want:
-            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind!r} (use {want!r})")
         if self.data and not (self.data == "audioset" or re.fullmatch(r"tasks/[a-z][a-z0-9_]*", self.data)):
             raise ValueError(f"data must be 'tasks/<name>' or 'audioset', got {self.data!r}")
+        if self.strong_labels and self.data != "audioset":
+            raise ValueError("strong_labels is for data: audioset (a corpus task brings its own strong.tsv)")
         return self
 
     def feature_set(self, key: str) -> str:
         return self.data or f"tasks/{key}"
+
+
+SPASS_ENVIRONMENTS = ("Market", "Park", "Square", "Street", "Waterfront")
+DatasetFormat = Literal[
+    "esc50", "speech_commands", "speech_commands_12", "hear", "strong_tsv", "urban_sed", "fsd50k", "spass"
+]
+
+
+class DatasetConfig(_TaskRecipe):
+    """A downstream task on a real dataset in its published layout (``data/datasets.py``, README "Real
+    datasets"): the ``dataset@<name>`` stage lists, converts (mono FLAC at the corpus rate) and caches it
+    as its own one-task corpus in ``data/datasets/<name>``. ``kind``, ``protocol`` and ``metric`` follow
+    the format (HEAR: its ``task_metadata.json``); set them only to assert what you expect."""
+
+    format: DatasetFormat
+    root: Annotated[str, Field(min_length=1)]  # the unpacked dataset folder, exactly as published
+    environment: str = ""  # spass only: Market | Park | Square | Street | Waterfront
+    kind: TaskKind | None = None
+    metric: Metric | None = None
+    protocol: Protocol | None = None
+    target_frames: Positive = 1024  # ESC-50 (5 s): 512; keywords (1 s): 128; 10 s soundscapes: 1024
+    norm_mean: float | None = None  # null: computed over the task's training clips (valid frames)
+    norm_std: Annotated[float, Field(gt=0.0)] | None = None
+    max_seconds: Annotated[float, Field(gt=0.0)] = 30.0  # longer clips are cut (FSD50K reaches 30 s)
+    silence_dbfs: Annotated[float, Field(le=0.0)] = -70.0  # a clip whose peak is below this is "silent"
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError("norm_mean and norm_std must both be set (pinned) or both be null (computed)")
+        if self.format == "spass" and self.environment not in SPASS_ENVIRONMENTS:
+            raise ValueError(f"format spass needs environment, one of {list(SPASS_ENVIRONMENTS)}")
+        if self.environment and self.format != "spass":
+            raise ValueError("environment is for format spass only")
+        return self
+
+    def feature_set(self, key: str) -> str:
+        """A dataset's own corpus holds one task, under the dataset's name."""
+        return f"tasks/{key}"
 
 
 EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | stage2 | random<N> | a stage2_runs key
@@ -619,6 +679,7 @@ class EvaluateConfig(Section):
     ]
     finetune_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0"]
     finetune_tasks: list[Name] = ["keywords", "square", "street"]
+    finetune_datasets: list[Name] = []  # keys of datasets to fine-tune on as well
     seed: NonNegative = 0
 
 
@@ -652,16 +713,56 @@ class Config(Section):
         "as20k": TaskConfig(data="audioset"),
     }
     evaluate: EvaluateConfig = EvaluateConfig()
+    datasets: dict[Name, DatasetConfig] = {}  # downstream tasks on real datasets (README "Real datasets")
+
+    def task(self, key: str) -> TaskConfig | DatasetConfig:
+        """Task ``key``: a corpus task (``tasks``) or a real dataset (``datasets``); names are unique."""
+        if key in self.tasks:
+            return self.tasks[key]
+        if key in self.datasets:
+            return self.datasets[key]
+        raise KeyError(
+            f"task {key!r} is in neither tasks ({sorted(self.tasks)}) nor datasets ({sorted(self.datasets)})"
+        )
+
+    @property
+    def task_names(self) -> list[str]:
+        """Every evaluated task: the corpus's, then the real datasets."""
+        return [*self.tasks, *self.datasets]
+
+    @property
+    def finetuned_tasks(self) -> list[str]:
+        return [*self.evaluate.finetune_tasks, *self.evaluate.finetune_datasets]
+
+    def task_location(self, key: str, features_dir: str = "data/features") -> tuple[str, str]:
+        """(corpus folder, features folder) of task ``key``: the synthetic / AudioSet corpus and the
+        features stage's cache, or the dataset's own folder ``data/datasets/<name>`` and its cache."""
+        if key in self.datasets:
+            return f"{DATASETS_DIR}/{key}", f"{DATASETS_DIR}/{key}/features"
+        return self.data.corpus_dir, features_dir
+
+    def task_features(self, key: str) -> FeaturesConfig:
+        """The log-mel settings of task ``key``'s cache: a real dataset has its own clip length and
+        (pinned or computed) statistics; everything else is the features stage's."""
+        if key not in self.datasets:
+            return self.features
+        ds = self.datasets[key]
+        return self.features.model_copy(
+            update={"target_frames": ds.target_frames, "norm_mean": ds.norm_mean, "norm_std": ds.norm_std}
+        )
 
     def finetune_recipe(self, task: str) -> FinetuneConfig:
         """The base fine-tuning recipe with the task's overrides."""
-        return self.finetune.model_copy(update=self.tasks[task].recipe.model_dump(exclude_none=True))
+        return self.finetune.model_copy(update=self.task(task).recipe.model_dump(exclude_none=True))
 
     def linear_recipe(self, task: str) -> LinearEvalConfig:
-        return self.linear_eval.model_copy(update=self.tasks[task].linear.model_dump(exclude_none=True))
+        return self.linear_eval.model_copy(update=self.task(task).linear.model_dump(exclude_none=True))
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Config:
+        both = sorted(set(self.tasks) & set(self.datasets))
+        if both:
+            raise ValueError(f"{both} name both a task and a dataset: a task name must be unique")
         if self.pretrain.objective != "bootstrap" and self.model.masked_tokens == "drop":
             raise ValueError(
                 f"pretrain.objective {self.pretrain.objective} predicts the masked patches from the encoder's "
@@ -672,6 +773,9 @@ class Config(Section):
         unknown = [t for t in self.evaluate.finetune_tasks if t not in self.tasks]
         if unknown:
             raise ValueError(f"evaluate.finetune_tasks {unknown} are not in tasks ({sorted(self.tasks)})")
+        unknown = [t for t in self.evaluate.finetune_datasets if t not in self.datasets]
+        if unknown:
+            raise ValueError(f"evaluate.finetune_datasets {unknown} are not in datasets ({sorted(self.datasets)})")
         for key in ("linear_encoders", "finetune_encoders"):
             bad = [
                 e

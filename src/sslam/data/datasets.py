@@ -13,15 +13,25 @@ headers they rely on and name the file and the columns when they do not match.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 
-from sslam.data.folder import FolderItem
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
-FORMATS = ("esc50", "speech_commands", "hear", "strong_tsv", "urban_sed", "fsd50k", "spass")
+from sslam.config import SPASS_ENVIRONMENTS, DatasetConfig, FeaturesConfig
+from sslam.data.folder import FolderItem, one_line, convert_file
+from sslam.data.manifest import ManifestRow, write_failures, write_manifest
+from sslam.features.store import build_features
+from sslam.io import write_json_atomic, write_text_atomic
+
+FORMATS = ("esc50", "speech_commands", "speech_commands_12", "hear", "strong_tsv", "urban_sed", "fsd50k", "spass")
 
 
 class DatasetLayoutError(ValueError):
@@ -113,6 +123,66 @@ def list_speech_commands(root: str | Path) -> Listing:
     for split in ("valid", "test"):
         rows += [(rel, split, (rel.split("/")[0],)) for rel in lists[split]]
     return Listing("single_label", "train_valid_test", ("train", "valid", "test"), tuple(words), _items(rows))
+
+
+KS1_WORDS = ("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes")
+UNKNOWN, SILENCE, BACKGROUND = "_unknown_", "_silence_", "_background_noise_"
+
+
+def silence_split(name: str, valid_percent: int = 10) -> str:
+    """train or valid for a silence window, decided by a hash of its name as the archive's own README
+    assigns speakers to lists (stable when files are added); ``valid_percent`` of the windows validate."""
+    return "valid" if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 100 < valid_percent else "train"
+
+
+KS1_TRAIN, KS1_TEST = "speech_commands_v0.02", "speech_commands_test_set_v0.02"
+
+
+def list_speech_commands_12(root: str | Path, window_seconds: float = 1.0) -> Listing:
+    """KS1, 12 classes, as TFDS / HEAR build it from v0.02: the 10 command words, every other word as
+    ``_unknown_``, and ``_silence_`` cut from ``_background_noise_/*.wav`` in consecutive 1 s windows
+    (train or valid by :func:`silence_split`); train / valid from the archive's lists as KS2; test is the
+    separate v0.02 test-set archive (12 folders, ``_silence_`` and ``_unknown_`` included). ``root`` holds
+    both archives unpacked, as their names: ``speech_commands_v0.02/`` and
+    ``speech_commands_test_set_v0.02/`` (one folder, so DVC tracks both)."""
+    root = Path(root)
+    train_root, test_root = root / KS1_TRAIN, root / KS1_TEST
+    for path, what in ((train_root, "the v0.02 archive"), (test_root, "the v0.02 test-set archive")):
+        if not path.is_dir():
+            raise DatasetLayoutError(f"{path}: missing (speech_commands_12: root holds {what} unpacked here)")
+    ks2 = list_speech_commands(train_root)
+    classes = (*KS1_WORDS, UNKNOWN, SILENCE)
+    folders = sorted(p.name for p in test_root.iterdir() if p.is_dir())
+    strange = [f for f in folders if f not in classes]
+    if strange or not folders:
+        raise DatasetLayoutError(f"{test_root}: test folders {strange or folders} are not the 12 KS1 classes {list(classes)}")
+    items = [
+        replace(i, source=f"{KS1_TRAIN}/{i.source}", labels=(i.labels[0] if i.labels[0] in KS1_WORDS else UNKNOWN,))
+        for i in ks2.items
+        if i.split != "test"
+    ]
+    noise = train_root / BACKGROUND
+    for path in sorted(noise.glob("*.wav")) if noise.is_dir() else []:
+        try:
+            seconds = sf.info(str(path)).duration
+        except RuntimeError as err:
+            rel = f"{KS1_TRAIN}/{BACKGROUND}/{path.name}"
+            items.append(FolderItem(_clip_id(rel), "train", rel, (SILENCE,), f"decode error: {one_line(str(err))}"))
+            continue
+        for k in range(int(seconds // window_seconds)):
+            cid = f"{_clip_id(f'{BACKGROUND}/{path.name}')}__w{k:03d}"
+            items.append(
+                FolderItem(
+                    cid, silence_split(cid), f"{KS1_TRAIN}/{BACKGROUND}/{path.name}", (SILENCE,), "",
+                    k * window_seconds, window_seconds,
+                )
+            )
+    test = [
+        FolderItem(_clip_id(f"{KS1_TEST}/{c}/{f.name}"), "test", f"{KS1_TEST}/{c}/{f.name}", (c,), "")
+        for c in folders
+        for f in sorted((test_root / c).glob("*.wav"))
+    ]
+    return Listing("single_label", "train_valid_test", ("train", "valid", "test"), classes, (*items, *test))
 
 
 # ----------------------------------------------------------------------------- HEAR
@@ -222,9 +292,6 @@ def list_fsd50k(root: str | Path) -> Listing:
     return Listing("multi_label", "train_valid_test", ("train", "valid", "test"), tuple(vocab), _items(rows))
 
 
-SPASS_ENVIRONMENTS = ("Market", "Park", "Square", "Street", "Waterfront")
-
-
 def list_spass(root: str | Path, environment: str) -> Listing:
     """SPASS: one folder per environment (``<Env>/<env>NNNNN.wav``) and
     ``SPASS_META_DATA/<k>_MatrixLabels<Env>.csv`` (``audio_filename``, ``class``: one row per event).
@@ -251,3 +318,121 @@ def _events_tsv_csv(path: Path) -> dict[str, set[str]]:
     for r in _read_csv(path, ("audio_filename", "class")):
         labels.setdefault(r["audio_filename"], set()).add(r["class"])
     return labels
+
+
+# ----------------------------------------------------------------------------- the dataset@<name> stage
+
+
+def read_listing(cfg: DatasetConfig) -> Listing:
+    """The reader ``cfg.format`` names, on ``cfg.root``."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: not a folder (datasets root, format {cfg.format})")
+    if cfg.format == "spass":
+        return list_spass(root, cfg.environment)
+    readers = {
+        "esc50": list_esc50,
+        "speech_commands": list_speech_commands,
+        "speech_commands_12": list_speech_commands_12,
+        "hear": list_hear,
+        "strong_tsv": list_strong_tsv,
+        "urban_sed": list_urban_sed,
+        "fsd50k": list_fsd50k,
+    }
+    return readers[cfg.format](root)
+
+
+def _convert_or_reuse(args: tuple) -> ManifestRow:
+    """A clip converted earlier (its FLAC exists: written atomically, so complete) is reused: a killed
+    stage resumes where it stopped."""
+    item, root, out_dir, sample_rate, max_seconds, silence_dbfs = args
+    rel = f"audio/{item.split}/{item.clip_id}.flac"
+    done = out_dir / rel
+    if not item.problem and done.is_file():
+        info = sf.info(str(done))
+        return ManifestRow(
+            item.clip_id, item.split, rel, info.frames / info.samplerate, sample_rate, item.labels, "ok", ""
+        )
+    return convert_file(item, root, out_dir, sample_rate, max_seconds, silence_dbfs).row
+
+
+TRAINING_SPLITS = {"train_eval": ("train",), "train_valid_test": ("train",)}  # cross_validation: every fold
+
+
+def build_dataset(
+    name: str, cfg: DatasetConfig, features: FeaturesConfig, sample_rate: int, out_dir: str | Path, workers: int = 1
+) -> dict:
+    """List, convert (mono FLAC at ``sample_rate``) and cache one dataset as a one-task corpus in ``out_dir``:
+    ``tasks/<name>/{manifest.csv, task.json}``, ``failures.csv`` (every listed clip that could not be used,
+    with the reason) and ``features/`` (the sharded store at the dataset's ``target_frames``; statistics
+    pinned, or over the training clips' valid frames). Returns the summary for metrics."""
+    out_dir = Path(out_dir)
+    listing = read_listing(cfg)
+    if not listing.items:
+        raise DatasetLayoutError(f"{cfg.root}: the {cfg.format} listing has no clips")
+    for key in ("kind", "protocol"):
+        want = getattr(cfg, key)
+        if want is not None and want != getattr(listing, key):
+            raise DatasetLayoutError(
+                f"datasets.{name}.{key} is {want!r} but the {cfg.format} layout at {cfg.root} is {getattr(listing, key)!r}"
+            )
+    task_dir = out_dir / "tasks" / name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, Path(cfg.root), task_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs) for i in listing.items]
+    bar = dict(total=len(jobs), desc=f"dataset {name}", unit="clip", mininterval=1.0)
+    if workers > 1 and len(jobs) > 1:
+        with get_context("fork").Pool(workers) as pool:
+            rows = list(tqdm(pool.imap(_convert_or_reuse, jobs, chunksize=8), **bar))
+    else:
+        rows = [_convert_or_reuse(j) for j in tqdm(jobs, **bar)]
+    rows = [replace(r, path=f"tasks/{name}/{r.path}") if r.status == "ok" else r for r in rows]
+    write_manifest(task_dir / "manifest.csv", rows)
+    failed = [
+        (r.clip_id, str(Path(cfg.root) / i.source), r.reason, 1)
+        for r, i in zip(rows, listing.items)
+        if r.status != "ok"
+    ]
+    write_failures(out_dir / "failures.csv", failed)
+    if listing.kind == "multi_label":  # the labels per clip: the report's breakdown by degree of polyphony
+        events = [(r.clip_id, lab) for r in rows if r.status == "ok" for lab in sorted(set(r.labels))]
+        write_text_atomic(
+            task_dir / "strong.tsv", "segment_id\tlabel\n" + "".join(f"{c}\t{lab}\n" for c, lab in events)
+        )
+    write_json_atomic(
+        task_dir / "task.json",
+        {
+            "name": name,
+            "kind": listing.kind,
+            "protocol": listing.protocol,
+            "splits": list(listing.splits),
+            "classes": list(listing.classes),
+            "class_names": list(listing.classes),
+            "source": {"format": cfg.format, "root": str(cfg.root)},
+        },
+    )
+    summary = build_features(out_dir, out_dir / "features", features, sample_rate, workers=workers)
+    if cfg.norm_mean is None:  # statistics of the training clips only (all folds under cross-validation)
+        from sslam.downstream.tasks import TaskStore
+
+        store = TaskStore(out_dir / "features", {f"tasks/{name}": ""})
+        train = TRAINING_SPLITS.get(listing.protocol)
+        picked = [i for i, s in enumerate(store.index["split"]) if train is None or s in train]
+        if not picked:
+            raise DatasetLayoutError(f"{cfg.root}: no decodable training clips to compute statistics from")
+        st = store.train_stats(np.array(picked))
+        summary["stats"] = {"mean": round(st["mean"], 6), "std": round(st["std"], 6), "source": "training clips"}
+        write_json_atomic(out_dir / "features" / "stats.json", summary["stats"])
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.status != "ok":
+            key = r.reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    per_split = {s: sum(1 for r in rows if r.split == s and r.status == "ok") for s in listing.splits}
+    return {
+        "format": cfg.format,
+        "listed": len(rows),
+        "clips": per_split,
+        "failed": reasons,
+        "classes": len(listing.classes),
+        "stats": summary["stats"],
+    }

@@ -43,6 +43,8 @@ class FolderItem:
     source: str  # as written in the labels CSV
     labels: tuple[str, ...]
     problem: str  # non-empty: fails before decoding
+    start_seconds: float = 0.0  # a window of the file (Speech Commands' silence cut from background noise)
+    duration_seconds: float = 0.0  # 0: the whole file
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,14 @@ def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: 
     try:
         data, rate = decode_audio(src)
     except RuntimeError as err:
-        return failed(f"decode error: {_one_line(str(err))}")
+        return failed(f"decode error: {one_line(str(err))}")
     if data.shape[0] == 0:
         return failed("empty: no audio samples")
     if not np.isfinite(data).all():
         return failed("corrupt: non-finite samples")
+    if item.duration_seconds > 0:
+        first = int(round(item.start_seconds * rate))
+        data = data[first : first + int(round(item.duration_seconds * rate))]
     notes = []
     if data.shape[1] > 1:
         notes.append("downmixed")
@@ -146,7 +151,7 @@ def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: 
     return IngestResult(row, tuple(notes))
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
@@ -155,7 +160,7 @@ def read_labels_csv(path: Path, audio_dir: Path, known: dict[str, str] | None) -
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise FolderSourceError(f"{path}: cannot parse as CSV: {_one_line(str(err))}") from None
+        raise FolderSourceError(f"{path}: cannot parse as CSV: {one_line(str(err))}") from None
     missing = [c for c in LABEL_COLUMNS if c not in df.columns]
     if missing:
         raise FolderSourceError(

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sslam.config import FeaturesConfig, TaskConfig
+from sslam.config import DatasetConfig, FeaturesConfig, TaskConfig, metric_of
 from sslam.features.dataset import FeatureStore
 from sslam.features.stats import valid_frame_stats
 from sslam.features.store import clip_features
@@ -34,6 +34,10 @@ class Task:
     @property
     def multi_label(self) -> bool:
         return self.kind == "multi_label"
+
+    @property
+    def metric(self) -> str:
+        return metric_of(self.kind)
 
 
 class TaskStore:
@@ -126,12 +130,16 @@ class WaveFeatures:
 
 
 def load_task(
-    corpus: str | Path, name: str, cfg: TaskConfig | None = None, features_dir: str | Path | None = None
+    corpus: str | Path,
+    name: str,
+    cfg: TaskConfig | DatasetConfig | None = None,
+    features_dir: str | Path | None = None,
 ) -> tuple[Task, TaskStore | None]:
     """The task and its clips. ``cfg`` (params) must agree with the corpus's ``task.json``: a clear error
-    before any work otherwise. Without ``features_dir`` only the task is returned (store None)."""
+    before any work otherwise (a dataset's unset kind / protocol are the layout's). Without
+    ``features_dir`` only the task is returned (store None)."""
     cfg = cfg or TaskConfig()
-    if cfg.data == "audioset":
+    if isinstance(cfg, TaskConfig) and cfg.data == "audioset":
         classes = pd.read_csv(Path(corpus) / "class_labels_indices.csv")["mid"].astype(str).tolist()
         task = Task(name, "multi_label", "train_eval", classes, ["train", "eval"], cfg.min_labels)
         sets = {s: "train" for s in cfg.train_splits} | {"eval": "eval"}
@@ -141,8 +149,11 @@ def load_task(
             raise FileNotFoundError(f"{path}: no task {name!r} in the corpus (tasks in params.yaml must exist there)")
         t = json.loads(path.read_text())
         for key in ("kind", "protocol"):
-            if getattr(cfg, key) != t[key]:
-                raise ValueError(f"params.yaml tasks.{name}.{key} is {getattr(cfg, key)!r} but {path} says {t[key]!r}")
+            if getattr(cfg, key) not in (None, t[key]):
+                section = "datasets" if isinstance(cfg, DatasetConfig) else "tasks"
+                raise ValueError(
+                    f"params.yaml {section}.{name}.{key} is {getattr(cfg, key)!r} but {path} says {t[key]!r}"
+                )
         task = Task(name, t["kind"], t["protocol"], t["classes"], t["splits"], cfg.min_labels)
         sets = {cfg.feature_set(name): ""}
     return task, (TaskStore(features_dir, sets) if features_dir is not None else None)
@@ -214,3 +225,12 @@ def strong_event_counts(strong_tsv: str | Path, segment_ids: bool = False) -> di
     if segment_ids:
         df["segment_id"] = df["segment_id"].str.rsplit("_", n=1).str[0]
     return df.groupby("segment_id")["label"].nunique().to_dict()
+
+
+def task_event_counts(cfg: TaskConfig | DatasetConfig, key: str, corpus: str | Path) -> dict[str, int] | None:
+    """Distinct events per clip of task ``key`` (None without strong labels): an AudioSet task reads
+    ``strong_labels`` (the released ``audioset_eval_strong.tsv``) or the corpus's ``strong/eval.tsv``,
+    keyed by clip id; any other task its own ``strong.tsv``."""
+    if isinstance(cfg, TaskConfig) and cfg.data == "audioset":
+        return strong_event_counts(cfg.strong_labels or Path(corpus) / "strong" / "eval.tsv", segment_ids=True)
+    return strong_event_counts(Path(corpus) / cfg.feature_set(key) / "strong.tsv")

@@ -194,7 +194,8 @@ def render_markdown(evals: dict, settings: dict) -> str:
             "",
         ]
     lines += [
-        "Synthetic analogues of the paper's datasets (column headers say which); the paper's SSLAM numbers "
+        "Synthetic analogues of the paper's datasets (column headers say which; `real data` marks a dataset "
+        "of `params.yaml datasets`); the paper's SSLAM numbers "
         "(ViT-B, AS-2M pretraining, real data) stand beside ours as context, not as a target.",
         "",
     ]
@@ -222,7 +223,10 @@ def render_markdown(evals: dict, settings: dict) -> str:
         {t for t, m in metric.items() if m == "map"}, key=lambda t: (t == "as20k", t == "urban", t == "desed", t)
     )
     encoders = sorted({e for d in evals.values() for e in d["encoders"]}, key=lambda e: (e.startswith("random"), e))
-    name = lambda t: f"{t} ({ANALOGUE[t]})" if t in ANALOGUE else t  # noqa: E731
+    real = {t for (t, _), d in evals.items() if str(d.get("data", "")).startswith("datasets/")}
+
+    def name(t: str) -> str:  # a real dataset says so; a synthetic task names the dataset it imitates
+        return f"{t} (real data)" if t in real else f"{t} ({ANALOGUE[t]})" if t in ANALOGUE else t
 
     lines += ["## Table 1 (shape): audio SSL benchmarks; mAP % (AS-20K) or accuracy %", ""]
     lines += ["| encoder | regime | " + " | ".join(name(t) for t in table1) + " |", "|" + " --- |" * (len(table1) + 2)]
