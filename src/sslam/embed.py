@@ -1,0 +1,241 @@
+"""Embeddings for other programs, with the HEAR API's names and shapes.
+
+    from sslam.embed import load_model, get_scene_embeddings, get_timestamp_embeddings
+    model = load_model("checkpoints/stage2/final")          # any encoder this project trained
+    scene = get_scene_embeddings(audio, model)              # audio: float [n, samples] at model.sample_rate
+    frames, times_ms = get_timestamp_embeddings(audio, model)  # [n, T, D], [n, T] window centres in ms
+
+The front end is applied inside (the log-mel the model was trained on, the pretraining statistics), so
+a caller passes raw audio in [-1, 1] of any length: audio longer than the model's input is cut into
+consecutive windows of ``features.target_frames`` frames. A time token of the encoder covers one patch
+of frames (16 x 10 ms = 160 ms for the default), so the timestamp embeddings come from passes whose
+windows are shifted by a fraction of a patch and are interleaved, giving a hop of at most 50 ms
+(40 ms for 16-frame patches); each timestamp embedding is the mean over frequency of the tokens of one
+time patch, kept when its centre lies within the audio. The scene embedding is the mean of the
+unshifted pass's kept tokens.
+
+Bulk extraction: ``python -m sslam.embed <audio folder> <out.npz>`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sslam.config import Config, FeaturesConfig, ModelConfig, load_config
+from sslam.features.fbank import log_mel
+from sslam.models.contract import PatchEncoder
+from sslam.models.student import Student
+
+MAX_HOP_MS = 50.0  # the HEAR API's limit for timestamp embeddings
+
+
+class EmbeddingModel(nn.Module):
+    """A frozen encoder with its front end: what :func:`get_scene_embeddings` and
+    :func:`get_timestamp_embeddings` take."""
+
+    def __init__(self, encoder: PatchEncoder, features: FeaturesConfig, sample_rate: int, mean: float, std: float):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.features, self.sample_rate = features, sample_rate
+        self.mean, self.std = float(mean), float(std)
+        self.scene_embedding_size = self.timestamp_embedding_size = encoder.dim
+        self.window = features.target_frames  # frames per encoder input
+        self.patch_frames = encoder.patch_size[0]
+        # the largest step (frames) dividing a patch whose duration stays within the hop limit
+        self.step = max(
+            d
+            for d in range(1, self.patch_frames + 1)
+            if self.patch_frames % d == 0 and d * features.frame_shift_ms <= MAX_HOP_MS
+        )
+
+    @property
+    def hop_ms(self) -> float:
+        return self.step * self.features.frame_shift_ms
+
+    def logmel(self, audio: torch.Tensor) -> torch.Tensor:
+        """(samples,) float in [-1, 1] -> (frames, mel) raw log-mel, as the features stage computes it
+        (from 16-bit sample values)."""
+        return log_mel(audio.detach().double().cpu().mul(32768.0).float(), self.sample_rate, self.features)
+
+    def _windows(self, fb: torch.Tensor, offset: int) -> tuple[torch.Tensor, int]:
+        """The raw log-mel from ``offset`` cut into windows of ``self.window`` frames (zero-padded, as the
+        store pads), normalised; and how many time tokens are centred on audio."""
+        x = fb[offset:]
+        # a time patch counts when its centre frame holds audio (a patch mostly of padding does not)
+        valid_tokens = max(1, math.ceil((x.shape[0] - (self.patch_frames - 1) / 2) / self.patch_frames))
+        n = max(1, math.ceil(x.shape[0] / self.window))
+        padded = torch.zeros(n * self.window, fb.shape[1])
+        padded[: x.shape[0]] = x
+        return (padded.view(n, self.window, -1) - self.mean) / (2 * self.std), valid_tokens
+
+    @torch.no_grad()
+    def time_tokens(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One clip: (T, D) timestamp embeddings and (T,) their centre times in ms, sorted."""
+        fb = self.logmel(audio)
+        grid_t = self.window // self.patch_frames
+        embs, times = [], []
+        for offset in range(0, self.patch_frames, self.step):
+            if offset and offset >= fb.shape[0]:
+                break
+            x, valid = self._windows(fb, offset)
+            h, _ = self.encoder(x.to(next(self.encoder.parameters()).device))
+            tokens = h[:, 1:].float().cpu()  # (windows, T' * F', D), time-major
+            tokens = tokens.reshape(x.shape[0] * grid_t, -1, tokens.shape[-1]).mean(1)[:valid]
+            first = offset + torch.arange(valid) * self.patch_frames  # first frame of each time patch
+            centre = (first + (self.patch_frames - 1) / 2) * self.features.frame_shift_ms
+            embs.append(tokens)
+            times.append(centre + self.features.frame_length_ms / 2)
+        emb, t = torch.cat(embs), torch.cat(times)
+        order = torch.argsort(t, stable=True)
+        return emb[order], t[order]
+
+    @torch.no_grad()
+    def scene(self, audio: torch.Tensor) -> torch.Tensor:
+        """One clip: (D,) the mean of the tokens covering audio in the unshifted windows."""
+        x, valid = self._windows(self.logmel(audio), 0)
+        h, _ = self.encoder(x.to(next(self.encoder.parameters()).device))
+        grid_t = self.window // self.patch_frames
+        tokens = h[:, 1:].float().cpu().reshape(x.shape[0] * grid_t, -1, h.shape[-1])[:valid]
+        return tokens.mean(dim=(0, 1))
+
+
+def load_model(
+    model_file_path: str = "checkpoints/stage2/final",
+    params: str = "params.yaml",
+    stats: str = "data/features/stats.json",
+    device: str = "cpu",
+) -> EmbeddingModel:
+    """A checkpoint folder of this project (``checkpoints/<name>/final``): the encoder as its
+    ``meta.json`` built it (any encoder, any objective), the front end and sample rate of ``params``, and
+    the normalisation the model was pretrained with (``stats``, or ``features.norm_mean / norm_std``)."""
+    folder = Path(model_file_path)
+    meta_file, weights = folder / "meta.json", folder / "student.safetensors"
+    for f in (meta_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing (load_model takes a checkpoint folder, checkpoints/<name>/final)")
+    cfg: Config = load_config(params)
+    fp = json.loads(meta_file.read_text())["fingerprint"]
+    model_cfg = ModelConfig.model_validate(fp["model"])
+    features = cfg.features
+    if features.norm_mean is not None:
+        mean, std = features.norm_mean, features.norm_std
+    elif Path(stats).is_file():
+        st = json.loads(Path(stats).read_text())
+        mean, std = st["mean"], st["std"]
+    else:
+        raise FileNotFoundError(f"{stats}: no normalisation statistics (run the features stage or pin features.norm_*)")
+    from safetensors.torch import load_file
+
+    student = Student(model_cfg, features.target_frames, features.num_mel_bins, fp.get("objective", "bootstrap"))
+    student.load_state_dict(load_file(weights))
+    return EmbeddingModel(student.encoder.to(device), features, cfg.data.sample_rate, mean, std)
+
+
+def _clips(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+    audio = torch.as_tensor(audio)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be [n, samples], got shape {tuple(audio.shape)}")
+    return audio
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> torch.Tensor:
+    """[n, samples] -> [n, scene_embedding_size] float32."""
+    return torch.stack([model.scene(a) for a in _clips(audio)]).float()
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: EmbeddingModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, samples] -> ([n, T, timestamp_embedding_size] float32, [n, T] centre times in ms)."""
+    out = [model.time_tokens(a) for a in _clips(audio)]
+    return torch.stack([e for e, _ in out]).float(), torch.stack([t for _, t in out]).float()
+
+
+# ----------------------------------------------------------------------------- bulk extraction
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aiff", ".aif")
+
+
+def extract_folder(model: EmbeddingModel, folder: str | Path, out: str | Path, chunk: int = 64) -> dict:
+    """Scene embeddings of every audio file under ``folder`` into ``out`` (npz: ``clip_ids``,
+    ``embeddings`` [n, D], ``failed_ids``, ``failed_reasons``). Resumable: finished chunks are kept
+    beside ``out`` (``<out>.part-<k>.npz``, written atomically) and reused; a bad file is a failure row."""
+    from tqdm import tqdm
+
+    from sslam.data.folder import decode_audio, resample
+    from sslam.io import atomic_path
+
+    folder, out = Path(folder), Path(out)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    ids = [str(p.relative_to(folder).with_suffix("")) for p in files]
+    parts = []
+    bar = tqdm(total=len(files), desc="embedding", unit="clip", mininterval=1.0)
+    for k in range(0, len(files), chunk):
+        part = out.with_name(f"{out.name}.part-{k // chunk:05d}.npz")
+        if not part.is_file():
+            got, emb, bad, why = [], [], [], []
+            for cid, path in zip(ids[k : k + chunk], files[k : k + chunk], strict=True):
+                try:
+                    data, rate = decode_audio(path)
+                    if data.shape[0] == 0:
+                        raise RuntimeError("no audio samples")
+                    mono = data.mean(axis=1)
+                    if rate != model.sample_rate:
+                        mono = resample(mono, rate, model.sample_rate)
+                    emb.append(model.scene(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))).numpy())
+                    got.append(cid)
+                except (RuntimeError, ValueError) as err:
+                    bad.append(cid)
+                    why.append(" ".join(str(err).split())[:300])
+            with atomic_path(part) as tmp, open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    clip_ids=np.array(got, dtype=str),
+                    embeddings=np.array(emb, dtype=np.float32).reshape(len(got), model.scene_embedding_size),
+                    failed_ids=np.array(bad, dtype=str),
+                    failed_reasons=np.array(why, dtype=str),
+                )
+        parts.append(part)
+        bar.update(min(chunk, len(files) - k))
+    bar.close()
+    loaded = [np.load(p) for p in parts]
+    merged = {
+        key: np.concatenate([d[key] for d in loaded])
+        for key in ("clip_ids", "embeddings", "failed_ids", "failed_reasons")
+    }
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **merged)
+    for p in parts:
+        p.unlink()
+    return {"clips": len(merged["clip_ids"]), "failed": len(merged["failed_ids"]), "dim": model.scene_embedding_size}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Scene embeddings of every audio file of a folder, into one npz.")
+    ap.add_argument("folder")
+    ap.add_argument("out", help="the .npz to write (clip_ids, embeddings, failed_ids, failed_reasons)")
+    ap.add_argument("--checkpoint", default="checkpoints/stage2/final")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--stats", default="data/features/stats.json")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    try:
+        model = load_model(args.checkpoint, args.params, args.stats, args.device)
+        summary = extract_folder(model, args.folder, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"embed: {err}", file=sys.stderr)
+        return 2
+    print(f"embed: {summary['clips']} clips -> {args.out} ({summary['dim']} dims), {summary['failed']} failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

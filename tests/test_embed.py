@@ -1,0 +1,130 @@
+"""The embedding API's contract (HEAR names and shapes), checked here without the heareval packages:
+shapes, dtypes, monotonic timestamps at most 50 ms apart, batch invariance, long audio in windows,
+and the values against an independent composition of torchaudio's Kaldi fbank and the encoder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+from conftest import REPO
+from safetensors.torch import save_file
+
+from sslam.config import ModelConfig
+from sslam.embed import extract_folder, get_scene_embeddings, get_timestamp_embeddings, load_model
+from sslam.models.student import Student
+
+SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_layers": 1, "decoder_groups": 4}
+
+
+def checkpoint(tmp_path, encoder: str = "transformer"):
+    """A checkpoint folder as the pretraining stage writes it (meta.json fingerprint + student weights),
+    of a small random model, and pinned statistics."""
+    cfg = ModelConfig.model_validate(SMALL | {"encoder": encoder})
+    torch.manual_seed(0)
+    student = Student(cfg, 304, 128, "bootstrap")
+    folder = tmp_path / "ckpt" / "final"
+    folder.mkdir(parents=True)
+    save_file(student.state_dict(), folder / "student.safetensors")
+    (folder / "meta.json").write_text(
+        json.dumps({"fingerprint": {"model": cfg.model_dump(), "objective": "bootstrap"}})
+    )
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"mean": -6.0, "std": 3.0}))
+    return load_model(str(folder), str(REPO / "params.yaml"), str(stats))
+
+
+def noise(n: int, seconds: float, seed: int = 0) -> torch.Tensor:
+    return 0.1 * torch.randn(n, int(seconds * 16000), generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_dtypes_and_timestamps(tmp_path):
+    model = checkpoint(tmp_path)
+    assert (model.sample_rate, model.scene_embedding_size, model.timestamp_embedding_size) == (16000, 32, 32)
+    audio = noise(2, 3.0)
+    scene = get_scene_embeddings(audio, model)
+    emb, ts = get_timestamp_embeddings(audio, model)
+    assert scene.shape == (2, 32) and scene.dtype == torch.float32
+    # 3 s: 1 + (48000 - 400) // 160 = 298 frames; passes shifted by 0, 4, 8, 12 frames keep the patches
+    # whose centre frame (first + 7.5) is below 298, 294, 290, 286: 19 + 18 + 18 + 18
+    assert emb.shape == (2, 73, 32) and emb.dtype == torch.float32 and ts.shape == (2, 73)
+    assert model.hop_ms == 40.0
+    np.testing.assert_allclose(torch.diff(ts[0]).numpy(), 40.0)  # monotonic, 40 ms apart
+    assert ts[0, 0].item() == pytest.approx(7.5 * 10 + 12.5)  # centre of frames 0..15, each 25 ms long
+
+
+def test_batch_invariance_and_long_audio_against_an_independent_composition(tmp_path):
+    model = checkpoint(tmp_path)
+    audio = noise(3, 7.0, seed=1)  # 698 frames: three windows of 304 frames, the last one padded
+    together = get_scene_embeddings(audio, model)
+    alone = get_scene_embeddings(audio[1:2], model)
+    np.testing.assert_allclose(together[1:2].numpy(), alone.numpy(), atol=1e-5)
+    # independent: torchaudio's Kaldi fbank on 16-bit sample values, windows of 304 frames padded with
+    # raw zeros, (x - mean) / (2 std), the encoder, the mean over the 44 time patches holding audio
+    x = audio[1] * 32768.0
+    fb = torchaudio.compliance.kaldi.fbank(
+        (x - x.mean())[None],
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10.0,
+        frame_length=25.0,
+    )
+    assert fb.shape[0] == 698
+    padded = torch.zeros(3 * 304, 128)
+    padded[:698] = fb
+    windows = (padded.view(3, 304, 128) + 6.0) / 6.0
+    with torch.no_grad():
+        h, _ = model.encoder(windows)
+    tokens = h[:, 1:].reshape(3 * 19, 8, 32)[: math.ceil(698 / 16)]
+    np.testing.assert_allclose(alone[0].numpy(), tokens.mean(dim=(0, 1)).numpy(), atol=1e-5)
+    emb, ts = get_timestamp_embeddings(audio[1:2], model)
+    np.testing.assert_allclose(emb[0, ::4][:44].numpy(), tokens.mean(1).numpy(), atol=1e-5)  # offset-0 pass
+    assert (torch.diff(ts[0]) > 0).all() and ts[0, -1] == pytest.approx(6967.5)  # frames 688..703: centre 695.5
+
+
+@pytest.mark.parametrize("encoder", ["mamba", "xlstm"])
+def test_every_encoder_gives_embeddings(tmp_path, encoder):
+    model = checkpoint(tmp_path, encoder)
+    emb, ts = get_timestamp_embeddings(noise(1, 1.0), model)
+    assert emb.shape[-1] == 32 and torch.isfinite(emb).all() and (torch.diff(ts[0]) == 40).all()
+
+
+def test_bulk_extraction_resumes_and_records_bad_files(tmp_path):
+    model = checkpoint(tmp_path)
+    folder = tmp_path / "audio"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sf.write(folder / "a.wav", 0.1 * rng.standard_normal(16000), 16000)
+    sf.write(folder / "sub" / "b.flac", 0.1 * rng.standard_normal((44100, 2)), 44100)  # stereo 44.1 kHz
+    sf.write(folder / "c.wav", 0.1 * rng.standard_normal(8000), 8000)
+    (folder / "d.wav").write_bytes(b"RIFF not audio")
+    out = tmp_path / "emb.npz"
+    assert extract_folder(model, folder, out, chunk=2) == {"clips": 3, "failed": 1, "dim": 32}
+    got = np.load(out)
+    assert list(got["clip_ids"]) == ["a", "c", "sub/b"] and list(got["failed_ids"]) == ["d"]
+    mono, _ = sf.read(folder / "a.wav")
+    np.testing.assert_allclose(
+        got["embeddings"][0], model.scene(torch.tensor(mono, dtype=torch.float32)).numpy(), atol=1e-6
+    )
+    # a finished chunk left by a killed run is reused, not recomputed
+    files = ["a", "c"]
+    part = tmp_path / "emb.npz.part-00000.npz"
+    np.savez(
+        part,
+        clip_ids=np.array(files),
+        embeddings=np.full((2, 32), 7.0, np.float32),
+        failed_ids=np.array([], dtype=str),
+        failed_reasons=np.array([], dtype=str),
+    )
+    extract_folder(model, folder, out, chunk=2)
+    again = np.load(out)
+    assert (again["embeddings"][:2] == 7.0).all() and not part.exists()
