@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     linear = args.regime == "linear"
     recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
     encoders = cfg.evaluate.linear_encoders if linear else cfg.evaluate.finetune_encoders
-    wave = WaveFeatures(
-        cfg.task_features(args.task), cfg.data.sample_rate
-    )  # roll_domain: waveform recomputes the log-mel
+    # roll_domain: waveform recomputes the log-mel with the task's own settings
+    wave = WaveFeatures(cfg.task_features(args.task), cfg.data.sample_rate)
     out = {
         "task": args.task,
         "regime": args.regime,

@@ -37,3 +37,21 @@ def dvc_project(root: Path, files: dict[str, str]):
     sh("git", "add", "-A")
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline")
     return sh
+
+
+def reference_kaldi_fbank(wave, sample_rate: int = 16000, num_mel_bins: int = 128):
+    """The reference's Kaldi fbank, called on torchaudio directly (not through the project's front end):
+    the independent check of every path that computes a log-mel from a waveform."""
+    import torchaudio
+
+    return torchaudio.compliance.kaldi.fbank(
+        (wave - wave.mean())[None],
+        htk_compat=True,
+        sample_frequency=sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=num_mel_bins,
+        dither=0.0,
+        frame_shift=10.0,
+        frame_length=25.0,
+    )

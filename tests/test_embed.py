@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio
-from conftest import REPO
+from conftest import REPO, reference_kaldi_fbank
 from safetensors.torch import save_file
 
 from sslam.config import ModelConfig
 from sslam.embed import extract_folder, get_scene_embeddings, get_timestamp_embeddings, load_model
+from sslam.features.store import clip_features
 from sslam.models.student import Student
 
 SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_layers": 1, "decoder_groups": 4}
@@ -64,20 +64,9 @@ def test_batch_invariance_and_long_audio_against_an_independent_composition(tmp_
     together = get_scene_embeddings(audio, model)
     alone = get_scene_embeddings(audio[1:2], model)
     np.testing.assert_allclose(together[1:2].numpy(), alone.numpy(), atol=1e-5)
-    # independent: torchaudio's Kaldi fbank on 16-bit sample values, windows of 304 frames padded with
-    # raw zeros, (x - mean) / (2 std), the encoder, the mean over the 44 time patches holding audio
-    x = audio[1] * 32768.0
-    fb = torchaudio.compliance.kaldi.fbank(
-        (x - x.mean())[None],
-        htk_compat=True,
-        sample_frequency=16000,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_shift=10.0,
-        frame_length=25.0,
-    )
+    # independent: torchaudio's Kaldi fbank of the clip as given, windows of 304 frames padded with raw
+    # zeros, (x - mean) / (2 std), the encoder, the mean over the 44 time patches holding audio
+    fb = reference_kaldi_fbank(audio[1])
     assert fb.shape[0] == 698
     padded = torch.zeros(3 * 304, 128)
     padded[:698] = fb
@@ -91,11 +80,22 @@ def test_batch_invariance_and_long_audio_against_an_independent_composition(tmp_
     assert (torch.diff(ts[0]) > 0).all() and ts[0, -1] == pytest.approx(6967.5)  # frames 688..703: centre 695.5
 
 
-@pytest.mark.parametrize("encoder", ["mamba", "xlstm"])
-def test_every_encoder_gives_embeddings(tmp_path, encoder):
+@pytest.mark.parametrize("encoder", ["transformer", "mamba", "xlstm"])
+def test_a_clip_embeds_as_the_evaluation_reads_it_from_the_store(tmp_path, encoder):
+    """A clip as the features stage stores it (16-bit samples read back as floats in [-1, 1], the front
+    end, zero padding to target_frames) and normalised as the evaluation reads it: the scene embedding is
+    the mean over its time patches holding audio, on every encoder."""
     model = checkpoint(tmp_path, encoder)
-    emb, ts = get_timestamp_embeddings(noise(1, 1.0), model)
-    assert emb.shape[-1] == 32 and torch.isfinite(emb).all() and (torch.diff(ts[0]) == 40).all()
+    pcm = (noise(1, 2.0, seed=3)[0].numpy() * 32768).astype(np.int16)
+    wave = pcm.astype(np.float32) / 32768.0
+    stored, frames = clip_features(wave, 16000, model.features)  # 198 valid frames of 304
+    x = (torch.from_numpy(stored)[None] + 6.0) / 6.0
+    with torch.no_grad():
+        h, _ = model.encoder(x)
+    patches = h[0, 1:].reshape(19, 8, 32).mean(1)[: math.ceil((frames - 7.5) / 16)]
+    np.testing.assert_allclose(model.scene(torch.from_numpy(wave)).numpy(), patches.mean(0).numpy(), atol=1e-5)
+    _, ts = get_timestamp_embeddings(torch.from_numpy(wave)[None], model)
+    assert (torch.diff(ts[0]) == 40).all()
 
 
 def test_bulk_extraction_resumes_and_records_bad_files(tmp_path):

@@ -587,15 +587,22 @@ def metric_of(kind: str) -> str:
 class _TaskRecipe(Section):
     """What every downstream task has, synthetic or real: which clips count and the evaluation recipes."""
 
+    kind: TaskKind | None = None  # None (a dataset): the layout's
+    metric: Metric | None = None
+    protocol: Protocol | None = None
     min_labels: Positive = 1  # keep clips with at least this many of the task's labels (URBAN-SED: 2)
     recipe: FinetuneOverrides = FinetuneOverrides()  # type: ignore[valid-type]
     linear: LinearEvalOverrides = LinearEvalOverrides()  # type: ignore[valid-type]
 
+    @property
+    def reads_audioset(self) -> bool:
+        """Train on labelled AudioSet splits, score on eval (``data: audioset``)."""
+        return False
+
     @model_validator(mode="after")
     def _check_metric(self) -> _TaskRecipe:
-        kind, metric = getattr(self, "kind", None), getattr(self, "metric", None)
-        if kind is not None and metric is not None and metric != metric_of(kind):
-            raise ValueError(f"metric {metric!r} does not fit kind {kind!r} (use {metric_of(kind)!r})")
+        if self.kind is not None and self.metric is not None and self.metric != metric_of(self.kind):
+            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind!r} (use {metric_of(self.kind)!r})")
         return self
 
 
@@ -622,6 +629,10 @@ class TaskConfig(_TaskRecipe):
             raise ValueError("strong_labels is for data: audioset (a corpus task brings its own strong.tsv)")
         return self
 
+    @property
+    def reads_audioset(self) -> bool:
+        return self.data == "audioset"
+
     def feature_set(self, key: str) -> str:
         return self.data or f"tasks/{key}"
 
@@ -641,9 +652,6 @@ class DatasetConfig(_TaskRecipe):
     format: DatasetFormat
     root: Annotated[str, Field(min_length=1)]  # the unpacked dataset folder, exactly as published
     environment: str = ""  # spass only: Market | Park | Square | Street | Waterfront
-    kind: TaskKind | None = None
-    metric: Metric | None = None
-    protocol: Protocol | None = None
     target_frames: Positive = 1024  # ESC-50 (5 s): 512; keywords (1 s): 128; 10 s soundscapes: 1024
     norm_mean: float | None = None  # null: computed over the task's training clips (valid frames)
     norm_std: Annotated[float, Field(gt=0.0)] | None = None

@@ -49,6 +49,11 @@ class EmbeddingModel(nn.Module):
         self.scene_embedding_size = self.timestamp_embedding_size = encoder.dim
         self.window = features.target_frames  # frames per encoder input
         self.patch_frames = encoder.patch_size[0]
+        if self.window % self.patch_frames:
+            raise ValueError(
+                f"features.target_frames {self.window} is not a multiple of the patch's {self.patch_frames} "
+                "frames: consecutive windows would leave frames between their time patches"
+            )
         # the largest step (frames) dividing a patch whose duration stays within the hop limit
         self.step = max(
             d
@@ -61,35 +66,39 @@ class EmbeddingModel(nn.Module):
         return self.step * self.features.frame_shift_ms
 
     def logmel(self, audio: torch.Tensor) -> torch.Tensor:
-        """(samples,) float in [-1, 1] -> (frames, mel) raw log-mel, as the features stage computes it
-        (from 16-bit sample values)."""
-        return log_mel(audio.detach().double().cpu().mul(32768.0).float(), self.sample_rate, self.features)
+        """(samples,) float in [-1, 1] -> (frames, mel) raw log-mel: the features stage's front end, which
+        also reads the clip as floats in [-1, 1]."""
+        return log_mel(audio.detach().float().cpu(), self.sample_rate, self.features)
 
     def _windows(self, fb: torch.Tensor, offset: int) -> tuple[torch.Tensor, int]:
         """The raw log-mel from ``offset`` cut into windows of ``self.window`` frames (zero-padded, as the
-        store pads), normalised; and how many time tokens are centred on audio."""
+        store pads), normalised; and how many time patches are centred on audio."""
         x = fb[offset:]
         # a time patch counts when its centre frame holds audio (a patch mostly of padding does not)
-        valid_tokens = max(1, math.ceil((x.shape[0] - (self.patch_frames - 1) / 2) / self.patch_frames))
+        valid = max(1, math.ceil((x.shape[0] - (self.patch_frames - 1) / 2) / self.patch_frames))
         n = max(1, math.ceil(x.shape[0] / self.window))
         padded = torch.zeros(n * self.window, fb.shape[1])
         padded[: x.shape[0]] = x
-        return (padded.view(n, self.window, -1) - self.mean) / (2 * self.std), valid_tokens
+        return (padded.view(n, self.window, -1) - self.mean) / (2 * self.std), valid
+
+    def _time_patches(self, fb: torch.Tensor, offset: int) -> torch.Tensor:
+        """(valid time patches, D): the windows from ``offset`` through the encoder, each time patch's
+        tokens averaged over frequency (tokens are time-major), patches of padding dropped."""
+        x, valid = self._windows(fb, offset)
+        h, _ = self.encoder(x.to(next(self.encoder.parameters()).device))
+        tokens = h[:, 1:].float().cpu()  # (windows, T' * F', D)
+        return tokens.reshape(x.shape[0] * (self.window // self.patch_frames), -1, tokens.shape[-1]).mean(1)[:valid]
 
     @torch.no_grad()
     def time_tokens(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One clip: (T, D) timestamp embeddings and (T,) their centre times in ms, sorted."""
         fb = self.logmel(audio)
-        grid_t = self.window // self.patch_frames
         embs, times = [], []
         for offset in range(0, self.patch_frames, self.step):
-            if offset and offset >= fb.shape[0]:
+            if offset and offset >= fb.shape[0]:  # a clip shorter than the shift: the unshifted pass only
                 break
-            x, valid = self._windows(fb, offset)
-            h, _ = self.encoder(x.to(next(self.encoder.parameters()).device))
-            tokens = h[:, 1:].float().cpu()  # (windows, T' * F', D), time-major
-            tokens = tokens.reshape(x.shape[0] * grid_t, -1, tokens.shape[-1]).mean(1)[:valid]
-            first = offset + torch.arange(valid) * self.patch_frames  # first frame of each time patch
+            tokens = self._time_patches(fb, offset)
+            first = offset + torch.arange(len(tokens)) * self.patch_frames  # first frame of each time patch
             centre = (first + (self.patch_frames - 1) / 2) * self.features.frame_shift_ms
             embs.append(tokens)
             times.append(centre + self.features.frame_length_ms / 2)
@@ -99,12 +108,9 @@ class EmbeddingModel(nn.Module):
 
     @torch.no_grad()
     def scene(self, audio: torch.Tensor) -> torch.Tensor:
-        """One clip: (D,) the mean of the tokens covering audio in the unshifted windows."""
-        x, valid = self._windows(self.logmel(audio), 0)
-        h, _ = self.encoder(x.to(next(self.encoder.parameters()).device))
-        grid_t = self.window // self.patch_frames
-        tokens = h[:, 1:].float().cpu().reshape(x.shape[0] * grid_t, -1, h.shape[-1])[:valid]
-        return tokens.mean(dim=(0, 1))
+        """One clip: (D,) the mean of the unshifted windows' tokens over the time patches holding audio
+        (every time patch has the same number of frequency tokens: the mean of the patch means)."""
+        return self._time_patches(self.logmel(audio), 0).mean(0)
 
 
 def load_model(
@@ -168,7 +174,7 @@ def extract_folder(model: EmbeddingModel, folder: str | Path, out: str | Path, c
     beside ``out`` (``<out>.part-<k>.npz``, written atomically) and reused; a bad file is a failure row."""
     from tqdm import tqdm
 
-    from sslam.data.folder import decode_audio, resample
+    from sslam.data.folder import decode_audio, to_mono
     from sslam.io import atomic_path
 
     folder, out = Path(folder), Path(out)
@@ -187,9 +193,7 @@ def extract_folder(model: EmbeddingModel, folder: str | Path, out: str | Path, c
                     data, rate = decode_audio(path)
                     if data.shape[0] == 0:
                         raise RuntimeError("no audio samples")
-                    mono = data.mean(axis=1)
-                    if rate != model.sample_rate:
-                        mono = resample(mono, rate, model.sample_rate)
+                    mono, _ = to_mono(data, rate, model.sample_rate)
                     emb.append(model.scene(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))).numpy())
                     got.append(cid)
                 except (RuntimeError, ValueError) as err:

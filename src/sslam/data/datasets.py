@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -26,8 +27,10 @@ import soundfile as sf
 from tqdm import tqdm
 
 from sslam.config import SPASS_ENVIRONMENTS, DatasetConfig, FeaturesConfig
-from sslam.data.folder import FolderItem, one_line, convert_file
+from sslam.data.folder import FolderItem, clip_path, convert_file, one_line
 from sslam.data.manifest import ManifestRow, write_failures, write_manifest
+from sslam.features.dataset import FeatureStore
+from sslam.features.stats import valid_frame_stats
 from sslam.features.store import build_features
 from sslam.io import write_json_atomic, write_text_atomic
 
@@ -225,10 +228,11 @@ def list_hear(root: str | Path) -> Listing:
 # ----------------------------------------------------------------------------- strong-label TSVs
 
 
-def _events_tsv(path: Path, name_col: str, label_col: str) -> dict[str, set[str]]:
-    """A strong-label TSV with a header -> {file: its event labels}; a row without a label counts the file."""
+def _events(path: Path, name_col: str, label_col: str, delimiter: str = "\t") -> dict[str, set[str]]:
+    """An event table with a header, one row per event -> {file: its event labels}; a row without a
+    label still counts the file."""
     labels: dict[str, set[str]] = {}
-    for r in _read_csv(path, (name_col, label_col), delimiter="\t"):
+    for r in _read_csv(path, (name_col, label_col), delimiter=delimiter):
         labels.setdefault(r[name_col], set())
         if r[label_col]:
             labels[r[name_col]].add(r[label_col])
@@ -243,7 +247,7 @@ def list_strong_tsv(root: str | Path, splits: dict[str, tuple[str, str]] | None 
     splits = splits or {s: (f"metadata/{s}.tsv", f"audio/{s}") for s in ("train", "eval")}
     rows, classes = [], set()
     for split, (tsv, audio) in splits.items():
-        for name, labels in sorted(_events_tsv(root / tsv, "filename", "event_label").items()):
+        for name, labels in sorted(_events(root / tsv, "filename", "event_label").items()):
             rows.append((f"{audio}/{name}", split, tuple(sorted(labels))))
             classes |= labels
     return Listing("multi_label", "train_eval", tuple(splits), tuple(sorted(classes)), _items(rows))
@@ -302,7 +306,7 @@ def list_spass(root: str | Path, environment: str) -> Listing:
     root = Path(root)
     k = SPASS_ENVIRONMENTS.index(environment) + 1
     meta = root / "SPASS_META_DATA" / f"{k}_MatrixLabels{environment}.csv"
-    labels = _events_tsv_csv(meta)
+    labels = _events(meta, "audio_filename", "class", delimiter=",")
     files = sorted(labels)
     cut = int(0.75 * len(files))
     rows = [
@@ -311,13 +315,6 @@ def list_spass(root: str | Path, environment: str) -> Listing:
     ]
     classes = sorted({lab for v in labels.values() for lab in v})
     return Listing("multi_label", "train_eval", ("train", "eval"), tuple(classes), _items(rows))
-
-
-def _events_tsv_csv(path: Path) -> dict[str, set[str]]:
-    labels: dict[str, set[str]] = {}
-    for r in _read_csv(path, ("audio_filename", "class")):
-        labels.setdefault(r["audio_filename"], set()).add(r["class"])
-    return labels
 
 
 # ----------------------------------------------------------------------------- the dataset@<name> stage
@@ -346,7 +343,7 @@ def _convert_or_reuse(args: tuple) -> ManifestRow:
     """A clip converted earlier (its FLAC exists: written atomically, so complete) is reused: a killed
     stage resumes where it stopped."""
     item, root, out_dir, sample_rate, max_seconds, silence_dbfs = args
-    rel = f"audio/{item.split}/{item.clip_id}.flac"
+    rel = clip_path(item)
     done = out_dir / rel
     if not item.problem and done.is_file():
         info = sf.info(str(done))
@@ -412,27 +409,21 @@ def build_dataset(
     )
     summary = build_features(out_dir, out_dir / "features", features, sample_rate, workers=workers)
     if cfg.norm_mean is None:  # statistics of the training clips only (all folds under cross-validation)
-        from sslam.downstream.tasks import TaskStore
-
-        store = TaskStore(out_dir / "features", {f"tasks/{name}": ""})
+        store = FeatureStore(out_dir / "features", f"tasks/{name}")
         train = TRAINING_SPLITS.get(listing.protocol)
         picked = [i for i, s in enumerate(store.index["split"]) if train is None or s in train]
         if not picked:
             raise DatasetLayoutError(f"{cfg.root}: no decodable training clips to compute statistics from")
-        st = store.train_stats(np.array(picked))
-        summary["stats"] = {"mean": round(st["mean"], 6), "std": round(st["std"], 6), "source": "training clips"}
+        st = valid_frame_stats((store.raw(i), store.frames(i)) for i in picked)
+        summary["stats"] = {"mean": round(st.mean, 6), "std": round(max(st.std, 1e-6), 6), "source": "training clips"}
         write_json_atomic(out_dir / "features" / "stats.json", summary["stats"])
-    reasons: dict[str, int] = {}
-    for r in rows:
-        if r.status != "ok":
-            key = r.reason.split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+    reasons = Counter(r.reason.split(":")[0] for r in rows if r.status != "ok")
     per_split = {s: sum(1 for r in rows if r.split == s and r.status == "ok") for s in listing.splits}
     return {
         "format": cfg.format,
         "listed": len(rows),
         "clips": per_split,
-        "failed": reasons,
+        "failed": dict(reasons),
         "classes": len(listing.classes),
         "stats": summary["stats"],
     }

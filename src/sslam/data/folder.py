@@ -100,6 +100,27 @@ def resample(audio: np.ndarray, orig: int, target: int) -> np.ndarray:
     return AF.resample(torch.from_numpy(audio), orig, target).numpy()
 
 
+def to_mono(data: np.ndarray, rate: int, sample_rate: int, max_seconds: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """(frames x channels) at ``rate`` -> mono at ``sample_rate``, cut to ``max_seconds``, and the
+    conversions applied (downmixed, truncated, resampled)."""
+    notes = []
+    if data.shape[1] > 1:
+        notes.append("downmixed")
+    mono = data.mean(axis=1)
+    if max_seconds is not None and len(mono) > int(max_seconds * rate):
+        mono = mono[: int(max_seconds * rate)]
+        notes.append("truncated")
+    if rate != sample_rate:
+        mono = resample(mono, rate, sample_rate)
+        notes.append("resampled")
+    return mono, notes
+
+
+def clip_path(item: FolderItem) -> str:
+    """Where a converted clip lives in the corpus: ``audio/<split>/<clip id>.flac``."""
+    return f"audio/{item.split}/{item.clip_id}.flac"
+
+
 def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: int, max_seconds: float, silence_dbfs: float) -> IngestResult:
     """Turn one listed file into a corpus clip, or a failed row saying why."""
 
@@ -124,17 +145,7 @@ def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: 
     if item.duration_seconds > 0:
         first = int(round(item.start_seconds * rate))
         data = data[first : first + int(round(item.duration_seconds * rate))]
-    notes = []
-    if data.shape[1] > 1:
-        notes.append("downmixed")
-    mono = data.mean(axis=1)
-    limit = int(max_seconds * rate)
-    if len(mono) > limit:
-        mono = mono[:limit]
-        notes.append("truncated")
-    if rate != sample_rate:
-        mono = resample(mono, rate, sample_rate)
-        notes.append("resampled")
+    mono, notes = to_mono(data, rate, sample_rate, max_seconds)
     rms = float(np.sqrt(np.mean(mono**2)))
     rms_db = 20 * np.log10(rms) if rms > 0 else -np.inf
     if rms_db < silence_dbfs:
@@ -144,7 +155,7 @@ def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: 
     if over:  # float input beyond full scale: 16-bit FLAC cannot hold it, so it is clipped, and said so
         notes.append("clipped")
         detail = f" ({over} of {len(mono)} samples, {100 * over / len(mono):.1f}%, beyond full scale)"
-    rel = f"audio/{item.split}/{item.clip_id}.flac"
+    rel = clip_path(item)
     write_flac_atomic(out_dir / rel, np.clip(mono, -1.0, 1.0), sample_rate)
     reason = f"converted: {', '.join(notes)}{detail}" if notes else ""
     row = ManifestRow(item.clip_id, item.split, rel, len(mono) / sample_rate, sample_rate, item.labels, "ok", reason)

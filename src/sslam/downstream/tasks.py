@@ -139,7 +139,7 @@ def load_task(
     before any work otherwise (a dataset's unset kind / protocol are the layout's). Without
     ``features_dir`` only the task is returned (store None)."""
     cfg = cfg or TaskConfig()
-    if isinstance(cfg, TaskConfig) and cfg.data == "audioset":
+    if cfg.reads_audioset:
         classes = pd.read_csv(Path(corpus) / "class_labels_indices.csv")["mid"].astype(str).tolist()
         task = Task(name, "multi_label", "train_eval", classes, ["train", "eval"], cfg.min_labels)
         sets = {s: "train" for s in cfg.train_splits} | {"eval": "eval"}
@@ -231,6 +231,6 @@ def task_event_counts(cfg: TaskConfig | DatasetConfig, key: str, corpus: str | P
     """Distinct events per clip of task ``key`` (None without strong labels): an AudioSet task reads
     ``strong_labels`` (the released ``audioset_eval_strong.tsv``) or the corpus's ``strong/eval.tsv``,
     keyed by clip id; any other task its own ``strong.tsv``."""
-    if isinstance(cfg, TaskConfig) and cfg.data == "audioset":
+    if cfg.reads_audioset:
         return strong_event_counts(cfg.strong_labels or Path(corpus) / "strong" / "eval.tsv", segment_ids=True)
     return strong_event_counts(Path(corpus) / cfg.feature_set(key) / "strong.tsv")
