@@ -2,7 +2,10 @@
 file) for the CPU tiny model and the ViT-B shape, random weights, 10 s clips; against the naive way of
 one window per forward pass, measured in the same run (the embeddings agree, checked).
 
-    python bench/embed.py [--clips 8] [--seconds 10]
+    python bench/embed.py [--clips 8] [--seconds 10] [--device cuda] [--bf16]
+
+``--bf16`` runs the encoder under bfloat16 autocast and prints how far its embeddings are from float32's
+(cosine similarity), the check a GPU user needs before trusting the faster path.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,7 +46,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast against float32")
     args = ap.parse_args()
+
+    def timed(fn) -> tuple[torch.Tensor, float]:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = torch.stack([fn(a) for a in audio])
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
     base = load_config(REPO / "params.yaml")
     audio = 0.1 * torch.randn(args.clips, int(args.seconds * base.data.sample_rate))
     for name, (size, frames) in SHAPES.items():
@@ -59,20 +75,25 @@ def main() -> None:
             save_file(student.state_dict(), folder / "student.safetensors")
             (folder / "meta.json").write_text(json.dumps({"fingerprint": {"model": cfg.model_dump(mode="json")}}))
             (Path(tmp) / "stats.json").write_text(json.dumps({"mean": -6.0, "std": 3.0}))
-            model = load_model(str(folder), str(Path(tmp) / "params.yaml"), str(Path(tmp) / "stats.json"))
+            model = load_model(str(folder), str(Path(tmp) / "params.yaml"), str(Path(tmp) / "stats.json"), args.device)
             model.scene(audio[0]), naive_scene(model, audio[0])  # warm-up: one-time allocations and caches
-            t0 = time.perf_counter()
-            fast = torch.stack([model.scene(a) for a in audio])
-            t_fast = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            slow = torch.stack([naive_scene(model, a) for a in audio])
-            t_slow = time.perf_counter() - t0
+            fast, t_fast = timed(model.scene)
+            slow, t_slow = timed(partial(naive_scene, model))
             assert torch.allclose(fast, slow, atol=1e-4), (fast - slow).abs().max()
             print(
-                f"{name}: {args.clips / t_fast:.2f} clips/s of {args.seconds:g} s "
+                f"{name} on {args.device}: {args.clips / t_fast:.2f} clips/s of {args.seconds:g} s "
                 f"({model.window} frames per window), one window per pass {args.clips / t_slow:.2f} clips/s: "
                 f"{t_slow / t_fast:.2f}x"
             )
+            if args.bf16:
+                with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16):
+                    model.scene(audio[0])
+                    half, t_half = timed(model.scene)
+                cos = torch.nn.functional.cosine_similarity(half, fast, dim=1)
+                print(
+                    f"{name} bf16 autocast: {args.clips / t_half:.2f} clips/s, {t_fast / t_half:.2f}x float32; "
+                    f"cosine to float32 min {cos.min():.5f} mean {cos.mean():.5f}"
+                )
 
 
 if __name__ == "__main__":

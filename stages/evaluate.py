@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from sslam.downstream.encoder import load_encoder
+    from sslam.downstream.encoder import load_encoder, store_for_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import WaveFeatures, load_task, task_event_counts
@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             make_encoder = partial(load_encoder, cfg, name, frames, mel, args.checkpoints)
+            data = store_for_encoder(cfg, name, args.task, store, recipe.norm_stats, args.checkpoints)
             if linear:
-                res = linear_eval(make_encoder(), task, store, recipe, cfg.evaluate.seed, events, wave_features=wave)
+                res = linear_eval(make_encoder(), task, data, recipe, cfg.evaluate.seed, events, wave_features=wave)
             else:  # a fresh encoder per fold
-                res = finetune(make_encoder, task, store, recipe, cfg.evaluate.seed, events, wave_features=wave)
+                res = finetune(make_encoder, task, data, recipe, cfg.evaluate.seed, events, wave_features=wave)
         except (FileNotFoundError, ValueError) as err:  # a missing checkpoint, an empty split after filtering
             print(f"evaluate: {err}", file=sys.stderr)
             return 2

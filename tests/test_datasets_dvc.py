@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 from dataset_layouts import BUILDERS
-from test_pipeline_e2e import commit, copy_repo, sh, small_corpus
+from test_pipeline_e2e import commit, copy_repo, sh, tiny_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +18,7 @@ pytestmark = pytest.mark.slow
 def test_every_layout_beside_the_synthetic_corpus_in_one_repro(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     expected = {name: build(tmp_path / "datasets" / name) for name, build in BUILDERS.items()}
-    params, _ = small_corpus(repo, 1.0, 4, 4)
-    params["features"].update(target_frames=96, shard_size=16)
-    params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4)
-    params["pretrain"]["stage1"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4, top_k_layers=2)
-    params["pretrain"]["stage2"].update(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=4, top_k_layers=2)
-    params["pretrain"]["stage2_runs"] = {}
-    params["tasks"] = {k: params["tasks"][k] for k in ("mono", "square")}
+    params = tiny_pipeline(repo)
     params["datasets"] = {name: exp.params for name, exp in expected.items()}
     params["evaluate"].update(
         linear_encoders=["stage2", "random0"],

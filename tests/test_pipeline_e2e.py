@@ -82,6 +82,19 @@ def small_corpus(repo: Path, clip_seconds: float, poly_train: int, poly_eval: in
     return params, syn
 
 
+def tiny_pipeline(repo: Path) -> dict:
+    """The smallest params that still run every stage: 1 s clips, a 32-wide model, a few pretraining
+    steps, no extra stage-2 runs, the mono and square tasks (for tests of what sits beside the pipeline)."""
+    params, _ = small_corpus(repo, 1.0, 4, 4)
+    params["features"].update(target_frames=96, shard_size=16)
+    params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4)
+    params["pretrain"]["stage1"].update(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4, top_k_layers=2)
+    params["pretrain"]["stage2"].update(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=4, top_k_layers=2)
+    params["pretrain"]["stage2_runs"] = {}
+    params["tasks"] = {k: params["tasks"][k] for k in ("mono", "square")}
+    return params
+
+
 def test_small_pipeline_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     params, _ = small_corpus(repo, 1.5, 10, 5)

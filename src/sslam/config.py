@@ -673,7 +673,27 @@ class DatasetConfig(_TaskRecipe):
         return f"tasks/{key}"
 
 
-EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | stage2 | random<N> | a stage2_runs key
+EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | stage2 | random<N> | run | import
+
+
+class ImportConfig(Section):
+    """A checkpoint from outside (the released EAT / SSLAM weights, hub folder or fairseq ``.pt``, or an
+    export of this project), converted by the ``import_weights@<name>`` stage into
+    ``checkpoints/<name>/final``: then an encoder named ``<name>`` like any other (README "Evaluate the
+    released SSLAM weights"). The input settings are the checkpoint's own (the released weights': 16 kHz
+    Kaldi fbank, 128 bins, 1024 frames, AudioSet statistics); set one here only to replace it."""
+
+    path: Annotated[str, Field(min_length=1)]  # the downloaded folder (config.json + model.safetensors) or .pt
+    weights: Literal["student", "teacher"] = "student"  # teacher: a fairseq .pt's EMA copy (_ema)
+    num_heads: Positive | None = None  # null: the checkpoint's config (a fairseq .pt may lack it)
+    num_mel_bins: Positive | None = None
+    target_frames: Positive | None = None  # the embedding API's window; evaluation follows the task's length
+    norm_mean: float | None = None
+    norm_std: Annotated[float, Field(gt=0.0)] | None = None
+
+    def overrides(self) -> dict:
+        """The input settings set here, replacing the checkpoint's own."""
+        return self.model_dump(include={"num_mel_bins", "target_frames", "norm_mean", "norm_std"}, exclude_none=True)
 
 
 class EvaluateConfig(Section):
@@ -722,6 +742,7 @@ class Config(Section):
     }
     evaluate: EvaluateConfig = EvaluateConfig()
     datasets: dict[Name, DatasetConfig] = {}  # downstream tasks on real datasets (README "Real datasets")
+    imports: dict[Name, ImportConfig] = {}  # checkpoints from outside (README "Evaluate the released SSLAM weights")
 
     def task(self, key: str) -> TaskConfig | DatasetConfig:
         """Task ``key``: a corpus task (``tasks``) or a real dataset (``datasets``); names are unique."""
@@ -784,16 +805,19 @@ class Config(Section):
         unknown = [t for t in self.evaluate.finetune_datasets if t not in self.datasets]
         if unknown:
             raise ValueError(f"evaluate.finetune_datasets {unknown} are not in datasets ({sorted(self.datasets)})")
+        clash = [k for k in self.imports if re.fullmatch(r"random\d+|stage[12]", k) or k in self.pretrain.stage2_runs]
+        if clash:
+            raise ValueError(f"imports {clash}: the name of a pretraining run or a random encoder; choose another")
         for key in ("linear_encoders", "finetune_encoders"):
             bad = [
                 e
                 for e in getattr(self.evaluate, key)
-                if not (re.fullmatch(r"random\d+|stage[12]", e) or e in self.pretrain.stage2_runs)
+                if not (re.fullmatch(r"random\d+|stage[12]", e) or e in self.pretrain.stage2_runs or e in self.imports)
             ]
             if bad:
                 raise ValueError(
-                    f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N> or a key of "
-                    f"pretrain.stage2_runs ({sorted(self.pretrain.stage2_runs)})"
+                    f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N>, a key of "
+                    f"pretrain.stage2_runs ({sorted(self.pretrain.stage2_runs)}) or of imports ({sorted(self.imports)})"
                 )
         return self
 

@@ -1,7 +1,8 @@
 """Embeddings for other programs, with the HEAR API's names and shapes.
 
     from sslam.embed import load_model, get_scene_embeddings, get_timestamp_embeddings
-    model = load_model("checkpoints/stage2/final")          # any encoder this project trained
+    model = load_model("checkpoints/stage2/final")          # any encoder this project trained, an import,
+                                                            # or the released weights' folder itself
     scene = get_scene_embeddings(audio, model)              # audio: float [n, samples] at model.sample_rate
     frames, times_ms = get_timestamp_embeddings(audio, model)  # [n, T, D], [n, T] window centres in ms
 
@@ -119,30 +120,44 @@ def load_model(
     stats: str = "data/features/stats.json",
     device: str = "cpu",
 ) -> EmbeddingModel:
-    """A checkpoint folder of this project (``checkpoints/<name>/final``): the encoder as its
-    ``meta.json`` built it (any encoder, any objective), the front end and sample rate of ``params``, and
-    the normalisation the model was pretrained with (``stats``, or ``features.norm_mean / norm_std``)."""
+    """Any encoder checkpoint: a run of this project (``checkpoints/<name>/final``: the encoder its
+    ``meta.json`` built, the front end of ``params``, the normalisation it was pretrained with from
+    ``stats`` or ``features.norm_*``), an import (``checkpoints/<name>/final`` of an ``import_weights``
+    stage), or straight from the file: the released EAT / SSLAM weights (hub folder or fairseq ``.pt``)
+    or an export of this project (``python -m sslam.export``). Imports and files bring their own input
+    settings; ``params`` and ``stats`` are read for this project's runs only."""
+    from sslam.released import imported_input, load_imported, load_weights, own_input
+
     folder = Path(model_file_path)
-    meta_file, weights = folder / "meta.json", folder / "student.safetensors"
-    for f in (meta_file, weights):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: missing (load_model takes a checkpoint folder, checkpoints/<name>/final)")
+    if not (folder / "meta.json").is_file():  # a released or exported checkpoint
+        encoder, info = load_weights(folder)
+        return _embedding_model(encoder, info["input"], device)
+    spec = imported_input(folder)
+    if spec is not None:
+        f = spec["features"]
+        return _embedding_model(load_imported(folder, f["target_frames"], f["num_mel_bins"]), spec, device)
+    weights = folder / "student.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing (load_model takes a checkpoint folder, checkpoints/<name>/final)")
     cfg: Config = load_config(params)
-    fp = json.loads(meta_file.read_text())["fingerprint"]
-    model_cfg = ModelConfig.model_validate(fp["model"])
-    features = cfg.features
-    if features.norm_mean is not None:
-        mean, std = features.norm_mean, features.norm_std
-    elif Path(stats).is_file():
-        st = json.loads(Path(stats).read_text())
-        mean, std = st["mean"], st["std"]
-    else:
-        raise FileNotFoundError(f"{stats}: no normalisation statistics (run the features stage or pin features.norm_*)")
+    fp = json.loads((folder / "meta.json").read_text())["fingerprint"]
+    spec = own_input(cfg.features, cfg.data.sample_rate, stats)
     from safetensors.torch import load_file
 
-    student = Student(model_cfg, features.target_frames, features.num_mel_bins, fp.get("objective", "bootstrap"))
+    student = Student(
+        ModelConfig.model_validate(fp["model"]),
+        cfg.features.target_frames,
+        cfg.features.num_mel_bins,
+        fp.get("objective", "bootstrap"),
+    )
     student.load_state_dict(load_file(weights))
-    return EmbeddingModel(student.encoder.to(device), features, cfg.data.sample_rate, mean, std)
+    return _embedding_model(student.encoder, spec, device)
+
+
+def _embedding_model(encoder: PatchEncoder, spec: dict, device: str) -> EmbeddingModel:
+    """The encoder with the front end and normalisation of its input settings (``released.py``)."""
+    features = FeaturesConfig.model_validate(spec["features"])
+    return EmbeddingModel(encoder.to(device), features, spec["sample_rate"], features.norm_mean, features.norm_std)
 
 
 def _clips(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -226,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Scene embeddings of every audio file of a folder, into one npz.")
     ap.add_argument("folder")
     ap.add_argument("out", help="the .npz to write (clip_ids, embeddings, failed_ids, failed_reasons)")
-    ap.add_argument("--checkpoint", default="checkpoints/stage2/final")
+    ap.add_argument(
+        "--checkpoint",
+        default="checkpoints/stage2/final",
+        help="a run or import of this project (checkpoints/<name>/final), the released EAT / SSLAM weights "
+        "(model-hub folder or fairseq .pt) or an export (python -m sslam.export)",
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--stats", default="data/features/stats.json")
     ap.add_argument("--device", default="cpu")

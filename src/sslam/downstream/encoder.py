@@ -20,6 +20,7 @@ from sslam.config import Config
 from sslam.downstream.tasks import TaskStore
 from sslam.models.contract import PatchEncoder
 from sslam.models.student import Student
+from sslam.released import check_input, imported_input, load_imported
 
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
 
@@ -29,16 +30,37 @@ def load_encoder(
 ) -> PatchEncoder:
     """``randomN``: a fresh encoder from seed N (random0 is exactly pretraining's starting point);
     otherwise the student encoder of ``checkpoints/<name>/final`` (built for ``pretrain.objective``, whose
-    student it is; the encoder's positions follow ``frames``, so a model pretrained on crops reads whole clips)."""
+    student it is; the encoder's positions follow ``frames``, so a model pretrained on crops reads whole
+    clips), or the encoder an ``import_weights`` stage wrote there (built as its ``meta.json`` says)."""
     m = re.fullmatch(r"random(\d+)", name)
     torch.manual_seed(int(m.group(1)) if m else 0)
+    folder = Path(checkpoints) / name / "final"
+    if not m and imported_input(folder) is not None:  # an import: its own model, not params' model section
+        return load_imported(folder, frames, mel)
     student = Student(cfg.model, frames, mel, cfg.pretrain.objective)
     if not m:
-        path = Path(checkpoints) / name / "final" / "student.safetensors"
+        path = folder / "student.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no final checkpoint for encoder {name!r}")
         student.load_state_dict(load_file(path))
     return student.encoder
+
+
+def store_for_encoder(
+    cfg: Config, name: str, task: str, store: TaskStore, norm_stats: str, checkpoints: str | Path = "checkpoints"
+) -> TaskStore:
+    """The task's clips as encoder ``name`` must read them. An imported encoder (``imports``) brings its
+    input: the task's log-mel must be the one it was trained on (else a clear error) and, under
+    ``norm_stats: pretrain``, its own statistics (the released weights': AudioSet's) replace the
+    features stage's. The clip length stays the task's (the positions follow it, as in the reference)."""
+    spec = imported_input(Path(checkpoints) / name / "final")
+    if spec is None:
+        return store
+    section = f"datasets.{task}" if task in cfg.datasets else "features"
+    check_input(spec, cfg.data.sample_rate, cfg.task_features(task), f"encoder {name} on task {task} ({section})")
+    if norm_stats == "task":
+        return store
+    return store.renormalised({"mean": spec["features"]["norm_mean"], "std": spec["features"]["norm_std"]})
 
 
 class Head(nn.Module):
