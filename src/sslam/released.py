@@ -358,13 +358,13 @@ def load_weights(
     """Any supported checkpoint -> (the encoder, built at the input's window length, weights loaded;
     ``info``: model config, input, layout, file, classifier tensors if any)."""
     layout, tensors, config, file = read_weights(path, weights)
+    if layout == "sslam" and config.get("format") != OWN_FORMAT:
+        raise CheckpointError(
+            f"{file.with_name('config.json')}: format is {config.get('format')!r}, expected {OWN_FORMAT!r}"
+        )
     spec = input_of(layout, config, overrides)
     frames, mel = spec["features"]["target_frames"], spec["features"]["num_mel_bins"]
     if layout == "sslam":
-        if config.get("format") != OWN_FORMAT:
-            raise CheckpointError(
-                f"{file.with_name('config.json')}: format is {config.get('format')!r}, expected {OWN_FORMAT!r}"
-            )
         model_cfg = ModelConfig.model_validate(config["model"])
         encoder = build_encoder(model_cfg, frames, mel)
         _load_own(encoder, tensors, file)
