@@ -186,3 +186,16 @@ def test_code_defaults_equal_params_yaml_everywhere():
 
     diffs = _diff(Config().model_dump(), load_config(REPO / "params.yaml").model_dump())
     assert not diffs, "config.py defaults disagree with params.yaml:\n" + "\n".join(diffs)
+
+
+def test_imports_are_encoders_and_a_file_path_is_told_where_to_go():
+    cfg = parse_config(
+        {"imports": {"sslam": {"path": "released/SSLAM_pretrain"}}, "evaluate": {"linear_encoders": ["sslam"]}}
+    )
+    assert cfg.imports["sslam"].overrides() == {} and cfg.imports["sslam"].weights == "student"
+    with pytest.raises(ConfigError, match=r"imports: \{released: \{path: released/SSLAM_pretrain\}\}"):
+        parse_config({"evaluate": {"linear_encoders": ["file:released/SSLAM_pretrain"]}})
+    with pytest.raises(ConfigError, match=r"imports \['stage2'\]: the name of a pretraining run"):
+        parse_config({"imports": {"stage2": {"path": "x"}}})
+    with pytest.raises(ConfigError, match=r"evaluate.finetune_encoders \['eat'\].*imports \(\[\]\)"):
+        parse_config({"evaluate": {"finetune_encoders": ["eat"]}})

@@ -673,7 +673,10 @@ class DatasetConfig(_TaskRecipe):
         return f"tasks/{key}"
 
 
-EncoderName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]  # stage1 | stage2 | random<N> | run | import
+EncoderName = Annotated[
+    str, Field(pattern=r"^([a-z][a-z0-9_]*|file:.+)$")
+]  # stage1 | stage2 | random<N> | run | import
+# (file:<path> only to be told how to import it)
 
 
 class ImportConfig(Section):
@@ -809,6 +812,12 @@ class Config(Section):
         if clash:
             raise ValueError(f"imports {clash}: the name of a pretraining run or a random encoder; choose another")
         for key in ("linear_encoders", "finetune_encoders"):
+            files = [e for e in getattr(self.evaluate, key) if e.startswith("file:")]
+            if files:
+                raise ValueError(
+                    f"evaluate.{key} {files}: a checkpoint file is named under imports first, e.g. "
+                    f"imports: {{released: {{path: {files[0][5:]}}}}}, then listed by that name (DVC then tracks it)"
+                )
             bad = [
                 e
                 for e in getattr(self.evaluate, key)
