@@ -19,7 +19,7 @@ from sslam.released import (
     CheckpointError,
     export_encoder,
     import_checkpoint,
-    load_imported,
+    load_folder_encoder,
     load_weights,
     safe_torch_load,
 )
@@ -295,7 +295,7 @@ def test_import_writes_a_checkpoint_folder_the_evaluation_reads(tmp_path):
     meta = import_checkpoint(src, tmp_path / "checkpoints" / "eat" / "final", overrides={"target_frames": 64})
     assert meta["imported"]["layout"] == "hub" and len(meta["imported"]["sha256"]) == 64
     assert meta["input"]["features"]["target_frames"] == 64
-    encoder = load_imported(tmp_path / "checkpoints" / "eat" / "final", 128, MEL)
+    encoder = load_folder_encoder(tmp_path / "checkpoints" / "eat" / "final", 128, MEL)
     assert_matches_published(encoder, weights, 128)
 
 

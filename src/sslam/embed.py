@@ -21,7 +21,6 @@ Bulk extraction: ``python -m sslam.embed <audio folder> <out.npz>`` (``--help``)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -30,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslam.config import Config, FeaturesConfig, ModelConfig, load_config
+from sslam.config import Config, FeaturesConfig, load_config
 from sslam.features.fbank import log_mel
 from sslam.models.contract import PatchEncoder
-from sslam.models.student import Student
 
 MAX_HOP_MS = 50.0  # the HEAR API's limit for timestamp embeddings
 
@@ -126,32 +124,20 @@ def load_model(
     stage), or straight from the file: the released EAT / SSLAM weights (hub folder or fairseq ``.pt``)
     or an export of this project (``python -m sslam.export``). Imports and files bring their own input
     settings; ``params`` and ``stats`` are read for this project's runs only."""
-    from sslam.released import imported_input, load_imported, load_weights, own_input
+    from sslam.released import imported_input, load_folder_encoder, load_weights, own_input
 
     folder = Path(model_file_path)
     if not (folder / "meta.json").is_file():  # a released or exported checkpoint
         encoder, info = load_weights(folder)
         return _embedding_model(encoder, info["input"], device)
+    if not (folder / "student.safetensors").is_file():
+        raise FileNotFoundError(f"{folder}/student.safetensors: missing (load_model takes checkpoints/<name>/final)")
     spec = imported_input(folder)
-    if spec is not None:
-        f = spec["features"]
-        return _embedding_model(load_imported(folder, f["target_frames"], f["num_mel_bins"]), spec, device)
-    weights = folder / "student.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: missing (load_model takes a checkpoint folder, checkpoints/<name>/final)")
-    cfg: Config = load_config(params)
-    fp = json.loads((folder / "meta.json").read_text())["fingerprint"]
-    spec = own_input(cfg.features, cfg.data.sample_rate, stats)
-    from safetensors.torch import load_file
-
-    student = Student(
-        ModelConfig.model_validate(fp["model"]),
-        cfg.features.target_frames,
-        cfg.features.num_mel_bins,
-        fp.get("objective", "bootstrap"),
-    )
-    student.load_state_dict(load_file(weights))
-    return _embedding_model(student.encoder, spec, device)
+    if spec is None:  # a run of this project: the front end of params, the statistics it was pretrained with
+        cfg: Config = load_config(params)
+        spec = own_input(cfg.features, cfg.data.sample_rate, stats)
+    f = spec["features"]
+    return _embedding_model(load_folder_encoder(folder, f["target_frames"], f["num_mel_bins"]), spec, device)
 
 
 def _embedding_model(encoder: PatchEncoder, spec: dict, device: str) -> EmbeddingModel:

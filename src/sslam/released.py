@@ -37,6 +37,9 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sslam.config import ModelConfig, as_patch
-from sslam.io import write_json_atomic
+from sslam.io import TMP_PREFIX, write_json_atomic
 from sslam.models.contract import PatchEncoder, build_encoder, resolved_masked_tokens, sincos_2d
 
 # The input the released EAT / SSLAM models were trained on (their fbank, window and AudioSet statistics).
@@ -76,15 +79,15 @@ class CheckpointError(ValueError):
 
 
 class Opaque:
-    """Stands in for any non-tensor object a ``.pt`` pickles (a config object, a numpy scalar): built
-    instead of the named class, so unpickling never runs the file's code; keeps the arguments and state
-    so plain values (fairseq's config mapping) can still be read."""
+    """Stands in for any object a ``.pt`` pickles outside torch's allow-list (numpy scalars and arrays in
+    fairseq's training state): built instead of the named class and given nothing, so unpickling never
+    runs the file's code. fairseq stores its config as plain containers, which load as they are."""
 
     def __init__(self, *args: Any, **kwargs: Any):
-        self.args, self.state = args, kwargs or None
+        pass
 
     def __setstate__(self, state: Any) -> None:
-        self.state = state
+        pass
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -93,21 +96,6 @@ def safe_torch_load(path: Path) -> Any:
     unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     with torch.serialization.safe_globals([(Opaque, name) for name in unsafe]):
         return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _plain(obj: Any) -> Any:
-    """Plain values from what :func:`safe_torch_load` returns (an omegaconf node's ``_content`` /
-    ``_val`` when a config was pickled as one); other opaque records become None."""
-    if isinstance(obj, Opaque):
-        state = obj.state if isinstance(obj.state, dict) else {}
-        if "_content" in state:
-            return _plain(state["_content"])
-        return _plain(state["_val"]) if "_val" in state else None
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _flat_tensors(tree: dict, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -186,8 +174,9 @@ def read_weights(path: str | Path, weights: str = "student") -> tuple[str, dict[
             tensors = front | {f"blocks.{k}": v for k, v in tensors.items()}
     else:
         tensors = _flat_tensors({k: v for k, v in model.items() if k != "_ema"})
-    cfg = _plain(state.get("cfg")) or {}
-    return layout, tensors, (cfg.get("model") or {}) if isinstance(cfg, dict) else {}, file
+    cfg = state.get("cfg")
+    model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
+    return layout, tensors, model_cfg if isinstance(model_cfg, dict) else {}, file
 
 
 # ----------------------------------------------------------------------------- key names
@@ -290,34 +279,48 @@ def hub_model_config(tensors: dict[str, torch.Tensor], config: dict, file: Path,
     )
 
 
-def encoder_state_from_hub(
-    tensors: dict[str, torch.Tensor], encoder: PatchEncoder, file: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(the encoder's state dict, the classifier's tensors if any) from hub-named tensors; every unknown,
-    missing or mis-shaped key is named in one error."""
-    expected = encoder.state_dict()
-    state, classifier, unknown, shapes = {}, {}, [], []
+def load_hub_state(encoder: PatchEncoder, tensors: dict[str, torch.Tensor], file: Path) -> dict[str, torch.Tensor]:
+    """Load hub-named tensors into ``encoder`` (positions checked, not loaded); returns the classifier's
+    tensors, if any. Errors name the keys as the file does."""
+    state, unknown = {}, []
     for name, t in tensors.items():
         ours = hub_name_to_ours(name)
-        if name in CLASSIFIER:
-            classifier[name] = t
-        elif name == POSITIONS:
+        if name == POSITIONS:
             _check_positions(t, encoder, file)
-        elif ours is None or ours not in expected:
+        elif ours is not None:
+            state[ours] = t
+        elif name not in CLASSIFIER:
             unknown.append(name)
-        elif tuple(t.shape) != tuple(expected[ours].shape):
-            shapes.append(f"{name} {tuple(t.shape)} (expected {tuple(expected[ours].shape)})")
-        else:
-            state[ours] = t.float()
-    missing = sorted(ours_to_hub_name(k) for k in expected if k not in state)
-    problems = [
-        f"unknown keys {sorted(unknown)[:8]}" if unknown else "",
-        f"missing keys {missing[:8]}" if missing else "",
-        f"mis-shaped keys {shapes[:8]}" if shapes else "",
+    _load_checked(encoder, state, file, "an EAT / SSLAM encoder", ours_to_hub_name, unknown)
+    return {k: t for k, t in tensors.items() if k in CLASSIFIER}
+
+
+def _load_checked(
+    encoder: PatchEncoder,
+    state: dict[str, torch.Tensor],
+    file: Path,
+    what: str,
+    shown: Callable[[str], str] = str,
+    unknown: list[str] | None = None,
+) -> None:
+    """``encoder.load_state_dict(state)`` after naming every unknown, missing or mis-shaped key in one
+    error (``shown``: a key as the file names it)."""
+    expected = encoder.state_dict()
+    unknown = sorted([*(unknown or []), *(shown(k) for k in state if k not in expected)])
+    missing = sorted(shown(k) for k in expected if k not in state)
+    shapes = [
+        f"{shown(k)} {tuple(t.shape)} (expected {tuple(expected[k].shape)})"
+        for k, t in state.items()
+        if k in expected and t.shape != expected[k].shape
     ]
-    if any(problems):
-        raise CheckpointError(f"{file}: not an EAT / SSLAM encoder: " + "; ".join(p for p in problems if p))
-    return state, classifier
+    problems = [
+        f"{label} keys {keys[:8]}"
+        for label, keys in (("unknown", unknown), ("missing", missing), ("mis-shaped", shapes))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{file}: not {what}: " + "; ".join(problems))
+    encoder.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 def _check_positions(table: torch.Tensor, encoder: PatchEncoder, file: Path) -> None:
@@ -344,7 +347,7 @@ def input_of(layout: str, config: dict, overrides: dict | None = None) -> dict:
     if own:
         spec = {"sample_rate": own["sample_rate"], "features": dict(own["features"])}
     else:
-        spec = json.loads(json.dumps(RELEASED_INPUT))
+        spec = deepcopy(RELEASED_INPUT)
         spec["features"]["num_mel_bins"] = int(config.get("mel_bins", spec["features"]["num_mel_bins"]))
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -367,7 +370,7 @@ def load_weights(
     if layout == "sslam":
         model_cfg = ModelConfig.model_validate(config["model"])
         encoder = build_encoder(model_cfg, frames, mel)
-        _load_own(encoder, tensors, file)
+        _load_checked(encoder, tensors, file, "the encoder its config.json describes")
         classifier: dict = {}
     else:
         if layout == "fairseq":
@@ -376,35 +379,21 @@ def load_weights(
             tensors = _strip_model_prefix(tensors, file)
         model_cfg = hub_model_config(tensors, config, file, num_heads)
         encoder = build_encoder(model_cfg, frames, mel)
-        state, classifier = encoder_state_from_hub(tensors, encoder, file)
-        encoder.load_state_dict(state)
+        classifier = load_hub_state(encoder, tensors, file)
     info = {"model": model_cfg, "input": spec, "layout": layout, "file": file, "classifier": classifier}
     return encoder.eval(), info
 
 
-def _load_own(encoder: PatchEncoder, tensors: dict[str, torch.Tensor], file: Path) -> None:
-    expected = encoder.state_dict()
-    unknown = sorted(set(tensors) - set(expected))
-    missing = sorted(set(expected) - set(tensors))
-    shapes = [
-        f"{k} {tuple(t.shape)} (expected {tuple(expected[k].shape)})"
-        for k, t in tensors.items()
-        if k in expected and t.shape != expected[k].shape
-    ]
-    if unknown or missing or shapes:
-        raise CheckpointError(
-            f"{file}: does not fit its config.json model: unknown {unknown[:8]}, missing {missing[:8]}, "
-            f"mis-shaped {shapes[:8]}"
-        )
-    encoder.load_state_dict(tensors)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+@contextmanager
+def _staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out``, renamed onto it when the block succeeds: a killed import or
+    export never leaves a half-written checkpoint that a later run would take for whole."""
+    tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
 
 
 def import_checkpoint(
@@ -418,11 +407,8 @@ def import_checkpoint(
     ``student.safetensors`` with the encoder under ``encoder.``, ``meta.json`` with the model and the
     input), written to a temporary folder renamed into place."""
     encoder, info = load_weights(path, weights, num_heads, overrides)
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "student.safetensors")
+    with open(info["file"], "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     meta = {
         "fingerprint": {"model": info["model"].model_dump(), "objective": "bootstrap"},
         "input": info["input"],
@@ -430,13 +416,14 @@ def import_checkpoint(
             "path": str(path),
             "layout": info["layout"],
             "weights": weights,
-            "sha256": sha256_of(info["file"]),
+            "sha256": sha256,
             "classifier": sorted(info["classifier"]),
         },
     }
-    write_json_atomic(tmp / "meta.json", meta)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with _staged_folder(Path(out)) as tmp:
+        state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+        save_file(state, tmp / "student.safetensors")
+        write_json_atomic(tmp / "meta.json", meta)
     return meta
 
 
@@ -446,8 +433,9 @@ def imported_input(folder: str | Path) -> dict | None:
     return json.loads(meta.read_text()).get("input") if meta.is_file() else None
 
 
-def load_imported(folder: str | Path, frames: int, mel: int) -> PatchEncoder:
-    """The encoder of an imported checkpoint folder, its positions built for ``frames`` x ``mel``."""
+def load_folder_encoder(folder: str | Path, frames: int, mel: int) -> PatchEncoder:
+    """The encoder of a checkpoint folder as its ``meta.json`` built it (an import, or a run of this
+    project: its student's ``encoder.*`` weights), positions built for ``frames`` x ``mel``."""
     folder = Path(folder)
     fp = json.loads((folder / "meta.json").read_text())["fingerprint"]
     encoder = build_encoder(ModelConfig.model_validate(fp["model"]), frames, mel, fp.get("objective", "bootstrap"))
@@ -511,18 +499,11 @@ def export_encoder(folder: str | Path, out: str | Path, input_spec: dict) -> str
         raise FileNotFoundError(f"{folder}: expected a checkpoint folder with meta.json and student.safetensors")
     fp = json.loads(meta_file.read_text())["fingerprint"]
     model_cfg = ModelConfig.model_validate(fp["model"])
-    objective = fp.get("objective", "bootstrap")
     feats = input_spec["features"]
-    encoder = build_encoder(model_cfg, feats["target_frames"], feats["num_mel_bins"], objective)
-    state = load_file(folder / "student.safetensors")
-    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")})
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    encoder = load_folder_encoder(folder, feats["target_frames"], feats["num_mel_bins"])
     if model_cfg.encoder == "transformer":
-        layout = "hub"
+        layout, weights = "hub", {"model.safetensors": hub_state_from_encoder(encoder)}
         patch = as_patch(model_cfg.patch_size)
-        save_file(hub_state_from_encoder(encoder), tmp / "model.safetensors")
         config = {
             "model_type": "eat",
             "embed_dim": model_cfg.embed_dim,
@@ -545,10 +526,12 @@ def export_encoder(folder: str | Path, out: str | Path, input_spec: dict) -> str
         }
     else:
         layout = "sslam"
-        own = model_cfg.model_copy(update={"masked_tokens": resolved_masked_tokens(model_cfg, objective)})
-        save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, tmp / "encoder.safetensors")
+        weights = {"encoder.safetensors": {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}}
+        masked = resolved_masked_tokens(model_cfg, fp.get("objective", "bootstrap"))
+        own = model_cfg.model_copy(update={"masked_tokens": masked})
         config = {"format": OWN_FORMAT, "version": 1, "model": own.model_dump()} | input_spec
-    write_json_atomic(tmp / "config.json", config)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with _staged_folder(out) as tmp:
+        for name, tensors in weights.items():
+            save_file(tensors, tmp / name)
+        write_json_atomic(tmp / "config.json", config)
     return layout

@@ -20,7 +20,7 @@ from sslam.config import Config
 from sslam.downstream.tasks import TaskStore
 from sslam.models.contract import PatchEncoder
 from sslam.models.student import Student
-from sslam.released import check_input, imported_input, load_imported
+from sslam.released import check_input, imported_input, load_folder_encoder
 
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
 
@@ -36,7 +36,7 @@ def load_encoder(
     torch.manual_seed(int(m.group(1)) if m else 0)
     folder = Path(checkpoints) / name / "final"
     if not m and imported_input(folder) is not None:  # an import: its own model, not params' model section
-        return load_imported(folder, frames, mel)
+        return load_folder_encoder(folder, frames, mel)
     student = Student(cfg.model, frames, mel, cfg.pretrain.objective)
     if not m:
         path = folder / "student.safetensors"
