@@ -1,22 +1,28 @@
-"""DVC stages `pretrain_stage1` and `pretrain_stage2`: run under `accelerate launch`.
+"""DVC stages `pretrain_stage1`, `pretrain_stage2` and `pretrain_stage2_run@<name>`.
 
-    accelerate launch --config_file stages/accelerate.yaml --num_processes N stages/pretrain.py --stage stage1
+    python stages/pretrain.py --stage stage1
 
-Resumes from the newest complete checkpoint in `checkpoints/<stage>` (a persisted DVC output). Writes
-`checkpoints/<stage>/final/`, per-step curves with dvclive in `metrics/<stage>_live/`, and
-`metrics/pretrain_<stage>.json`.
+starts its own workers (sslam.launch): `pretrain.num_processes` per machine on `pretrain.num_machines`
+machines, through `accelerate launch` (or `srun` with `pretrain.launcher: slurm`); one process in all
+trains in this one. Resumes from the newest checkpoint in `checkpoints/<stage>` (a persisted DVC output)
+made from the same code, params and data as DVC tracks them. Writes `checkpoints/<stage>/final/`,
+per-step curves with dvclive in `metrics/<stage>_live/`, and `metrics/pretrain_<stage>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
 from sslam.config import load_config_or_exit
+
+INPUTS_ENV = "SSLAM_STAGE_INPUTS"  # the stage's code/params/data digests, computed once and handed to workers
 
 
 def curve_values(tsv: Path, column: str | None = None) -> list[float]:
@@ -102,6 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", default=None, help="stage 2: a key of pretrain.stage2_runs (its variant and seed)")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)
+    from sslam.launch import LaunchError, is_worker, launch
+    from sslam.provenance import default_hash_cache, stage_digest
+
+    if not is_worker(os.environ) and INPUTS_ENV not in os.environ:  # once per job, before any worker starts
+        dvc_stage = f"pretrain_stage2_run@{args.run}" if args.run else f"pretrain_{args.stage}"
+        data = [args.features] + ([args.init] if args.stage == "stage2" else [])
+        try:
+            inputs = stage_digest(__file__, dvc_stage, args.params, data, default_hash_cache())
+        except (FileNotFoundError, KeyError) as err:
+            print(f"pretrain: {err}", file=sys.stderr)
+            return 2
+        os.environ[INPUTS_ENV] = json.dumps(inputs)
+    p = cfg.pretrain
+    try:
+        code = launch(
+            p.num_processes,
+            p.num_machines,
+            p.launcher,
+            p.rendezvous_port,
+            __file__,
+            argv if argv is not None else sys.argv[1:],
+        )
+    except LaunchError as err:
+        print(f"pretrain: {err}", file=sys.stderr)
+        return 2
+    if code is not None:  # the workers ran the stage
+        return code
     from sslam.io import write_json_atomic
     from sslam.pretrain.loop import NonFiniteLoss, train_stage
 
@@ -133,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_after=args.stop_after,
             init_from=args.init if args.stage == "stage2" else None,
             timings=timings,
+            inputs=json.loads(os.environ[INPUTS_ENV]) if INPUTS_ENV in os.environ else None,
+            read_log=os.environ.get("SSLAM_READ_LOG"),
         )
     except NonFiniteLoss as err:
         print(f"pretrain: {err}", file=sys.stderr)
@@ -155,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             "loss_curve": curve_summary(curves / "loss.tsv"),
             "objective": cfg.pretrain.objective,
             "checkpoint": name,
+            "world_size": result.world_size,
+            "replicas_identical": result.replicas_identical,
+            "global_batch": result.world_size
+            * getattr(cfg.pretrain, args.stage).batch_size
+            * getattr(cfg.pretrain, args.stage).grad_accum,
         }
         if cfg.pretrain.objective == "bootstrap":  # what the teacher's targets hold: bootstrap only
             summary["target_diagnostics"] = final_diagnostics(cfg, args.stage, args.features, ckpt / "final")

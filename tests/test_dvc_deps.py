@@ -3,54 +3,11 @@ imports included), so `dvc repro` never calls results up to date that the curren
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 import yaml
 from conftest import REPO
 
-SRC = REPO / "src"
-
-
-def module_file(name: str) -> Path | None:
-    """src/ file of a dotted ``sslam`` module (a package resolves to its __init__.py)."""
-    base = SRC / Path(*name.split("."))
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def imported_modules(path: Path, package: str | None) -> set[str]:
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level and package:  # relative import
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            out.add(base)
-            out |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
-    return {m for m in out if m == "sslam" or m.startswith("sslam.")}
-
-
-def import_closure(script: Path) -> set[Path]:
-    """The src/ files a script pulls in (empty package __init__ files left out)."""
-    seen: set[Path] = set()
-    todo = [(script, None)]
-    while todo:
-        path, package = todo.pop()
-        for mod in imported_modules(path, package):
-            f = module_file(mod)
-            if f is None or f in seen:
-                continue
-            seen.add(f)
-            pkg = mod if f.name == "__init__.py" else mod.rpartition(".")[0]
-            todo.append((f, pkg))
-    return {f for f in seen if not (f.name == "__init__.py" and not f.read_text().strip())}
+from sslam.provenance import import_closure
 
 
 def stages() -> dict[str, dict]:

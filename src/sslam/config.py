@@ -438,7 +438,11 @@ class Stage2Run(Section):
 class PretrainConfig(Section):
     seed: NonNegative = 0
     train_set: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_/]*$")] = "unbalanced"  # feature set to pretrain on
-    num_processes: Positive = 1
+    num_processes: Positive = 1  # training processes per machine: one per GPU (README "On a GPU node / on a cluster")
+    num_machines: Positive = 1  # machines of the job; this one's rank from the environment (torchrun's or SLURM's)
+    launcher: Literal["local", "slurm"] = "local"  # slurm: srun runs the stage on every node of the allocation
+    rendezvous_port: Annotated[int, Field(ge=1, le=65535)] = 29500  # on the main machine (MASTER_PORT overrides)
+    prefetch_batches: NonNegative = 2  # micro-batches read ahead by a background thread (0: read in the loop)
     # fp32 | bf16 | fp16 ('no' is accelerate's spelling, but YAML 1.1 writers turn a bare no into false)
     mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cpu_threads: NonNegative = 0  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)

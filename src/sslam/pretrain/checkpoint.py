@@ -2,12 +2,12 @@
 
 A checkpoint is a folder ``step-NNNNNNN/`` (student and teacher weights as safetensors, optimizer, RNG
 and running-centring state as a torch pickle, ``meta.json`` last); ``final/`` holds the weights later
-stages load. A fingerprint of the params and the model/training code guards every resume.
+stages load. A fingerprint of what DVC tracks for the stage (its code, params and data) guards every
+resume.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,39 +21,17 @@ from sslam.io import write_json_atomic
 from sslam.pretrain.targets import PositionCentring
 
 
-def code_hash() -> str:
-    """The model and training code: a checkpoint made by other code is not resumed."""
-    import sslam.models
-    import sslam.pretrain
-
-    h = hashlib.sha256()
-    for pkg in (sslam.models, sslam.pretrain):
-        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def fingerprint(cfg: Config, stage: str, init_from: Path | None) -> dict:
-    """Everything that decides what a run computes; a checkpoint with another fingerprint is stale."""
-    fp = {
+def fingerprint(cfg: Config, stage: str, inputs: dict[str, str], world_size: int) -> dict:
+    """What decides a run, so a checkpoint made by another is never resumed: ``inputs``, the stage's code,
+    params and data as DVC tracks them (:func:`sslam.provenance.stage_digest`), and the world size (the
+    global batch and each rank's share of the data). The model description is what loaders read."""
+    return {
         "stage": stage,
         "model": cfg.model.model_dump(),
-        "mask": cfg.mask.model_dump(),
-        "train": getattr(cfg.pretrain, stage).model_dump(),
-        "seed": cfg.pretrain.seed,
-        "train_set": cfg.pretrain.train_set,
         "objective": cfg.pretrain.objective,
-        "raw_patch": {"ssast": cfg.pretrain.ssast.model_dump(), "msm": cfg.pretrain.msm.model_dump()},
-        "crop_seconds": cfg.pretrain.crop_seconds,
-        "code": code_hash(),
+        "inputs": dict(inputs),
+        "world_size": world_size,
     }
-    if stage == "stage2":
-        fp |= {
-            "mix": cfg.mix.model_dump(),
-            "srl": cfg.srl.model_dump(),
-            "init": hashlib.sha256((init_from / "student.safetensors").read_bytes()).hexdigest()[:16],
-        }
-    return fp
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

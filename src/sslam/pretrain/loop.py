@@ -11,18 +11,22 @@ fits on one screen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors.torch import load_file
 
 from sslam.config import Config, StageConfig
@@ -33,6 +37,7 @@ from sslam.pretrain.ema import ema_decay, ema_update
 from sslam.pretrain.objectives import WaveformInputs, stage1_losses, stage2_losses
 from sslam.pretrain.raw_patch import msm_losses, ssast_losses
 from sslam.pretrain.targets import PositionCentring
+from sslam.provenance import data_digest
 from sslam.schedule import warmup_cosine_lr
 
 StepLosses = Callable[[torch.Tensor, list[int], int], dict[str, torch.Tensor]]
@@ -47,6 +52,8 @@ class RunResult:
     steps: int
     final_loss: dict[str, float]
     resumed_from: int
+    world_size: int = 1
+    replicas_identical: bool = True  # every rank ended with the same student and teacher weights
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
@@ -70,8 +77,12 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 
 def make_accelerator(cfg: Config, cpu: bool) -> Accelerator:
     acc = Accelerator(
-        cpu=cpu, mixed_precision={"fp32": "no"}.get(cfg.pretrain.mixed_precision, cfg.pretrain.mixed_precision)
+        cpu=cpu or not torch.cuda.is_available(),  # without cpu=True accelerate runs each CPU worker alone
+        mixed_precision={"fp32": "no"}.get(cfg.pretrain.mixed_precision, cfg.pretrain.mixed_precision),
     )
+    launched = int(os.environ.get("WORLD_SIZE", 1))
+    if acc.num_processes != launched:  # never train one copy per worker, silently
+        raise RuntimeError(f"{launched} processes were started but accelerate joined {acc.num_processes}")
     if acc.device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1: give each process its cores
         local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
         torch.set_num_threads(cfg.pretrain.cpu_threads or max(1, (os.cpu_count() or 1) // local))
@@ -164,10 +175,23 @@ def random_crops(x: torch.Tensor, valid: list[int], frames: int, generator: torc
 
 class MicroBatches:
     """Micro-batch k of this process: its clips (on the device) and their store rows; epochs reshuffle.
-    ``crop``: random windows of that many frames (seeded by ``seed``, k and the rank: a resumed run repeats)."""
+    ``crop``: random windows of that many frames (seeded by ``seed``, k and the rank: a resumed run repeats).
+
+    ``prefetch``: a background thread reads (and crops, and pins for a GPU) the next that many micro-batches
+    while the current one trains, so a step waits for its reads only when they are slower than the step.
+    Batch k is a pure function of k, so what is read ahead is exactly what the loop would have read.
+    ``read_log``: append each micro-batch's store rows to ``<read_log>/rank<r>.tsv`` (an audit of the split)."""
 
     def __init__(
-        self, store: FeatureStore, acc: Accelerator, batch_size: int, seed: int, stage: str, crop: int | None = None
+        self,
+        store: FeatureStore,
+        acc: Accelerator,
+        batch_size: int,
+        seed: int,
+        stage: str,
+        crop: int | None = None,
+        prefetch: int = 0,
+        read_log: str | Path | None = None,
     ):
         self.store, self.device, self.batch_size, self.crop = store, acc.device, batch_size, crop
         self.seed, self.rank = seed, acc.process_index
@@ -177,19 +201,57 @@ class MicroBatches:
             raise ValueError(
                 f"pretrain.{stage}.batch_size {batch_size} exceeds the {len(self.sampler)} clips per process"
             )
-        self._epoch, self._order = -1, []
+        self._orders: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+        self.prefetch = prefetch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch > 0 else None
+        self._ahead: dict[int, Future] = {}
+        self._log = None
+        if read_log is not None:
+            Path(read_log).mkdir(parents=True, exist_ok=True)
+            self._log = open(Path(read_log) / f"rank{self.rank}.tsv", "a", buffering=1)
 
-    def __call__(self, k: int) -> tuple[torch.Tensor, list[int]]:
+    def order(self, epoch: int) -> list[int]:
+        """This process's clips of ``epoch``, in order (the last two epochs kept)."""
+        with self._lock:
+            if epoch not in self._orders:
+                self.sampler.set_epoch(epoch)
+                self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+                self._orders[epoch] = list(self.sampler)
+            return self._orders[epoch]
+
+    def host(self, k: int) -> tuple[torch.Tensor, list[int]]:
+        """Micro-batch k in host memory (pinned when it goes to a GPU)."""
         epoch, b = divmod(k, self.per_epoch)
-        if epoch != self._epoch:
-            self.sampler.set_epoch(epoch)
-            self._epoch, self._order = epoch, list(self.sampler)
-        idx = self._order[b * self.batch_size : (b + 1) * self.batch_size]
+        idx = self.order(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
         x = self.store.batch(idx)
         if self.crop is not None:
             g = torch.Generator().manual_seed(step_seed(self.seed, k, 0, self.rank) + 7)
             x = random_crops(x, [self.store.frames(i) for i in idx], self.crop, g)
-        return x.to(self.device), idx
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x, idx
+
+    def __call__(self, k: int) -> tuple[torch.Tensor, list[int]]:
+        ahead = self._ahead.pop(k, None)
+        for stale in [j for j in self._ahead if j < k]:  # the loop moved on (a resume): drop what it skipped
+            self._ahead.pop(stale).cancel()
+        x, idx = ahead.result() if ahead is not None else self.host(k)
+        if self._pool is not None:
+            for j in range(k + 1, k + 1 + self.prefetch):
+                if j not in self._ahead:
+                    self._ahead[j] = self._pool.submit(self.host, j)
+        if self._log is not None:
+            self._log.write(f"{k // self.per_epoch}\t{k}\t{','.join(map(str, idx))}\n")
+        return x.to(self.device, non_blocking=True), idx
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._ahead.values():
+                f.cancel()
+            self._pool.shutdown(wait=True)
+        if self._log is not None:
+            self._log.close()
 
 
 class LiveLog:
@@ -265,6 +327,17 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _replicas_identical(acc: Accelerator, student: torch.nn.Module, teacher: torch.nn.Module) -> bool:
+    """Did every rank end with bit-identical weights (what DDP promises)? One digest per rank, gathered."""
+    h = hashlib.sha256()
+    for module in (student, teacher):
+        for k, v in module.state_dict().items():
+            h.update(k.encode() + v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    if acc.num_processes == 1:
+        return True
+    return len(set(gather_object([h.hexdigest()]))) == 1
+
+
 def check_finite(acc: Accelerator, losses: dict[str, torch.Tensor], where: str, last_ckpt: str) -> None:
     """Stop every process together when any process has a NaN or inf loss term."""
     bad = torch.tensor([0.0 if torch.isfinite(v).all() else 1.0 for v in losses.values()], device=acc.device)
@@ -291,11 +364,14 @@ def train_stage(
     step_hook: Callable[[int, dict], None] | None = None,
     end_hook: Callable[[torch.nn.Module, torch.nn.Module], None] | None = None,
     timings: str | Path | None = None,
+    inputs: dict[str, str] | None = None,
+    read_log: str | Path | None = None,
 ) -> RunResult:
     """Pretrain ``stage`` ('stage1' or 'stage2'); resumes from the newest complete checkpoint in
     ``ckpt_dir``. Stage 2 starts from ``init_from`` (stage 1's ``final/``): its student and EMA teacher;
     the step counter, the EMA anneal and the warm-up restart (reference). Curves go to ``live_dir``
-    (dvclive), throughput and memory to the ``timings`` TSV."""
+    (dvclive), throughput and memory to the ``timings`` TSV. ``inputs``: the stage's code, params and data
+    digests (:func:`sslam.provenance.stage_digest`); a checkpoint made with others is never resumed."""
     scfg: StageConfig = getattr(cfg.pretrain, stage)
     init_from = Path(init_from) if stage == "stage2" and init_from is not None else None
     if stage == "stage2" and (init_from is None or not (init_from / "student.safetensors").is_file()):
@@ -314,13 +390,18 @@ def train_stage(
         param_groups(student, scfg.weight_decay, scfg.decay_all_params), lr=scfg.lr, betas=tuple(scfg.betas), eps=1e-8
     )
     centring = PositionCentring(scfg.center_targets, scfg.center_momentum)  # stage 2 starts its own means
-    fp = fingerprint(cfg, stage, init_from)
+    inputs = dict(inputs or {})
+    if init_from is not None:  # stage 2's start: covered even when the caller gives no inputs
+        inputs["init"] = data_digest([init_from])
+    fp = fingerprint(cfg, stage, inputs, acc.num_processes)
     start, last = resume_or_init(acc, stage, ckpt_dir, fp, student, teacher, optimizer, centring, init_from)
     teacher.to(acc.device)
     centring.to(acc.device)
     student, optimizer = acc.prepare(student, optimizer)
     step_losses = make_objective(cfg, stage, store, acc.device, student, teacher, centring)
-    batches = MicroBatches(store, acc, scfg.batch_size, cfg.pretrain.seed, stage, crop)
+    batches = MicroBatches(
+        store, acc, scfg.batch_size, cfg.pretrain.seed, stage, crop, cfg.pretrain.prefetch_batches, read_log
+    )
     end = scfg.steps if stop_after is None else min(scfg.steps, stop_after)
     log = LiveLog(acc, live_dir, timings, stage, start, scfg.log_every)
     last_ckpt = str(last) if last is not None else "none (no checkpoint yet)"
@@ -372,7 +453,9 @@ def train_stage(
         acc.wait_for_everyone()
         if acc.is_main_process:
             export_final(ckpt_dir, acc.unwrap_model(student), teacher, {"fingerprint": fp, "step": end}, centring)
+    replicas_identical = _replicas_identical(acc, acc.unwrap_model(student), teacher)
     if end_hook is not None:  # on every rank: (student, teacher), e.g. to compare ranks in a test
         end_hook(acc.unwrap_model(student), teacher)
+    batches.close()
     log.end()
-    return RunResult(end, sums, start)
+    return RunResult(end, sums, start, acc.num_processes, replicas_identical)
