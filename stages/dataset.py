@@ -2,7 +2,8 @@
 
 Lists the clips with the format's reader (splits or folds, labels), converts each to mono FLAC at the
 corpus rate, caches the log-mel at the dataset's target_frames and writes data/datasets/<name>/ with
-its failures table. Resumable: converted clips and finished shards are kept (the output is persisted).
+its failures table. Resumable: converted clips and finished shards are kept (the output is persisted),
+each only while this stage's code and params and its source file's content are what made it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from sslam.data.datasets import DatasetLayoutError, build_dataset
     from sslam.io import write_json_atomic
+    from sslam.provenance import default_hash_cache, stage_digest
 
     corpus, _ = cfg.task_location(args.name)
     t0 = time.perf_counter()
+    digest = stage_digest(__file__, f"dataset@{args.name}", args.params)
     try:
         summary = build_dataset(
             args.name,
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data.sample_rate,
             corpus,
             workers=args.workers,
+            inputs=f"{digest['code']}:{digest['params']}",
+            hash_cache=default_hash_cache(),
         )
     except (DatasetLayoutError, FileNotFoundError, ValueError) as err:
         print(f"dataset {args.name}: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """DVC stage `features`: the sharded log-mel cache (and waveforms) for every clip set of the corpus.
 
-Resumable: finished shards are kept (the output is persisted in dvc.yaml), so a killed run continues.
+Resumable: finished shards are kept (the output is persisted in dvc.yaml), so a killed run continues;
+a shard is reused only when this stage's code and params and its clips' content are what made it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from sslam.config import load_config_or_exit
 from sslam.features.store import build_features
 from sslam.io import write_json_atomic
+from sslam.provenance import default_hash_cache, stage_digest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)
     t0 = time.perf_counter()
+    digest = stage_digest(__file__, "features", args.params)
     try:
         summary = build_features(
-            cfg.data.corpus_dir, args.out, cfg.features, cfg.data.sample_rate, workers=args.workers
+            cfg.data.corpus_dir,
+            args.out,
+            cfg.features,
+            cfg.data.sample_rate,
+            workers=args.workers,
+            inputs=f"{digest['code']}:{digest['params']}",
+            hash_cache=default_hash_cache(),
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"features: {err}", file=sys.stderr)

@@ -277,3 +277,55 @@ def test_audioset_strong_labels_count_distinct_events_of_the_real_eval_file(tmp_
     assert task_event_counts(task, "as20k", tmp_path / "corpus") == {"a_b-c_d": 2, "XyZ123abcde": 1}
     with pytest.raises(ValueError, match="strong_labels is for data: audioset"):
         TaskConfig(strong_labels=str(tsv))
+
+
+def test_the_dataset_stage_converts_again_what_changed_and_drops_what_is_gone(tmp_path):
+    """`python stages/dataset.py` (the stage's command): a rerun reuses every converted clip; a source whose
+    content changed is converted again (and its features follow), one that disappeared becomes a failure
+    row and its converted clip is removed; a journal line cut short by a kill is ignored."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO
+
+    exp = BUILDERS["esc50"](tmp_path / "root")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"] = {"esc": exp.params}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def stage() -> None:
+        cmd = [sys.executable, str(REPO / "stages" / "dataset.py"), "--name", "esc", "--workers", "1"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "data" / "datasets" / "esc"
+    clips = lambda: {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "tasks").rglob("*.flac")}  # noqa: E731
+    stage()
+    first = clips()
+    assert len(first) == len(exp.ok)
+    stage()
+    assert clips() == first  # resumed: nothing converted again
+
+    changed, gone = "1-110-A-0", "2-121-A-1"
+    data, rate = sf.read(tmp_path / "root" / "audio" / f"{changed}.wav")
+    sf.write(tmp_path / "root" / "audio" / f"{changed}.wav", -0.5 * data, rate)
+    (tmp_path / "root" / "audio" / f"{gone}.wav").unlink()
+    with open(out / "tasks" / "esc" / "conversions.jsonl", "a") as f:
+        f.write('{"digest": "abc", "row": {"clip_id"')  # what a kill mid-line leaves
+    stage()
+    now = clips()
+    assert set(first) - set(now) == {f"audio__{gone}.flac"}
+    for name in now:
+        assert (now[name] == first[name]) == (name != f"audio__{changed}.flac"), name
+    import io
+
+    new, _ = sf.read(next((out / "tasks").rglob(f"audio__{changed}.flac")))
+    old, _ = sf.read(io.BytesIO(first[f"audio__{changed}.flac"][1]))
+    np.testing.assert_allclose(new, -0.5 * old, atol=2 / 32768)  # the new source's audio, not the old one's
+    man = read_manifest(out / "tasks" / "esc" / "manifest.csv")
+    assert man.set_index("clip_id").loc[f"audio__{gone}", "reason"].startswith("missing")
+    fails = pd.read_csv(out / "failures.csv", dtype=str)
+    assert f"audio__{gone}" in set(fails["clip_id"])
+    store = FeatureStore(out / "features", "tasks/esc")
+    assert f"audio__{gone}" not in set(store.index["clip_id"])

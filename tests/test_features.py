@@ -245,3 +245,33 @@ def test_roll_mixup_noise_by_hand():
     assert partner.tolist()[:2] == [999, 998] and 0.05 < (lam == 1).float().mean() < 0.15
     n = A.add_noise(torch.zeros(20000), 0.5, torch.Generator().manual_seed(1))
     assert n.std().item() == pytest.approx(0.5, rel=0.03)
+
+
+def test_a_shard_is_reused_only_from_the_same_inputs(tmp_path):
+    """A changed clip (same name, new content) recomputes its own shard and no other; other stage inputs
+    (code or params: ``inputs``) recompute every shard; the same inputs reuse them all."""
+    corpus = tmp_path / "corpus"
+    rows = []
+    for k in range(4):
+        x = 0.3 * np.sin(2 * np.pi * (300 + 100 * k) * np.arange(SR) / SR)
+        write_flac_atomic(corpus / f"audio/unbalanced/c{k}.flac", x, SR)
+        rows.append(ManifestRow(f"c{k}", "unbalanced", f"audio/unbalanced/c{k}.flac", 1.0, SR, ("/m/0",), "ok", ""))
+    write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
+    cfg, feats = FeaturesConfig(target_frames=100, shard_size=2), tmp_path / "features"
+    shards = lambda: {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (feats / "unbalanced").glob("*.npy")}  # noqa: E731
+    build_features(corpus, feats, cfg, SR, inputs="code-a:params-a")
+    first = shards()
+    build_features(corpus, feats, cfg, SR, inputs="code-a:params-a")
+    assert shards() == first  # reused, not rewritten
+
+    time.sleep(0.05)  # a new mtime: file systems stamp times at a clock tick of a few ms
+    write_flac_atomic(corpus / "audio/unbalanced/c3.flac", 0.3 * np.sin(2 * np.pi * 900 * np.arange(SR) / SR), SR)
+    build_features(corpus, feats, cfg, SR, inputs="code-a:params-a")
+    now = shards()
+    assert now["shard-00000.npy"] == first["shard-00000.npy"]
+    assert now["shard-00001.npy"][1] != first["shard-00001.npy"][1]  # c3's shard holds the new audio
+    expected, _ = reference_fbank(corpus / "audio/unbalanced/c3.flac", 100)
+    np.testing.assert_allclose(FeatureStore(feats, "unbalanced").raw(3).astype(np.float32), expected, atol=0.02)
+
+    build_features(corpus, feats, cfg, SR, inputs="code-b:params-a")  # other code: nothing reused
+    assert all(shards()[n][0] != now[n][0] for n in now)

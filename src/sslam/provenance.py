@@ -221,13 +221,14 @@ def stage_digest(
     data: Iterable[str | Path] = (),
     cache: HashCache | None = None,
     dvc_yaml: str | Path | None = None,
+    src: Path = SRC,
 ) -> dict[str, str]:
     """``{code, params, data}`` of one run of ``stage``: its script's import closure, the values of the
     params ``dvc.yaml`` lists for it (read from ``params_file``), and the content of ``data``."""
     script = Path(script).resolve()
     dvc_yaml = Path(dvc_yaml) if dvc_yaml is not None else script.parent.parent / "dvc.yaml"
     out = {
-        "code": code_digest(script),
+        "code": code_digest(script, src),
         "params": params_digest(params_file, stage_param_keys(stage, dvc_yaml)),
     }
     data = list(data)

@@ -18,7 +18,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from sslam.features.dataset import FeatureStore
 from sslam.features.stats import valid_frame_stats
 from sslam.features.store import build_features
 from sslam.io import write_json_atomic, write_text_atomic
+from sslam.provenance import HashCache
 
 FORMATS = ("esc50", "speech_commands", "speech_commands_12", "hear", "strong_tsv", "urban_sed", "fsd50k", "spass")
 
@@ -339,30 +340,57 @@ def read_listing(cfg: DatasetConfig) -> Listing:
     return readers[cfg.format](root)
 
 
-def _convert_or_reuse(args: tuple) -> ManifestRow:
-    """A clip converted earlier (its FLAC exists: written atomically, so complete) is reused: a killed
-    stage resumes where it stopped."""
-    item, root, out_dir, sample_rate, max_seconds, silence_dbfs = args
-    rel = clip_path(item)
-    done = out_dir / rel
-    if not item.problem and done.is_file():
-        info = sf.info(str(done))
-        return ManifestRow(
-            item.clip_id, item.split, rel, info.frames / info.samplerate, sample_rate, item.labels, "ok", ""
-        )
-    return convert_file(item, root, out_dir, sample_rate, max_seconds, silence_dbfs).row
+JOURNAL = "conversions.jsonl"  # one line per converted clip: what made it (digest) and its manifest row
+
+
+def _convert_or_reuse(args: tuple) -> tuple[ManifestRow, str]:
+    """A clip converted earlier is reused only when the stage's code and params and its source file's content
+    are what made it (``digest``), so a killed stage resumes and a changed source is converted again.
+    Returns the row and the digest."""
+    item, root, out_dir, sample_rate, max_seconds, silence_dbfs, inputs, cache_path, previous = args
+    try:
+        content = HashCache(cache_path).file(root / item.source) if not item.problem else "problem"
+    except OSError:
+        content = "missing"
+    digest = hashlib.sha256(f"{inputs}\x00{item}\x00{content}".encode()).hexdigest()[:16]
+    if previous is not None and previous["digest"] == digest:
+        row = ManifestRow(**{**previous["row"], "labels": tuple(previous["row"]["labels"])})
+        if row.status != "ok" or (out_dir / row.path).is_file():
+            return row, digest
+    return convert_file(item, root, out_dir, sample_rate, max_seconds, silence_dbfs).row, digest
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """clip id -> its last record; a line cut short by a kill is skipped (that clip is converted again)."""
+    records: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                records[rec["row"]["clip_id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return records
 
 
 TRAINING_SPLITS = {"train_eval": ("train",), "train_valid_test": ("train",)}  # cross_validation: every fold
 
 
 def build_dataset(
-    name: str, cfg: DatasetConfig, features: FeaturesConfig, sample_rate: int, out_dir: str | Path, workers: int = 1
+    name: str,
+    cfg: DatasetConfig,
+    features: FeaturesConfig,
+    sample_rate: int,
+    out_dir: str | Path,
+    workers: int = 1,
+    inputs: str = "",
+    hash_cache: HashCache | None = None,
 ) -> dict:
     """List, convert (mono FLAC at ``sample_rate``) and cache one dataset as a one-task corpus in ``out_dir``:
     ``tasks/<name>/{manifest.csv, task.json}``, ``failures.csv`` (every listed clip that could not be used,
     with the reason) and ``features/`` (the sharded store at the dataset's ``target_frames``; statistics
-    pinned, or over the training clips' valid frames). Returns the summary for metrics."""
+    pinned, or over the training clips' valid frames). Returns the summary for metrics. ``inputs``: the
+    stage's code and params digest; converted clips and shards made from other inputs are made again."""
     out_dir = Path(out_dir)
     listing = read_listing(cfg)
     if not listing.items:
@@ -375,13 +403,31 @@ def build_dataset(
             )
     task_dir = out_dir / "tasks" / name
     task_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, Path(cfg.root), task_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs) for i in listing.items]
+    journal = task_dir / JOURNAL
+    previous = _read_journal(journal)
+    cache_path = str(hash_cache.path) if hash_cache is not None and hash_cache.path is not None else None
+    common = (Path(cfg.root), task_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs, inputs, cache_path)
+    jobs = [(i, *common, previous.get(i.clip_id)) for i in listing.items]
     bar = dict(total=len(jobs), desc=f"dataset {name}", unit="clip", mininterval=1.0)
-    if workers > 1 and len(jobs) > 1:
-        with get_context("fork").Pool(workers) as pool:
-            rows = list(tqdm(pool.imap(_convert_or_reuse, jobs, chunksize=8), **bar))
-    else:
-        rows = [_convert_or_reuse(j) for j in tqdm(jobs, **bar)]
+    rows: list[ManifestRow] = []
+    records: list[dict] = []
+    with open(journal, "a", buffering=1) as log:  # appended as clips finish: a killed stage resumes from it
+        pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+        results = pool.imap(_convert_or_reuse, jobs, chunksize=8) if pool is not None else map(_convert_or_reuse, jobs)
+        try:
+            for row, digest in tqdm(results, **bar):
+                rows.append(row)
+                records.append({"digest": digest, "row": asdict(row)})
+                log.write(json.dumps(records[-1]) + "\n")
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+    kept = {r.path for r in rows if r.status == "ok"}
+    for f in (task_dir / "audio").rglob("*.flac"):  # clips no longer listed, or whose source is gone
+        if str(f.relative_to(task_dir)) not in kept:
+            f.unlink()
+    write_text_atomic(journal, "".join(json.dumps(r) + "\n" for r in records))  # this listing's clips only
     rows = [replace(r, path=f"tasks/{name}/{r.path}") if r.status == "ok" else r for r in rows]
     write_manifest(task_dir / "manifest.csv", rows)
     failed = [
@@ -407,7 +453,9 @@ def build_dataset(
             "source": {"format": cfg.format, "root": str(cfg.root)},
         },
     )
-    summary = build_features(out_dir, out_dir / "features", features, sample_rate, workers=workers)
+    summary = build_features(
+        out_dir, out_dir / "features", features, sample_rate, workers=workers, inputs=inputs, hash_cache=hash_cache
+    )
     if cfg.norm_mean is None:  # statistics of the training clips only (all folds under cross-validation)
         store = FeatureStore(out_dir / "features", f"tasks/{name}")
         train = TRAINING_SPLITS.get(listing.protocol)

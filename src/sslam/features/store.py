@@ -12,8 +12,11 @@ Layout under ``features_dir`` (one folder per clip set: each AudioSet split and 
     stats.json               mean and std over the valid frames of the statistics split (or pinned)
 
 Stored values are NOT normalised: readers apply ``(x - mean) / (2 * std)`` (the reference's
-normalisation, after zero padding), so new statistics never force a recompute. A shard is computed by
-one process and written by atomic rename; a rerun skips finished shards, so a killed stage resumes.
+normalisation, after zero padding). A shard is computed by one process and written by atomic rename; a
+rerun keeps a finished shard only when what decided it is unchanged: the stage's code and params
+(``inputs``, from :func:`sslam.provenance.stage_digest`), the shard's manifest rows and the content of
+each of its audio files (SHA-256, remembered per file by size, mtime and inode). So a killed stage
+resumes, and a changed clip recomputes its own shard and no other.
 A clip costs target_frames x mel x 2 bytes: 1024 x 128 x 2 = 256 KiB for a 10 s AudioSet clip, so
 AS-2M (about 2.0 M clips) needs about 500 GiB of features (plus 320 KiB per clip, 625 GiB, if
 waveforms are stored for waveform mixing).
@@ -41,9 +44,9 @@ from sslam.data.manifest import read_manifest
 from sslam.features.fbank import log_mel
 from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from sslam.provenance import HashCache
 
 INDEX_COLUMNS = ("clip_id", "split", "shard", "row", "frames", "samples", "labels")
-INDEX_VERSION = "2"  # 2: the valid sample count of each stored waveform (waveform mixing pads like the store)
 
 
 def num_samples_for(frames: int, sample_rate: int, shift_ms: float, length_ms: float) -> int:
@@ -75,6 +78,21 @@ class ShardJob:
     rows: tuple[tuple[str, str, str, str], ...]  # clip_id, split, path, labels
     sample_rate: int
     cfg: FeaturesConfig
+    inputs: str = ""  # the stage's code and params digest
+    hash_cache: str | None = None  # the file-hash table (sslam.provenance.HashCache)
+
+
+def shard_inputs(job: ShardJob) -> str:
+    """What decides a shard: the stage's code and params, the shard's rows and its audio files' content."""
+    cache = HashCache(job.hash_cache)
+    parts = [job.inputs, str(job.sample_rate)]
+    for clip_id, split, rel, labels in job.rows:
+        try:
+            content = cache.file(Path(job.corpus) / rel)
+        except OSError:  # a missing file: a failure row now, a recompute once it exists
+            content = "missing"
+        parts += [clip_id, split, rel, labels, content]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
 def _decode(path: Path, sample_rate: int) -> np.ndarray:
@@ -89,16 +107,27 @@ def _decode(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def compute_shard(job: ShardJob) -> dict:
-    """Decode, compute and write one shard; returns its rows, failures and partial statistics."""
+    """The shard's rows, failures and partial statistics: the finished shard on disk when it was made from
+    the same inputs, else decoded, computed and written now."""
+    digest = shard_inputs(job)
+    set_dir = Path(job.set_dir)
+    meta_file = set_dir / f"shard-{job.shard:05d}.json"
+    files = [set_dir / f"shard-{job.shard:05d}.npy"] + (
+        [set_dir / f"wave-{job.shard:05d}.npy"] * job.cfg.store_waveforms
+    )
+    if meta_file.is_file() and all(f.is_file() for f in files):
+        meta = json.loads(meta_file.read_text())
+        if meta.get("inputs") == digest:
+            return meta
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-clip FFTs: intra-op threads cost 3x more than they give (bench/features.py)
     try:
-        return _compute_shard(job)
+        return _compute_shard(job, digest)
     finally:
         torch.set_num_threads(threads)
 
 
-def _compute_shard(job: ShardJob) -> dict:
+def _compute_shard(job: ShardJob, digest: str) -> dict:
     cfg = job.cfg
     set_dir = Path(job.set_dir)
     n_samples = num_samples_for(cfg.target_frames, job.sample_rate, cfg.frame_shift_ms, cfg.frame_length_ms)
@@ -135,6 +164,7 @@ def _compute_shard(job: ShardJob) -> dict:
         )
     meta = {
         "shard": job.shard,
+        "inputs": digest,
         "rows": rows,
         "failures": failures,
         "stats": {"count": stats.count, "mean": stats.mean, "m2": stats.m2},
@@ -148,14 +178,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
-def _fingerprint(manifest: Path, cfg: FeaturesConfig, sample_rate: int) -> str:
-    h = hashlib.sha256(manifest.read_bytes())
-    h.update(json.dumps(cfg.model_dump(exclude={"norm_mean", "norm_std", "stats_split"}), sort_keys=True).encode())
-    h.update(str(sample_rate).encode())
-    h.update(INDEX_VERSION.encode())
-    return h.hexdigest()
-
-
 def feature_sets(corpus: Path) -> dict[str, Path]:
     """Every manifest of a corpus, by set name: AudioSet splits and ``tasks/<task>``."""
     sets = {p.stem: p for p in sorted((corpus / "manifests").glob("*.csv"))}
@@ -164,48 +186,46 @@ def feature_sets(corpus: Path) -> dict[str, Path]:
 
 
 def build_features(
-    corpus: str | Path, out_dir: str | Path, cfg: FeaturesConfig, sample_rate: int, workers: int = 1
+    corpus: str | Path,
+    out_dir: str | Path,
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    workers: int = 1,
+    inputs: str = "",
+    hash_cache: HashCache | None = None,
 ) -> dict:
-    """Compute (or finish) the cache for every clip set; returns the summary for metrics."""
+    """Compute (or finish) the cache for every clip set; returns the summary for metrics. ``inputs``: the
+    calling stage's code and params digest; a shard made from other inputs is recomputed."""
     corpus, out_dir = Path(corpus), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     sets = feature_sets(corpus)
     if not sets:
         raise FileNotFoundError(f"{corpus}: no manifests (run the download stage first)")
-    stale = {p.parent for p in out_dir.glob("**/fingerprint.json")}
-    wanted = {out_dir / name for name in sets}
-    for d in stale - wanted:  # sets that no longer exist in the corpus
+    present = {p.parent for p in out_dir.glob("**/shard-*.json")} | {p.parent for p in out_dir.glob("**/index.csv")}
+    for d in present - {out_dir / name for name in sets}:  # sets that no longer exist in the corpus
         shutil.rmtree(d)
+    cache_path = str(hash_cache.path) if hash_cache is not None and hash_cache.path is not None else None
 
     jobs: list[ShardJob] = []
-    done: dict[str, list[dict]] = {name: [] for name in sets}
     for name, manifest in sets.items():
         set_dir = out_dir / name
-        fp = _fingerprint(manifest, cfg, sample_rate)
-        fp_file = set_dir / "fingerprint.json"
-        if set_dir.exists() and (not fp_file.is_file() or json.loads(fp_file.read_text()).get("fingerprint") != fp):
-            shutil.rmtree(set_dir)  # other params or another corpus: nothing here can be reused
         set_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(fp_file, {"fingerprint": fp})
+        (set_dir / "fingerprint.json").unlink(missing_ok=True)  # an older cache's set-wide fingerprint
         df = read_manifest(manifest, only_ok=True)
         rows = [(r.clip_id, r.split, r.path, ",".join(r.labels)) for r in df.itertuples()]
-        for k in range(0, len(rows), cfg.shard_size):
-            shard = k // cfg.shard_size
-            meta_file = set_dir / f"shard-{shard:05d}.json"
-            complete = (
-                meta_file.is_file()
-                and (set_dir / f"shard-{shard:05d}.npy").is_file()
-                and (not cfg.store_waveforms or (set_dir / f"wave-{shard:05d}.npy").is_file())
+        shards = range(0, len(rows), cfg.shard_size)
+        for k in shards:
+            batch = tuple(rows[k : k + cfg.shard_size])
+            jobs.append(
+                ShardJob(str(set_dir), k // cfg.shard_size, str(corpus), batch, sample_rate, cfg, inputs, cache_path)
             )
-            if complete:
-                done[name].append(json.loads(meta_file.read_text()))
-            else:
-                jobs.append(
-                    ShardJob(str(set_dir), shard, str(corpus), tuple(rows[k : k + cfg.shard_size]), sample_rate, cfg)
-                )
+        for f in set_dir.glob("*-[0-9][0-9][0-9][0-9][0-9].*"):  # shards past the end of a set that shrank
+            if int(f.stem.rsplit("-", 1)[1]) >= len(shards):
+                f.unlink()
 
-    bar = dict(total=len(jobs), desc="features (shards)", unit="shard", mininterval=1.0)
+    done: dict[str, list[dict]] = {name: [] for name in sets}
+    bar = dict(total=len(jobs), desc="features (shards, finished ones checked)", unit="shard", mininterval=1.0)
     set_of = {str(out_dir / name): name for name in sets}
     if workers > 1 and len(jobs) > 1:
         # fork: workers inherit the imported modules (spawn re-imports torch, about 2 s per worker);
