@@ -190,3 +190,27 @@ def test_stage2_runs_with_every_mixing_strategy(tmp_path, strategy):
     # stage 2 started from stage 1's weights, not from a fresh initialisation
     with pytest.raises(FileNotFoundError, match="stage 1's final checkpoint"):
         train_stage(cfg2, "stage2", feats, tmp_path / "s3", None, cpu=True, init_from=tmp_path / "missing")
+
+
+def test_prefetched_micro_batches_are_the_ones_read_in_the_loop(tmp_path):
+    """Read-ahead threads change when a batch is read, never what it holds: the same rows and bytes over
+    epoch boundaries, with random crops, and from a resumed step (what was read ahead is dropped)."""
+    from accelerate import Accelerator
+
+    from sslam.features.dataset import FeatureStore
+    from sslam.pretrain.loop import MicroBatches
+
+    _, feats = tiny_setup(tmp_path)
+    store, acc = FeatureStore(feats, "unbalanced"), Accelerator(cpu=True)
+    plain = MicroBatches(store, acc, 5, 3, "stage1", crop=40, prefetch=0)
+    ahead = MicroBatches(store, acc, 5, 3, "stage1", crop=40, prefetch=3)
+    for k in [*range(0, 15), *range(20, 26), 7, 8]:  # 6 batches per epoch; a jump ahead and one back
+        (xa, ia), (xb, ib) = plain(k), ahead(k)
+        assert ia == ib and torch.equal(xa, xb) and xa.shape[1] == 40, k
+    ahead.close()
+    # without crops the batch is the store's own rows, normalised: an independent per-clip read
+    whole = MicroBatches(store, acc, 5, 3, "stage1", prefetch=2)
+    for k in range(8):
+        x, idx = whole(k)
+        assert torch.equal(x, torch.stack([store[i] for i in idx]))
+    whole.close()

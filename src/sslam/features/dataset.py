@@ -59,6 +59,15 @@ class FeatureStore:
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """(B, frames, mel) normalised float32 for many clips: one fancy-indexed read per shard touched,
         rows in file order, instead of B separate slices and conversions."""
+        return self.normalise(self.read(indices))
+
+    def normalise(self, raw: np.ndarray) -> torch.Tensor:
+        """Stored float16 log-mel -> normalised float32 (the reference's normalisation, after padding)."""
+        return torch.from_numpy(raw).float().sub_(self.mean).div_(2.0 * self.std)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """(B, frames, mel) stored float16 of many clips, unnormalised: the I/O part of :meth:`batch`, numpy
+        only (no torch thread pool), so a reader thread never competes with training for cores."""
         idx = np.asarray(indices, dtype=np.int64)
         shards, rows = self._shard[idx], self._row[idx]
         first = self._mmap(self._shards, "shard", int(shards[0]))
@@ -67,8 +76,7 @@ class FeatureStore:
             where = np.nonzero(shards == s)[0]
             order = np.argsort(rows[where])
             out[where[order]] = self._mmap(self._shards, "shard", int(s))[rows[where[order]]]
-        x = torch.from_numpy(out).float()
-        return x.sub_(self.mean).div_(2.0 * self.std)
+        return out
 
     def waves(self, indices: Sequence[int]) -> torch.Tensor:
         """(B, samples) float32 waveforms of many clips, zero-padded at the end like the stored fbanks."""

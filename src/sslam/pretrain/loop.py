@@ -177,8 +177,10 @@ class MicroBatches:
     """Micro-batch k of this process: its clips (on the device) and their store rows; epochs reshuffle.
     ``crop``: random windows of that many frames (seeded by ``seed``, k and the rank: a resumed run repeats).
 
-    ``prefetch``: a background thread reads (and crops, and pins for a GPU) the next that many micro-batches
-    while the current one trains, so a step waits for its reads only when they are slower than the step.
+    ``prefetch``: background threads read the next that many micro-batches from the store, each in its own
+    thread, while the current one trains, so a step waits for its reads only when they are slower than
+    that many steps. The threads only do I/O (numpy); normalising, cropping and the copy to the device stay
+    in the loop, so nothing competes with training for cores and the batches are the same bytes.
     Batch k is a pure function of k, so what is read ahead is exactly what the loop would have read.
     ``read_log``: append each micro-batch's store rows to ``<read_log>/rank<r>.tsv`` (an audit of the split)."""
 
@@ -204,7 +206,8 @@ class MicroBatches:
         self._orders: dict[int, list[int]] = {}
         self._lock = threading.Lock()
         self.prefetch = prefetch
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch > 0 else None
+        # one thread per batch in flight: a cold read (disk, network filesystem) may take longer than a step
+        self._pool = ThreadPoolExecutor(prefetch, thread_name_prefix="prefetch") if prefetch > 0 else None
         self._ahead: dict[int, Future] = {}
         self._log = None
         if read_log is not None:
@@ -220,30 +223,30 @@ class MicroBatches:
                 self._orders[epoch] = list(self.sampler)
             return self._orders[epoch]
 
-    def host(self, k: int) -> tuple[torch.Tensor, list[int]]:
-        """Micro-batch k in host memory (pinned when it goes to a GPU)."""
+    def rows(self, k: int) -> list[int]:
+        """The store rows of micro-batch k."""
         epoch, b = divmod(k, self.per_epoch)
-        idx = self.order(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
-        x = self.store.batch(idx)
-        if self.crop is not None:
-            g = torch.Generator().manual_seed(step_seed(self.seed, k, 0, self.rank) + 7)
-            x = random_crops(x, [self.store.frames(i) for i in idx], self.crop, g)
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        return x, idx
+        return self.order(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
 
     def __call__(self, k: int) -> tuple[torch.Tensor, list[int]]:
         ahead = self._ahead.pop(k, None)
         for stale in [j for j in self._ahead if j < k]:  # the loop moved on (a resume): drop what it skipped
             self._ahead.pop(stale).cancel()
-        x, idx = ahead.result() if ahead is not None else self.host(k)
+        idx = self.rows(k)
+        raw = ahead.result() if ahead is not None else self.store.read(idx)  # the read: the slow part
         if self._pool is not None:
             for j in range(k + 1, k + 1 + self.prefetch):
                 if j not in self._ahead:
-                    self._ahead[j] = self._pool.submit(self.host, j)
+                    self._ahead[j] = self._pool.submit(self.store.read, self.rows(j))
+        x = self.store.normalise(raw)
+        if self.crop is not None:
+            g = torch.Generator().manual_seed(step_seed(self.seed, k, 0, self.rank) + 7)
+            x = random_crops(x, [self.store.frames(i) for i in idx], self.crop, g)
         if self._log is not None:
             self._log.write(f"{k // self.per_epoch}\t{k}\t{','.join(map(str, idx))}\n")
-        return x.to(self.device, non_blocking=True), idx
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), idx
+        return x, idx
 
     def close(self) -> None:
         if self._pool is not None:
