@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from sslam.launch import LaunchError, is_worker, launch
     from sslam.provenance import default_hash_cache, stage_digest
 
-    if not is_worker(os.environ) and INPUTS_ENV not in os.environ:  # once per job, before any worker starts
+    inputs = json.loads(os.environ[INPUTS_ENV]) if INPUTS_ENV in os.environ else None  # from the launcher
+    if inputs is None and not is_worker(os.environ):  # once per job, before any worker starts
         dvc_stage = f"pretrain_stage2_run@{args.run}" if args.run else f"pretrain_{args.stage}"
         data = [args.features] + ([args.init] if args.stage == "stage2" else [])
         try:
@@ -119,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, KeyError) as err:
             print(f"pretrain: {err}", file=sys.stderr)
             return 2
-        os.environ[INPUTS_ENV] = json.dumps(inputs)
     p = cfg.pretrain
     try:
         code = launch(
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             p.rendezvous_port,
             __file__,
             argv if argv is not None else sys.argv[1:],
+            env=os.environ | ({INPUTS_ENV: json.dumps(inputs)} if inputs is not None else {}),
         )
     except LaunchError as err:
         print(f"pretrain: {err}", file=sys.stderr)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_after=args.stop_after,
             init_from=args.init if args.stage == "stage2" else None,
             timings=timings,
-            inputs=json.loads(os.environ[INPUTS_ENV]) if INPUTS_ENV in os.environ else None,
+            inputs=inputs,
             read_log=os.environ.get("SSLAM_READ_LOG"),
         )
     except NonFiniteLoss as err:
