@@ -93,3 +93,34 @@ def test_data_digest_follows_content_not_names_or_times(tmp_path):
     assert data_digest([tmp_path / "d"], cache) == before
     (tmp_path / "d" / "sub" / "b.bin").rename(tmp_path / "d" / "sub" / "c.bin")  # a rename is a change
     assert data_digest([tmp_path / "d"], cache) != before
+
+
+def _hash_in_worker(table: str, files: list[str], barrier, out) -> None:
+    from sslam.provenance import HashCache
+
+    barrier.wait()  # every worker opens the new table at the same moment
+    out.put([HashCache(table).file(f) for f in files])
+
+
+def test_worker_processes_share_a_new_hash_table(tmp_path):
+    """Feature and dataset workers open the table together, the first time included (the journal-mode
+    switch of a new database takes a lock): every one gets the files' true SHA-256."""
+    import hashlib
+    from multiprocessing import get_context
+
+    ctx = get_context("fork")
+    files = []
+    for k in range(8):
+        (tmp_path / f"f{k}").write_bytes(os.urandom(1000 + k))
+        files.append(str(tmp_path / f"f{k}"))
+    truth = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
+    for trial in range(3):
+        table = str(tmp_path / f"t{trial}" / "hashes.sqlite")
+        barrier, out = ctx.Barrier(12), ctx.Queue()
+        procs = [ctx.Process(target=_hash_in_worker, args=(table, files, barrier, out)) for _ in range(12)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 12
+        assert [out.get(timeout=5) for _ in procs] == [truth] * 12

@@ -16,10 +16,12 @@ way ``dvc.yaml`` declares them, and ``tests/test_dvc_deps.py`` checks ``dvc.yaml
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,12 +152,21 @@ class HashCache:
             return None
         if self._db is None or self._pid != os.getpid():  # a forked worker opens its own connection
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INT, mtime INT, inode INT, sha TEXT)"
-            )
-            self._pid = os.getpid()
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            for attempt in range(100):  # workers opening a new table together: the mode switch may be busy
+                try:
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS hashes "
+                        "(path TEXT PRIMARY KEY, size INT, mtime INT, inode INT, sha TEXT)"
+                    )
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 99:
+                        raise
+                    time.sleep(0.05)
+            self._db, self._pid = db, os.getpid()
         return self._db
 
     def __getstate__(self) -> dict:
@@ -178,10 +189,18 @@ class HashCache:
         return sha
 
 
+@functools.lru_cache(maxsize=8)
+def hash_cache_at(path: str | None) -> HashCache:
+    """One table object per path in a process (each process still opens its own connection)."""
+    return HashCache(path)
+
+
 def default_hash_cache(root: str | Path = ".") -> HashCache:
     """The hash table of the DVC project at ``root`` (in ``.dvc/tmp``, beside DVC's own); none elsewhere."""
     tmp = Path(root) / ".dvc" / "tmp"
-    return HashCache(tmp / "sslam-hashes.sqlite" if tmp.is_dir() else None)
+    cache = HashCache(tmp / "sslam-hashes.sqlite" if tmp.is_dir() else None)
+    cache._conn()  # the table exists before any worker process opens it
+    return cache
 
 
 def data_files(path: str | Path) -> list[Path]:

@@ -33,7 +33,7 @@ from sslam.features.dataset import FeatureStore
 from sslam.features.stats import valid_frame_stats
 from sslam.features.store import build_features
 from sslam.io import write_json_atomic, write_text_atomic
-from sslam.provenance import HashCache
+from sslam.provenance import HashCache, hash_cache_at
 
 FORMATS = ("esc50", "speech_commands", "speech_commands_12", "hear", "strong_tsv", "urban_sed", "fsd50k", "spass")
 
@@ -349,7 +349,7 @@ def _convert_or_reuse(args: tuple) -> tuple[ManifestRow, str]:
     Returns the row and the digest."""
     item, root, out_dir, sample_rate, max_seconds, silence_dbfs, inputs, cache_path, previous = args
     try:
-        content = HashCache(cache_path).file(root / item.source) if not item.problem else "problem"
+        content = hash_cache_at(cache_path).file(root / item.source) if not item.problem else "problem"
     except OSError:
         content = "missing"
     digest = hashlib.sha256(f"{inputs}\x00{item}\x00{content}".encode()).hexdigest()[:16]

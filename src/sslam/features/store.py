@@ -44,7 +44,7 @@ from sslam.data.manifest import read_manifest
 from sslam.features.fbank import log_mel
 from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
-from sslam.provenance import HashCache
+from sslam.provenance import HashCache, hash_cache_at
 
 INDEX_COLUMNS = ("clip_id", "split", "shard", "row", "frames", "samples", "labels")
 
@@ -84,7 +84,7 @@ class ShardJob:
 
 def shard_inputs(job: ShardJob) -> str:
     """What decides a shard: the stage's code and params, the shard's rows and its audio files' content."""
-    cache = HashCache(job.hash_cache)
+    cache = hash_cache_at(job.hash_cache)
     parts = [job.inputs, str(job.sample_rate)]
     for clip_id, split, rel, labels in job.rows:
         try:
