@@ -2,11 +2,11 @@
 
 Prints clips per second for the stage's way (ancestors within L computed once per label, then set
 lookups per clip) against the naive way (walk the ontology for every label of every clip), measured
-in the same run, and the projected time for AS-2M's 2,041,789 clips. Labels: the published eval list
-when ../shared/audioset is beside the checkout, else (or with --synthetic) the eval split of a synthetic
-corpus generated in a temporary folder; --labels reads another folder (a corpus, or AudioSet's files).
+in the same run, and the projected time for AS-2M's 2,041,789 clips. Labels: the eval split of a synthetic
+corpus generated in a temporary folder, or with --labels another folder (a corpus, or AudioSet's files:
+ontology.json and the segment CSVs).
 
-    python bench/polyphony.py [--repeat 5] [--synthetic [--clips 2000]] [--labels DIR]
+    python bench/polyphony.py [--repeat 5] [--clips 2000] [--labels DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from sslam.data import audioset_format as fmt
 from sslam.data.polyphony import OntologyGraph, RelationIndex, distinct_events
 
 AS2M = 2_041_789
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "audioset"
 
 
 # the generator always writes every task: the smallest each allows, since only the eval labels are read
@@ -62,7 +61,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5, help="times the eval list is analysed the stage's way")
     ap.add_argument("--labels", default=None, help="a folder with ontology.json and eval_segments.csv")
-    ap.add_argument("--synthetic", action="store_true", help="generate labels even if ../shared/audioset is there")
     ap.add_argument("--clips", type=int, default=2000, help="eval clips of the generated corpus")
     args = ap.parse_args()
     level = 2
@@ -70,8 +68,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.labels:
             folder, source = Path(args.labels), args.labels
-        elif not args.synthetic and (SHARED / "eval_segments.csv").is_file():
-            folder, source = SHARED, "published AudioSet eval labels"
         else:
             t0 = time.perf_counter()
             folder = synthetic_labels(Path(tmp) / "corpus", args.clips)

@@ -1,7 +1,7 @@
 """DVC stage `ontology`: how polyphonic are the corpus's labels? (paper Appendix B.1, Algorithm 2)
 
 Writes metrics/polyphony.json, metrics/polyphony_levels.csv and two PNGs; prints every reading beside
-the paper's AS-2M figures. `--labels` analyses another AudioSet label folder (e.g. ../shared/audioset).
+the paper's AS-2M figures. `--labels` analyses another AudioSet label folder (ontology.json and the segment CSVs).
 """
 
 from __future__ import annotations

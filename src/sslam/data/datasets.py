@@ -6,7 +6,7 @@ file (missing, empty, unreadable, silent) are the folder source's (``data/folder
 a bad file becomes a failures-table row with its reason, never a dead task. A file listed twice is kept
 once and the repeat is a failed row ("listed twice").
 
-Layout facts are in ``shared/reference/datasets-and-checkpoints-facts.md``; the readers check the
+Layout facts come from each dataset's README and public loaders; the readers check the
 headers they rely on and name the file and the columns when they do not match.
 """
 

@@ -1,7 +1,7 @@
 """The ViT encoder of EAT / SSLAM (data2vec 2.0 layout), in plain PyTorch; one implementation of the
 encoder contract (``models/contract.py``). Its layer target is the MLP output before the residual.
 
-Reference details (EAT and SSLAM code, via ../shared/reference/sslam-eat-reference-facts.md):
+Reference details (the public EAT and SSLAM code):
 - patch embedding Conv2d(1, D, 16, stride 16) over (frames, mel); tokens time-major (t * F' + f);
 - fixed 2-D sin-cos positions added BEFORE masking: first half of the channels encodes the frequency
   index, the second half the time index; the CLS token has no position and is N(0, 1) initialised;
