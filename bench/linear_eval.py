@@ -21,7 +21,7 @@ from _corpus import TINY_TASKS
 
 from sslam.config import Config, load_config
 from sslam.data.synthetic import generate_corpus
-from sslam.downstream.encoder import Head, embed, load_encoder, pool, pooled_dim
+from sslam.downstream.encoder import Head, embed, load_encoder, pool, pooled_dim, valid_frames
 from sslam.downstream.linear import shuffled_batches
 from sslam.downstream.tasks import Fold, Task, TaskStore, folds, load_task, targets
 from sslam.downstream.training import loss_fn
@@ -76,7 +76,8 @@ def train_head(
                 feats = z[b]
             else:
                 with torch.no_grad():
-                    feats = pool(encoder, store.batch(fold.train[b.numpy()]), lin.pooling)
+                    rows = fold.train[b.numpy()]
+                    feats = pool(encoder, store.batch(rows), lin.pooling, valid_frames(store, rows))
             loss = loss_fn(task, head(feats), y[b])
             opt.zero_grad()
             loss.backward()

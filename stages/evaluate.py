@@ -1,7 +1,9 @@
 """DVC stages `linear_eval@<task>` and `finetune@<task>`: every configured encoder on one task.
 
 Writes metrics/eval/<task>_<regime>.json: per encoder the task's metric (accuracy or mAP), per fold,
-and for soundscape tasks the mAP by degree of polyphony.
+for soundscape tasks the mAP by degree of polyphony, for a task with conditions (the masker task's
+target-to-masker ratios) the metric per condition; and data/eval/<task>_<regime>.npz: every encoder's
+per-clip test scores, which the report's confidence intervals and paired comparisons resample.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from sslam.config import load_config_or_exit
 
@@ -23,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default="data/features")
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--metrics-dir", default="metrics/eval")
+    ap.add_argument("--predictions-dir", default="data/eval")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)
     if args.task not in cfg.task_names:
@@ -35,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from sslam.downstream.encoder import load_encoder, store_for_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.linear import linear_eval
-    from sslam.downstream.tasks import WaveFeatures, load_task, task_event_counts
-    from sslam.io import write_json_atomic
+    from sslam.downstream.tasks import WaveFeatures, load_task, task_conditions, task_event_counts
+    from sslam.downstream.training import condition_breakdown
+    from sslam.io import write_json_atomic, write_npz_atomic
 
     task_cfg = cfg.task(args.task)
     corpus, features = cfg.task_location(args.task, args.features)
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
     events = task_event_counts(task_cfg, args.task, corpus)
+    conditions = task_conditions(task_cfg, args.task, corpus)
     frames, mel = store.raw(0).shape
     linear = args.regime == "linear"
     recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": recipe.model_dump(),
         "encoders": {},
     }
+    predictions: dict[str, np.ndarray] = {}
     for name in encoders:
         t0 = time.perf_counter()
         try:
@@ -73,9 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:  # a missing checkpoint, an empty split after filtering
             print(f"evaluate: {err}", file=sys.stderr)
             return 2
-        out["encoders"][name] = res
+        clip_ids = store.index["clip_id"].to_numpy().astype(str)[res.rows]
+        if predictions and not np.array_equal(predictions["clip_id"], clip_ids):
+            raise RuntimeError(f"encoder {name}: test clips differ from the first encoder's (the folds must not)")
+        if not predictions:  # the folds do not depend on the encoder: one set of test clips for all
+            predictions = {"clip_id": clip_ids, "targets": res.targets}
+            if conditions is not None:
+                predictions["condition"] = np.array([conditions[c] for c in clip_ids], dtype=str)
+        if conditions is not None:
+            res.metrics["by_condition"] = condition_breakdown(task, res, predictions["condition"])
+        predictions[f"scores_{name}"] = res.scores
+        out["encoders"][name] = res.metrics
         seconds = time.perf_counter() - t0
-        print(f"{args.task} {args.regime} {name}: {out['metric']} {res[out['metric']]:.4f} ({seconds:.1f}s)")
+        print(f"{args.task} {args.regime} {name}: {out['metric']} {res.metrics[out['metric']]:.4f} ({seconds:.1f}s)")
+    write_npz_atomic(Path(args.predictions_dir) / f"{args.task}_{args.regime}.npz", predictions)
     write_json_atomic(Path(args.metrics_dir) / f"{args.task}_{args.regime}.json", out)
     return 0
 

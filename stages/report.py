@@ -15,18 +15,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--metrics-dir", default="metrics")
     ap.add_argument("--features", default="data/features")
+    ap.add_argument("--predictions", default="data/eval")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.params)
     from sslam.features.dataset import FeatureStore
     from sslam.io import write_json_atomic, write_text_atomic
+    from sslam.report.intervals import Settings, encoder_intervals, load_predictions
     from sslam.report.tables import (
-        control_check,
+        floor_table,
         load_eval,
         plot_loss_curves,
         plot_mixture,
         plot_polyphony,
         render_comparison,
+        render_floor,
         render_markdown,
+        render_masker,
         render_pretrain,
         variant_comparison,
     )
@@ -62,10 +66,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     if cfg.pretrain.objective != "bootstrap":  # no stage 2 trained: every "variant" is the stage-1 checkpoint
         runs = {}
-    comparison = variant_comparison(evals, runs)
-    md = render_markdown(evals, settings) + render_comparison(comparison) + render_pretrain(pretrain)
+    st = Settings(cfg.report.bootstrap_samples, cfg.report.confidence, cfg.report.seed)
+    preds = load_predictions(args.predictions, evals)
+    intervals = {k: encoder_intervals(p, st) for k, p in preds.items()}
+    comparison = variant_comparison(preds, runs, st)
+    floors = floor_table(preds, st)
+    md = (
+        render_markdown(evals, settings, intervals, st.level)
+        + render_floor(floors)
+        + render_comparison(comparison, st)
+        + render_masker(preds, comparison, st)
+        + render_pretrain(pretrain)
+    )
     write_text_atomic(m / "report.md", md)
-    write_json_atomic(m / "report.json", {"control_check": control_check(evals), "sslam_vs_mb_ua": comparison})
+    report = {
+        "intervals": {
+            f"{t}/{r}/{e}": iv.to_json()
+            for (t, r), by_encoder in sorted(intervals.items())
+            for e, iv in by_encoder.items()
+        },
+        "against_floors": floors,
+        "sslam_vs_mb_ua": comparison,
+    }
+    write_json_atomic(m / "report.json", report)
     plot_loss_curves({"stage1": m / "stage1_live", "stage2": m / "stage2_live"}, m / "plots" / "pretrain_losses.png")
     plot_polyphony(evals, m / "plots" / "map_by_polyphony.png")
     first_poly = next((t for t, c in cfg.tasks.items() if c.kind == "multi_label" and c.data != "audioset"), None)

@@ -128,13 +128,69 @@ def test_freq_mean_pooling_keeps_frequency_rows():
     torch.manual_seed(0)
     enc = Encoder(16, 1, 2, patch=16, frames=64, mel=48).eval()  # grid 4 x 3
     x = torch.randn(2, 64, 48)
+    full = torch.tensor([64, 64])
     h, _ = enc(x)
-    z = pool(enc, x, "freq_mean")
+    z = pool(enc, x, "freq_mean", full)
     assert z.shape == (2, pooled_dim(enc, "freq_mean")) == (2, 3 * 16)
     # token t*F + f sits in row f: the f-th slice is the mean over time of those tokens
     for f in range(3):
         assert torch.allclose(z[:, f * 16 : (f + 1) * 16], h[:, 1:][:, f::3].mean(1), atol=1e-6)
-    assert torch.allclose(pool(enc, x, "mean"), h[:, 1:].mean(1)) and torch.equal(pool(enc, x, "cls"), h[:, 0])
+    assert torch.allclose(pool(enc, x, "mean", full), h[:, 1:].mean(1), atol=1e-6)
+    assert torch.equal(pool(enc, x, "cls", full), h[:, 0])
+
+
+def test_pooling_reads_only_the_valid_time_patches():
+    """A clip of 20 valid frames in a 64-frame window (patches of 16 frames): time patch 0 (centre 7.5)
+    holds audio, patch 1 (centre 23.5) does not; so the mean is over the first 3 tokens (one time patch x
+    3 frequency rows), by hand; a full clip pools all 12."""
+    from sslam.downstream.encoder import pool
+    from sslam.models.pooling import valid_time_patches
+    from sslam.models.vit import Encoder
+
+    assert [valid_time_patches(f, 16, 4) for f in (1, 7, 8, 23, 24, 40, 64, 500)] == [1, 1, 1, 1, 2, 3, 4, 4]
+    torch.manual_seed(0)
+    enc = Encoder(16, 1, 2, patch=16, frames=64, mel=48).eval()
+    x = torch.randn(2, 64, 48)
+    h, _ = enc(x)
+    z = pool(enc, x, "mean", torch.tensor([20, 64]))
+    assert torch.allclose(z[0], h[0, 1:4].mean(0), atol=1e-6)
+    assert torch.allclose(z[1], h[1, 1:].mean(0), atol=1e-6)
+    zf = pool(enc, x, "freq_mean", torch.tensor([40, 64]))  # 3 valid time patches: tokens 0..8
+    for f in range(3):
+        assert torch.allclose(zf[0, f * 16 : (f + 1) * 16], h[0, 1:10][f::3].mean(0), atol=1e-6)
+
+
+def test_fbank_stats_is_the_mean_and_std_over_valid_frames():
+    """The non-learned floor against numpy on the valid frames of each clip."""
+    from sslam.downstream.encoder import FbankStats, pool, pooled_dim
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 8, dtype=torch.float64)
+    frames = torch.tensor([50, 13, 1])
+    enc = FbankStats(8)
+    z = pool(enc, x, "mean", frames)
+    assert z.shape == (3, pooled_dim(enc, "mean")) == (3, 16)
+    for i, n in enumerate(frames.tolist()):
+        ref = x[i, :n].numpy()
+        np.testing.assert_allclose(z[i, :8].numpy(), ref.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(z[i, 8:].numpy(), ref.std(0), rtol=1e-12, atol=1e-12)
+
+
+def test_augmented_batches_pool_the_frames_the_augmentation_leaves():
+    """Mixup pools over the longer clip of a mixed pair; the log-mel roll spreads padding inside the clip,
+    so every frame counts; without augmentation the clips' own frames."""
+    from sslam.config import FinetuneConfig
+    from sslam.downstream.training import augment_batch
+
+    x, y = torch.zeros(4, 32, 8), torch.eye(4)
+    frames = torch.tensor([5, 10, 20, 32])
+    g = torch.Generator().manual_seed(0)
+    off = FinetuneConfig(mixup=False, roll=False, specaug_freq=0.0, specaug_time=0.0)
+    assert torch.equal(augment_batch(x, y, off, g, frames, 0.0, 1.0)[2], frames)
+    mixed = off.model_copy(update={"mixup": True, "mixup_prob": 1.0})
+    assert torch.equal(augment_batch(x, y, mixed, g, frames, 0.0, 1.0)[2], torch.tensor([32, 20, 20, 32]))
+    rolled = off.model_copy(update={"roll": True})
+    assert torch.equal(augment_batch(x, y, rolled, g, frames, 0.0, 1.0)[2], torch.full((4,), 32))
 
 
 def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
@@ -158,7 +214,7 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
     monkeypatch.setattr(training, "score", spy)  # valid and test scores are all taken in training
     enc = load_encoder(cfg, "random0", *store.raw(0).shape)
     lin = cfg.linear_eval.model_copy(update={"epochs": 9, "select_every": 4})
-    res = linear_eval(enc, task, store, lin, seed=0)
+    res = linear_eval(enc, task, store, lin, seed=0).metrics
     valid_scores, test_score = seen[:-1], seen[-1]
     assert len(valid_scores) == 3  # epochs 4, 8 and the last (9)
     assert res["selection"]["valid"] == pytest.approx(max(valid_scores), abs=1e-5)
@@ -189,7 +245,7 @@ def test_finetune_runs_every_recipe_switch(tiny):
             "mixup": True,
         }
     )
-    res = finetune(lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0)
+    res = finetune(lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0).metrics
     assert 0.0 <= res["accuracy"] <= 1.0 and res["selection"]["selected_epoch"] in (1, 2)
 
 
@@ -244,10 +300,10 @@ def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
     (fold,) = folds(task, store)
     by_hand = store.renormalised(store.train_stats(fold.train))
     enc = load_encoder(cfg, "random0", *store.raw(0).shape)
-    a = linear_eval(enc, task, store, lin.model_copy(update={"norm_stats": "task"}), seed=0)
-    b = linear_eval(enc, task, by_hand, lin, seed=0)
+    a = linear_eval(enc, task, store, lin.model_copy(update={"norm_stats": "task"}), seed=0).metrics
+    b = linear_eval(enc, task, by_hand, lin, seed=0).metrics
     assert a["map"] == pytest.approx(b["map"], abs=1e-6)
-    c = linear_eval(enc, task, store, lin, seed=0)  # pretraining stats: a different input scale
+    c = linear_eval(enc, task, store, lin, seed=0).metrics  # pretraining stats: a different input scale
     assert not torch.equal(by_hand.batch(fold.train), store.batch(fold.train)) and 0 < c["map"] <= 1
 
 
@@ -418,7 +474,9 @@ def test_finetune_runs_the_paper_recipe_switches(tiny):
         }
     )
     wave = WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
-    res = finetune(lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave)
+    res = finetune(
+        lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave
+    ).metrics
     assert 0.0 < res["map"] <= 1.0
 
 
@@ -462,7 +520,7 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
 
     Head.forward = spy
     try:
-        res = linear_eval(enc, task, store, lin, seed=0)
+        res = linear_eval(enc, task, store, lin, seed=0).metrics
     finally:
         Head.forward = real_head
         h1.remove()

@@ -128,3 +128,45 @@ def test_bulk_extraction_resumes_and_records_bad_files(tmp_path):
     extract_folder(model, folder, out, chunk=2)
     again = np.load(out)
     assert (again["embeddings"][:2] == 7.0).all() and not part.exists()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "freq_mean", "cls"])
+def test_evaluation_and_the_embedding_api_pool_a_clip_the_same_way(tmp_path, pooling):
+    """Short clips (0.3 s, 0.9 s) and a full one, stored by the features stage and read by the evaluation
+    (TaskStore -> downstream.encoder.embed), against the embedding API on the same samples: the same
+    vector (up to the store's float16 log-mel). The padding of a short clip never enters (except for cls,
+    whose token attends to the whole window in both)."""
+    from sslam.config import FeaturesConfig
+    from sslam.data.manifest import ManifestRow, write_manifest
+    from sslam.downstream.encoder import embed
+    from sslam.downstream.tasks import TaskStore
+    from sslam.features.store import build_features
+    from sslam.io import write_flac_atomic
+
+    model = checkpoint(tmp_path)
+    model.pooling = pooling
+    model.scene_embedding_size = 32 * 8 if pooling == "freq_mean" else 32
+    corpus = tmp_path / "corpus"
+    rows = []
+    for k, seconds in enumerate((0.3, 0.9, 3.0)):
+        wave = noise(1, seconds, seed=10 + k)[0].numpy() * (0.5 + k)
+        write_flac_atomic(corpus / f"audio/c{k}.flac", np.clip(wave, -1, 1), 16000)
+        rows.append(ManifestRow(f"c{k}", "eval", f"audio/c{k}.flac", seconds, 16000, ("a",), "ok", ""))
+    write_manifest(corpus / "manifests" / "eval.csv", rows)
+    feats = FeaturesConfig(norm_mean=-6.0, norm_std=3.0, store_waveforms=True)  # 304 frames, the model's window
+    build_features(corpus, tmp_path / "features", feats, 16000)
+    store = TaskStore(tmp_path / "features", {"eval": ""})
+    assert (store.mean, store.std) == (-6.0, 3.0)
+    assert [store.frames(i) for i in range(3)] == [28, 88, 298]
+    evaluated = embed(model.encoder, store, np.arange(3), pooling)
+    for i in range(3):
+        samples = store.waveform(i)  # the 16-bit samples the store computed from, as floats
+        api = get_scene_embeddings(samples[None], model)[0]
+        assert api.shape == evaluated[i].shape == (model.scene_embedding_size,)
+        np.testing.assert_allclose(api.numpy(), evaluated[i].numpy(), atol=2e-3, rtol=0)
+    if pooling != "cls":  # the old rule (every token of the window) gives another vector for a short clip
+        from sslam.models.pooling import pool_tokens
+
+        with torch.no_grad():
+            h, _ = model.encoder(store.batch(np.arange(1)))
+        assert (pool_tokens(h, model.encoder.grid, pooling, None)[0] - evaluated[0]).abs().max() > 0.05

@@ -168,7 +168,7 @@ def test_linear_evaluation_and_finetuning_on_every_encoder(tiny, encoder, masked
     frozen = load_encoder(cfg, "random0", frames, mel)
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     recipe = cfg.linear_recipe("keywords").model_copy(update={"epochs": 3, "select_every": 1})
-    lin = linear_eval(frozen, task, store, recipe, seed=0)
+    lin = linear_eval(frozen, task, store, recipe, seed=0).metrics
     assert 0.0 <= lin["accuracy"] <= 1.0
     assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())  # linear: the encoder stays frozen
     trained = []
@@ -178,7 +178,7 @@ def test_linear_evaluation_and_finetuning_on_every_encoder(tiny, encoder, masked
         return trained[-1]
 
     recipe = cfg.finetune_recipe("keywords").model_copy(update={"epochs": 1, "batch_size": 2})
-    res = finetune(fresh, task, store, recipe, seed=0)
+    res = finetune(fresh, task, store, recipe, seed=0).metrics
     assert 0.0 <= res["accuracy"] <= 1.0
     # fine-tuning trains the encoder itself, through the contract's layer groups, every block included
     # (one block may skip a whole branch under drop path in a one-step run, so: every block, not every tensor)

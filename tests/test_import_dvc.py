@@ -48,9 +48,11 @@ def test_released_weights_are_an_encoder_like_any_other(tmp_path):
     data = store_for_encoder(cfg, "eat", "square", store, recipe.norm_stats, ck)
     assert (data.mean, data.std) == (-4.268, 4.569)
     stage = json.loads((repo / "metrics" / "eval" / "square_linear.json").read_text())["encoders"]["eat"]["map"]
-    got = linear_eval(load_encoder(cfg, "eat", frames, mel, ck), task, data, recipe, seed, None)["map"]
+    got = linear_eval(load_encoder(cfg, "eat", frames, mel, ck), task, data, recipe, seed, None).metrics["map"]
     assert got == pytest.approx(stage, abs=1e-6)
-    unnormalised = linear_eval(load_encoder(cfg, "eat", frames, mel, ck), task, store, recipe, seed, None)["map"]
+    unnormalised = linear_eval(load_encoder(cfg, "eat", frames, mel, ck), task, store, recipe, seed, None).metrics[
+        "map"
+    ]
     assert abs(unnormalised - stage) > 1e-4  # the normalisation reached the scores
 
     commit(repo, "imported")

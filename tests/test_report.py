@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from sslam.report.tables import control_check, render_markdown
+from sslam.report.intervals import Predictions, Settings
+from sslam.report.tables import render_markdown
 
 
 def evals() -> dict:
@@ -33,20 +35,6 @@ def evals() -> dict:
         ),
         ("square", "finetune"): d("square", "finetune", "map", {"stage2": {"map": 0.7}, "random0": {"map": 0.6}}),
     }
-
-
-def test_control_check_by_hand():
-    c = control_check(evals())
-    assert (
-        c["mono/stage2"]["delta"] == 0.35
-        and c["mono/stage2"]["control_spread"] == 0.1
-        and c["mono/stage2"]["beats_control"]
-    )
-    sq = c["square/stage2"]
-    assert (
-        sq["control_mean"] == 0.47 and sq["control_spread"] == 0.04 and sq["delta"] == 0.03 and not sq["beats_control"]
-    )
-    assert set(c) == {"mono/stage2", "square/stage2"}  # fine-tuning has one control seed: no spread to compare
 
 
 def test_markdown_tables_hold_the_numbers():
@@ -78,39 +66,58 @@ def test_pretrain_section_shows_the_target_diagnostics():
     assert render_pretrain({}) == ""
 
 
-def test_sslam_vs_mb_ua_table_by_hand():
-    from sslam.report.tables import render_comparison, variant_comparison
+def predictions(correct: dict[str, np.ndarray], condition: np.ndarray | None = None) -> Predictions:
+    """Accuracy predictions over 2 classes: encoder e gets clip i right where correct[e][i]."""
+    n = len(next(iter(correct.values())))
+    labels = np.arange(n) % 2
+    scores = {}
+    for e, c in correct.items():
+        pred = np.where(c, labels, 1 - labels)
+        scores[e] = np.eye(2)[pred] * 0.8 + 0.1
+    return Predictions("accuracy", np.array([f"c{i}" for i in range(n)]), labels, scores, condition)
 
-    def ev(task, metric, values):
-        return {
-            "task": task,
-            "regime": "linear",
-            "metric": metric,
-            "encoders": {e: {metric: v} for e, v in values.items()},
-        }
 
+def test_sslam_vs_mb_ua_by_paired_bootstrap():
+    """Task a: both SSLAM seeds right on 90% of 200 clips, MB-UA on 30%: SSLAM higher, the interval
+    holds +60 points; task b: identical predictions: [0, 0], no difference resolved; per condition too."""
+    from sslam.report.tables import render_comparison, render_masker, variant_comparison
+
+    rng = np.random.default_rng(0)
+    good, bad = rng.random(200) < 0.9, rng.random(200) < 0.3
     runs = {"stage2": ("sslam", 0), "sslam_s1": ("sslam", 1), "mb_ua_s0": ("mb_ua", 0), "mb_ua_s1": ("mb_ua", 1)}
-    evals = {
-        ("a", "linear"): ev(
-            "a", "map", {"stage2": 0.50, "sslam_s1": 0.52, "mb_ua_s0": 0.40, "mb_ua_s1": 0.43, "random0": 0.1}
+    cond = np.array(["-20", "0"] * 100)
+    preds = {
+        ("a", "linear"): predictions(
+            {"stage2": good, "sslam_s1": good, "mb_ua_s0": bad, "mb_ua_s1": bad, "fbank_stats": bad, "random0": bad},
+            cond,
         ),
-        ("b", "linear"): ev("b", "accuracy", {"stage2": 0.50, "sslam_s1": 0.60, "mb_ua_s0": 0.52, "mb_ua_s1": 0.54}),
-        ("c", "linear"): ev("c", "map", {"stage2": 0.30, "sslam_s1": 0.30, "mb_ua_s0": 0.40, "mb_ua_s1": 0.40}),
-        ("a", "finetune"): ev("a", "map", {"stage2": 0.9}),
+        ("b", "linear"): predictions({"stage2": good, "mb_ua_s0": good}),
+        ("a", "finetune"): predictions({"stage2": good, "mb_ua_s0": bad}),
     }
-    evals[("a", "finetune")]["regime"] = "finetune"
-    c = variant_comparison(evals, runs)
-    assert set(c) == {"a", "b", "c"}
-    # a: means 0.51 vs 0.415, spreads 0.02 / 0.03 -> +0.095 beyond the spread
-    assert c["a"]["sslam_mean"] == pytest.approx(0.51) and c["a"]["mb_ua_mean"] == pytest.approx(0.415)
-    assert c["a"]["spread"] == pytest.approx(0.03) and c["a"]["verdict"] == "sslam higher"
-    # b: +0.02 but the sslam seeds differ by 0.10 -> not visible
-    assert c["b"]["difference"] == pytest.approx(0.02) and c["b"]["verdict"] == "within the seed spread"
-    assert c["c"]["verdict"] == "mb_ua higher" and c["c"]["sslam"] == {"0": 0.3, "1": 0.3}
-    md = render_comparison(c)
-    assert "| a | map | 50.0 / 52.0 | 40.0 / 43.0 | 51.0 | 41.5 | +9.5 | 3.0 | sslam higher |" in md
-    assert "SSLAM higher beyond the seed spread on 1 of 3 tasks, MB-UA on 1, within the spread on 1." in md
-    # one seed of MB-UA: no spread, so no difference is called visible, however large
-    one = variant_comparison(evals, {k: v for k, v in runs.items() if k != "mb_ua_s1"})
-    assert one["a"]["difference"] == pytest.approx(0.11) and one["a"]["verdict"] == "one seed: no spread to judge by"
-    assert "within the spread on 0, 3 with one seed only." in render_comparison(one)
+    st = Settings(samples=400)
+    c = variant_comparison(preds, runs, st)
+    assert set(c) == {"a", "a @ -20", "a @ 0", "b"}  # linear only; conditions in numeric order
+    a = c["a"]
+    assert a["difference"]["point"] == pytest.approx(good.mean() - bad.mean(), abs=1e-5)
+    assert a["difference"]["low"] > 0.4 and a["verdict"] == "sslam higher"
+    assert a["seeds"] == {"sslam": ["stage2", "sslam_s1"], "mb_ua": ["mb_ua_s0", "mb_ua_s1"]}
+    assert c["a @ -20"]["clips"] == 100 and c["a @ -20"]["a"]["point"] == pytest.approx(good[::2].mean(), abs=1e-5)
+    b = c["b"]
+    assert (b["difference"]["low"], b["difference"]["high"]) == (0.0, 0.0) and b["verdict"].startswith("no difference")
+    md = render_comparison(c, st)
+    assert "SSLAM higher on 1, MB-UA higher on 0, no difference resolved on 1." in md
+    masker = render_masker(preds, c, st)
+    assert "| a | -20 | 100 |" in masker and "| a | 0 | 100 |" in masker and "sslam higher" in masker
+
+
+def test_floor_checks_name_the_floor_when_it_wins():
+    from sslam.report.tables import floor_table, render_floor
+
+    rng = np.random.default_rng(1)
+    good, bad = rng.random(150) < 0.85, rng.random(150) < 0.4
+    preds = {("t", "linear"): predictions({"stage2": bad, "random0": bad, "random1": bad, "fbank_stats": good})}
+    f = floor_table(preds, Settings(samples=400))
+    row = f["t/stage2"]
+    assert row["control"]["verdict"].startswith("no difference") and row["control"]["difference"]["point"] == 0.0
+    assert row["fbank_stats"]["verdict"] == "fbank_stats higher"
+    assert "for 1 of 1 task / encoder pairs: t/stage2." in render_floor(f)

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -38,6 +39,7 @@ def small_config(**overrides) -> SyntheticConfig:
             "keywords": {"num_classes": 4, "clips_per_class": {"train": 3, "valid": 2, "test": 1}},
             "urban": {"clips_train": 20, "clips_eval": 10, "events_per_clip": [1, 4]},
             "desed": {"num_classes": 5, "clips_train": 10, "clips_eval": 6, "events_per_clip": [1, 3]},
+            "masked": {"clips_per_class_per_ratio": {"train": 1, "eval": 2}, "tmr_db": [-20.0, 0.0]},
         },
     )
     base.update(overrides)
@@ -231,3 +233,40 @@ def test_task_sets(corpus):
     assert len(desed["classes"]) == 5 and desed["protocol"] == "train_eval"
     d = read_manifest(out / "tasks" / "desed" / "manifest.csv")
     assert set().union(*d["labels"]) <= set(desed["classes"]) and Counter(d["split"]) == {"train": 10, "eval": 6}
+
+
+def test_masked_task_sets_the_target_to_masker_ratio_and_labels_the_target_only(corpus):
+    """8 targets x 2 ratios x (1 train, 2 eval) clips; conditions.csv holds each clip's ratio; the target's
+    RMS over its span over the masker's RMS over the clip is the ratio, measured on the rendered sounds
+    (the whole mix minus the masker alone, background made negligible)."""
+    from dataclasses import replace
+
+    from sslam.data.catalogue import MAX_CLASSES
+    from sslam.data.synthetic import MASKED_TARGETS, MASKERS, leaves_named, plan_masked_task, render_clip
+
+    out, _ = corpus
+    task = json.loads((out / "tasks" / "masked" / "task.json").read_text())
+    full = build_catalogue(MAX_CLASSES)
+    assert (task["kind"], task["protocol"], task["splits"]) == ("single_label", "train_eval", ["train", "eval"])
+    assert task["classes"] == leaves_named(full, MASKED_TARGETS) and task["class_names"] == list(MASKED_TARGETS)
+    m = read_manifest(out / "tasks" / "masked" / "manifest.csv")
+    assert Counter(m["split"]) == {"train": 16, "eval": 32}
+    conditions = pd.read_csv(out / "tasks" / "masked" / "conditions.csv", dtype=str)
+    assert list(conditions["clip_id"]) == list(m["clip_id"])
+    assert Counter(conditions["condition"]) == {"-20": 24, "0": 24}
+    strong = fmt.read_strong_labels(out / "tasks" / "masked" / "strong.tsv")
+    maskers = set(leaves_named(full, MASKERS))
+    for clip, labels in zip(m["clip_id"], m["labels"]):
+        events = set(strong.loc[strong["segment_id"] == clip, "label"])
+        (masker,) = events & maskers
+        assert list(labels) == sorted(events - {masker}) and labels[0] in task["classes"]  # the target alone
+
+    plans = plan_masked_task(small_config(background_db=-120.0), full, set())
+    for plan in (plans[0], plans[-1]):
+        masker, target = plan.events
+        whole = render_clip(plan, full, SR, 2.0, -120.0)
+        alone = render_clip(replace(plan, events=(masker,)), full, SR, 2.0, -120.0)
+        a, b = int(round(target.onset * SR)), int(round(target.offset * SR))
+        rms = lambda x: np.sqrt(np.mean(x**2))  # noqa: E731
+        tmr = 20 * np.log10(rms((whole - alone)[a:b]) / rms(alone))
+        assert tmr == pytest.approx(target.gain_db - masker.gain_db, abs=0.01)

@@ -21,6 +21,7 @@ FloatPair = Annotated[list[float], Field(min_length=2, max_length=2)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
+BUILTIN_ENCODERS = r"random\d+|stage[12]|fbank_stats"  # encoder names no run or import may take
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 
@@ -131,16 +132,37 @@ class DesedTaskConfig(SoundscapeConfig):
     events_per_clip: Pair = [1, 5]
 
 
+class MaskedTaskConfig(Section):
+    """SSLAM's mechanism on a task made for it: a target event under a louder masker that overlaps it in
+    time and frequency, at set target-to-masker ratios (RMS over each event's span), labelled by the
+    target only; accuracy per ratio on ``eval``."""
+
+    clips_per_class_per_ratio: Annotated[dict[Literal["train", "eval"], Positive], Field(min_length=2)] = {
+        "train": 4,
+        "eval": 6,
+    }
+    tmr_db: Annotated[list[Annotated[float, Field(ge=-60.0, le=30.0)]], Field(min_length=1)] = [-20.0, -10.0, 0.0]
+    target_seconds: FloatPair = [0.5, 1.5]
+
+    @model_validator(mode="after")
+    def _check(self) -> MaskedTaskConfig:
+        _check_range("target_seconds", self.target_seconds)
+        if len(set(self.tmr_db)) != len(self.tmr_db):
+            raise ValueError(f"tmr_db must be distinct ratios, got {self.tmr_db}")
+        return self
+
+
 class SyntheticTasksConfig(Section):
     mono: MonoTaskConfig = MonoTaskConfig()
     keywords: KeywordsTaskConfig = KeywordsTaskConfig()
     poly: PolyTaskConfig = PolyTaskConfig()
     urban: UrbanTaskConfig = UrbanTaskConfig()
     desed: DesedTaskConfig = DesedTaskConfig()
+    masked: MaskedTaskConfig = MaskedTaskConfig()
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticTasksConfig:
-        taken = {"mono", "keywords", "urban", "desed"} & set(self.poly.environments)
+        taken = {"mono", "keywords", "urban", "desed", "masked"} & set(self.poly.environments)
         if taken:
             raise ValueError(f"poly.environments {sorted(taken)} clash with the names of other synthetic tasks")
         return self
@@ -230,7 +252,10 @@ class OntologyConfig(Section):
     """Polyphony analysis of the labels (paper Appendix B.1, Algorithm 2)."""
 
     levels: Annotated[list[Annotated[int, Field(ge=1, le=10)]], Field(min_length=1)] = [1, 2, 3, 4]
-    rule: Literal["components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete"] = "components"
+    # drop_both_concrete: the reading that reproduces the paper's Figure 3 on the full AS-2M label set
+    rule: Literal["components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete"] = (
+        "drop_both_concrete"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> OntologyConfig:
@@ -462,10 +487,11 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_runs(self) -> PretrainConfig:
-        taken = [n for n in self.stage2_runs if re.fullmatch(r"random\d+|stage[12]", n)]
+        taken = [n for n in self.stage2_runs if re.fullmatch(BUILTIN_ENCODERS, n)]
         if taken:
             raise ValueError(
-                f"stage2_runs names {taken} clash with the built-in encoder names (stage1, stage2, random<N>)"
+                f"stage2_runs names {taken} clash with the built-in encoder names "
+                "(stage1, stage2, random<N>, fbank_stats)"
             )
         return self
 
@@ -679,7 +705,7 @@ class DatasetConfig(_TaskRecipe):
 
 EncoderName = Annotated[
     str, Field(pattern=r"^([a-z][a-z0-9_]*|file:.+)$")
-]  # stage1 | stage2 | random<N> | run | import
+]  # stage1 | stage2 | random<N> | fbank_stats | run | import
 # (file:<path> only to be told how to import it)
 
 
@@ -711,10 +737,19 @@ class EvaluateConfig(Section):
         "mb_ua_s1",
         "random0",
         "random1",
+        "fbank_stats",
     ]
     finetune_encoders: Annotated[list[EncoderName], Field(min_length=1)] = ["stage2", "random0"]
     finetune_tasks: list[Name] = ["keywords", "square", "street"]
     finetune_datasets: list[Name] = []  # keys of datasets to fine-tune on as well
+    seed: NonNegative = 0
+
+
+class ReportConfig(Section):
+    """How the report's intervals resample the per-clip test scores (README "What the intervals mean")."""
+
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
     seed: NonNegative = 0
 
 
@@ -744,10 +779,12 @@ class Config(Section):
         "park": TaskConfig(),
         "street": TaskConfig(),
         "desed": TaskConfig(),
+        "masked": TaskConfig(kind="single_label", metric="accuracy"),
         "urban": TaskConfig(min_labels=2),
         "as20k": TaskConfig(data="audioset"),
     }
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
     datasets: dict[Name, DatasetConfig] = {}  # downstream tasks on real datasets (README "Real datasets")
     imports: dict[Name, ImportConfig] = {}  # checkpoints from outside (README "Evaluate the released SSLAM weights")
 
@@ -812,7 +849,7 @@ class Config(Section):
         unknown = [t for t in self.evaluate.finetune_datasets if t not in self.datasets]
         if unknown:
             raise ValueError(f"evaluate.finetune_datasets {unknown} are not in datasets ({sorted(self.datasets)})")
-        clash = [k for k in self.imports if re.fullmatch(r"random\d+|stage[12]", k) or k in self.pretrain.stage2_runs]
+        clash = [k for k in self.imports if re.fullmatch(BUILTIN_ENCODERS, k) or k in self.pretrain.stage2_runs]
         if clash:
             raise ValueError(f"imports {clash}: the name of a pretraining run or a random encoder; choose another")
         for key in ("linear_encoders", "finetune_encoders"):
@@ -825,13 +862,15 @@ class Config(Section):
             bad = [
                 e
                 for e in getattr(self.evaluate, key)
-                if not (re.fullmatch(r"random\d+|stage[12]", e) or e in self.pretrain.stage2_runs or e in self.imports)
+                if not (re.fullmatch(BUILTIN_ENCODERS, e) or e in self.pretrain.stage2_runs or e in self.imports)
             ]
             if bad:
                 raise ValueError(
-                    f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N>, a key of "
+                    f"evaluate.{key} {bad}: an encoder is stage1, stage2, random<N>, fbank_stats, a key of "
                     f"pretrain.stage2_runs ({sorted(self.pretrain.stage2_runs)}) or of imports ({sorted(self.imports)})"
                 )
+        if "fbank_stats" in self.evaluate.finetune_encoders:
+            raise ValueError("evaluate.finetune_encoders: fbank_stats has no weights to fine-tune (a linear floor)")
         return self
 
 

@@ -12,8 +12,10 @@ consecutive windows of ``features.target_frames`` frames. A time token of the en
 of frames (16 x 10 ms = 160 ms for the default), so the timestamp embeddings come from passes whose
 windows are shifted by a fraction of a patch and are interleaved, giving a hop of at most 50 ms
 (40 ms for 16-frame patches); each timestamp embedding is the mean over frequency of the tokens of one
-time patch, kept when its centre lies within the audio. The scene embedding is the mean of the
-unshifted pass's kept tokens.
+time patch, kept when its centre lies within the audio. The scene embedding is the clip's pooled
+representation exactly as evaluation computes it (:mod:`sslam.models.pooling`, ``pooling``: by default
+params' ``linear_eval.pooling``): ``mean`` of the unshifted pass's kept tokens, ``freq_mean`` per
+frequency row, or ``cls`` (the mean of the windows' summary tokens).
 
 Bulk extraction: ``python -m sslam.embed <audio folder> <out.npz>`` (``--help``).
 """
@@ -32,6 +34,7 @@ from torch import nn
 from sslam.config import Config, FeaturesConfig, load_config
 from sslam.features.fbank import log_mel
 from sslam.models.contract import PatchEncoder
+from sslam.models.pooling import POOLINGS, pool_patches, pooled_width, valid_time_patches
 
 MAX_HOP_MS = 50.0  # the HEAR API's limit for timestamp embeddings
 
@@ -40,12 +43,23 @@ class EmbeddingModel(nn.Module):
     """A frozen encoder with its front end: what :func:`get_scene_embeddings` and
     :func:`get_timestamp_embeddings` take."""
 
-    def __init__(self, encoder: PatchEncoder, features: FeaturesConfig, sample_rate: int, mean: float, std: float):
+    def __init__(
+        self,
+        encoder: PatchEncoder,
+        features: FeaturesConfig,
+        sample_rate: int,
+        mean: float,
+        std: float,
+        pooling: str = "mean",
+    ):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.encoder = encoder.eval()
-        self.features, self.sample_rate = features, sample_rate
+        self.features, self.sample_rate, self.pooling = features, sample_rate, pooling
         self.mean, self.std = float(mean), float(std)
-        self.scene_embedding_size = self.timestamp_embedding_size = encoder.dim
+        self.timestamp_embedding_size = encoder.dim
+        self.scene_embedding_size = pooled_width(encoder.dim, encoder.grid[1], pooling)
         self.window = features.target_frames  # frames per encoder input
         self.patch_frames = encoder.patch_size[0]
         if self.window % self.patch_frames:
@@ -71,22 +85,27 @@ class EmbeddingModel(nn.Module):
 
     def _windows(self, fb: torch.Tensor, offset: int) -> tuple[torch.Tensor, int]:
         """The raw log-mel from ``offset`` cut into windows of ``self.window`` frames (zero-padded, as the
-        store pads), normalised; and how many time patches are centred on audio."""
+        store pads), normalised; and how many time patches are centred on audio (the pooling rule)."""
         x = fb[offset:]
-        # a time patch counts when its centre frame holds audio (a patch mostly of padding does not)
-        valid = max(1, math.ceil((x.shape[0] - (self.patch_frames - 1) / 2) / self.patch_frames))
         n = max(1, math.ceil(x.shape[0] / self.window))
+        valid = valid_time_patches(x.shape[0], self.patch_frames, n * (self.window // self.patch_frames))
         padded = torch.zeros(n * self.window, fb.shape[1])
         padded[: x.shape[0]] = x
         return (padded.view(n, self.window, -1) - self.mean) / (2 * self.std), valid
 
-    def _time_patches(self, fb: torch.Tensor, offset: int) -> torch.Tensor:
-        """(valid time patches, D): the windows from ``offset`` through the encoder, each time patch's
-        tokens averaged over frequency (tokens are time-major), patches of padding dropped."""
+    def _encode(self, fb: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The windows from ``offset`` through the encoder: their summary tokens (windows, D), their patch
+        tokens as one sequence of time patches (windows * T', F', D), and how many of those hold audio."""
         x, valid = self._windows(fb, offset)
         h, _ = self.encoder(x.to(next(self.encoder.parameters()).device))
-        tokens = h[:, 1:].float().cpu()  # (windows, T' * F', D)
-        return tokens.reshape(x.shape[0] * (self.window // self.patch_frames), -1, tokens.shape[-1]).mean(1)[:valid]
+        h = h.float().cpu()
+        return h[:, 0], h[:, 1:].reshape(x.shape[0] * (self.window // self.patch_frames), -1, h.shape[-1]), valid
+
+    def _time_patches(self, fb: torch.Tensor, offset: int) -> torch.Tensor:
+        """(valid time patches, D): each time patch's tokens averaged over frequency (tokens are
+        time-major), patches of padding dropped."""
+        _, tokens, valid = self._encode(fb, offset)
+        return tokens.mean(1)[:valid]
 
     @torch.no_grad()
     def time_tokens(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,9 +126,14 @@ class EmbeddingModel(nn.Module):
 
     @torch.no_grad()
     def scene(self, audio: torch.Tensor) -> torch.Tensor:
-        """One clip: (D,) the mean of the unshifted windows' tokens over the time patches holding audio
-        (every time patch has the same number of frequency tokens: the mean of the patch means)."""
-        return self._time_patches(self.logmel(audio), 0).mean(0)
+        """One clip: its pooled representation (``pooling``) over the unshifted windows: the mean (per
+        frequency row for ``freq_mean``) over the time patches holding audio, or the mean of the windows'
+        summary tokens (``cls``)."""
+        summary, tokens, valid = self._encode(self.logmel(audio), 0)
+        if self.pooling == "cls":
+            return summary.mean(0)
+        keep = torch.arange(tokens.shape[0])[None, :] < valid
+        return pool_patches(tokens[None], self.pooling, keep)[0]
 
 
 def load_model(
@@ -117,19 +141,24 @@ def load_model(
     params: str = "params.yaml",
     stats: str = "data/features/stats.json",
     device: str = "cpu",
+    pooling: str | None = None,
 ) -> EmbeddingModel:
     """Any encoder checkpoint: a run of this project (``checkpoints/<name>/final``: the encoder its
     ``meta.json`` built, the front end of ``params``, the normalisation it was pretrained with from
     ``stats`` or ``features.norm_*``), an import (``checkpoints/<name>/final`` of an ``import_weights``
     stage), or straight from the file: the released EAT / SSLAM weights (hub folder or fairseq ``.pt``)
     or an export of this project (``python -m sslam.export``). Imports and files bring their own input
-    settings; ``params`` and ``stats`` are read for this project's runs only."""
+    settings; ``params`` and ``stats`` are read for this project's runs only. ``pooling`` (None:
+    ``linear_eval.pooling`` of ``params``, else ``mean``): the scene embedding is then the vector linear
+    evaluation trains its head on."""
     from sslam.released import imported_input, load_folder_encoder, load_weights, own_input
 
+    if pooling is None:
+        pooling = load_config(params).linear_eval.pooling if Path(params).is_file() else "mean"
     folder = Path(model_file_path)
     if not (folder / "meta.json").is_file():  # a released or exported checkpoint
         encoder, info = load_weights(folder)
-        return _embedding_model(encoder, info["input"], device)
+        return _embedding_model(encoder, info["input"], device, pooling)
     if not (folder / "student.safetensors").is_file():
         raise FileNotFoundError(f"{folder}/student.safetensors: missing (load_model takes checkpoints/<name>/final)")
     spec = imported_input(folder)
@@ -137,13 +166,16 @@ def load_model(
         cfg: Config = load_config(params)
         spec = own_input(cfg.features, cfg.data.sample_rate, stats)
     f = spec["features"]
-    return _embedding_model(load_folder_encoder(folder, f["target_frames"], f["num_mel_bins"]), spec, device)
+    encoder = load_folder_encoder(folder, f["target_frames"], f["num_mel_bins"])
+    return _embedding_model(encoder, spec, device, pooling)
 
 
-def _embedding_model(encoder: PatchEncoder, spec: dict, device: str) -> EmbeddingModel:
+def _embedding_model(encoder: PatchEncoder, spec: dict, device: str, pooling: str) -> EmbeddingModel:
     """The encoder with the front end and normalisation of its input settings (``released.py``)."""
     features = FeaturesConfig.model_validate(spec["features"])
-    return EmbeddingModel(encoder.to(device), features, spec["sample_rate"], features.norm_mean, features.norm_std)
+    return EmbeddingModel(
+        encoder.to(device), features, spec["sample_rate"], features.norm_mean, features.norm_std, pooling
+    )
 
 
 def _clips(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -236,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--stats", default="data/features/stats.json")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--pooling", choices=POOLINGS, default=None, help="default: params' linear_eval.pooling (evaluation's vector)"
+    )
     args = ap.parse_args(argv)
     try:
-        model = load_model(args.checkpoint, args.params, args.stats, args.device)
+        model = load_model(args.checkpoint, args.params, args.stats, args.device, args.pooling)
         summary = extract_folder(model, args.folder, args.out)
     except (FileNotFoundError, ValueError) as err:
         print(f"embed: {err}", file=sys.stderr)

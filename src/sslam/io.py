@@ -46,6 +46,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Uncompressed npz, renamed into place: a reader never sees half an archive."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def write_flac_atomic(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     """Write mono float audio in [-1, 1] as 16-bit FLAC (deterministic bytes for the same samples)."""
     audio = np.asarray(audio)

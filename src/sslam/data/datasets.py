@@ -2,9 +2,9 @@
 its publishers lay them out (file names, list files, metadata columns) and returns a :class:`Listing`:
 the task's kind, protocol, splits and classes, and one :class:`~sslam.data.folder.FolderItem` per listed
 clip (relative path, split or fold, labels). Decoding, resampling to mono 16 kHz and the checks on each
-file (missing, empty, unreadable, silent) are the folder source's (``data/folder.py: convert_file``), so
-a bad file becomes a failures-table row with its reason, never a dead task. A file listed twice is kept
-once and the repeat is a failed row ("listed twice").
+file (missing, empty, unreadable, shorter than one analysis window, silent) are the folder source's
+(``data/folder.py: convert_file``), so a bad file becomes a failures-table row with its reason, never a
+dead task. A file listed twice is kept once and the repeat is a failed row ("listed twice").
 
 Layout facts come from each dataset's README and public loaders; the readers check the
 headers they rely on and name the file and the columns when they do not match.
@@ -347,7 +347,7 @@ def _convert_or_reuse(args: tuple) -> tuple[ManifestRow, str]:
     """A clip converted earlier is reused only when the stage's code and params and its source file's content
     are what made it (``digest``), so a killed stage resumes and a changed source is converted again.
     Returns the row and the digest."""
-    item, root, out_dir, sample_rate, max_seconds, silence_dbfs, inputs, cache_path, previous = args
+    item, root, out_dir, sample_rate, max_seconds, silence_dbfs, frame_length_ms, inputs, cache_path, previous = args
     try:
         content = hash_cache_at(cache_path).file(root / item.source) if not item.problem else "problem"
     except OSError:
@@ -357,7 +357,7 @@ def _convert_or_reuse(args: tuple) -> tuple[ManifestRow, str]:
         row = ManifestRow(**{**previous["row"], "labels": tuple(previous["row"]["labels"])})
         if row.status != "ok" or (out_dir / row.path).is_file():
             return row, digest
-    return convert_file(item, root, out_dir, sample_rate, max_seconds, silence_dbfs).row, digest
+    return convert_file(item, root, out_dir, sample_rate, max_seconds, silence_dbfs, frame_length_ms).row, digest
 
 
 def _read_journal(path: Path) -> dict[str, dict]:
@@ -406,7 +406,8 @@ def build_dataset(
     journal = task_dir / JOURNAL
     previous = _read_journal(journal)
     cache_path = str(hash_cache.path) if hash_cache is not None and hash_cache.path is not None else None
-    common = (Path(cfg.root), task_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs, inputs, cache_path)
+    window = features.frame_length_ms  # a clip shorter than one analysis window is a failure row
+    common = (Path(cfg.root), task_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs, window, inputs, cache_path)
     jobs = [(i, *common, previous.get(i.clip_id)) for i in listing.items]
     bar = dict(total=len(jobs), desc=f"dataset {name}", unit="clip", mininterval=1.0)
     rows: list[ManifestRow] = []

@@ -3,8 +3,8 @@
 Each file is decoded (soundfile, else the ffmpeg binary from imageio-ffmpeg), mixed down to mono BEFORE
 resampling (as the reference code does), truncated to ``max_seconds``, resampled to the corpus rate and
 written as 16-bit FLAC under a temporary name, then renamed. A file that cannot be used (missing, empty,
-corrupt, silent, outside the folder, unknown label) becomes a ``failed`` manifest row and a row in the
-failures table with the reason; one bad file never stops the stage.
+corrupt, shorter than one analysis window, silent, outside the folder, unknown label) becomes a ``failed``
+manifest row and a row in the failures table with the reason; one bad file never stops the stage.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from sslam.config import FolderConfig
+from sslam.config import FeaturesConfig, FolderConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.manifest import ManifestRow, write_failures, write_manifest
+from sslam.features.fbank import ClipTooShortError, check_clip_length
 from sslam.io import atomic_path, write_flac_atomic
 
 LABEL_COLUMNS = ("filename", "labels")
 DEFAULT_SPLIT = "unbalanced"
 SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# the download stage reads no features params: its clips must fill one window of the default front end
+DEFAULT_FRAME_LENGTH_MS = FeaturesConfig.model_fields["frame_length_ms"].default
 
 
 class FolderSourceError(ValueError):
@@ -121,8 +124,17 @@ def clip_path(item: FolderItem) -> str:
     return f"audio/{item.split}/{item.clip_id}.flac"
 
 
-def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: int, max_seconds: float, silence_dbfs: float) -> IngestResult:
-    """Turn one listed file into a corpus clip, or a failed row saying why."""
+def convert_file(
+    item: FolderItem,
+    audio_dir: Path,
+    out_dir: Path,
+    sample_rate: int,
+    max_seconds: float,
+    silence_dbfs: float,
+    frame_length_ms: float = DEFAULT_FRAME_LENGTH_MS,
+) -> IngestResult:
+    """Turn one listed file into a corpus clip, or a failed row saying why. A clip shorter than one
+    ``frame_length_ms`` analysis window at ``sample_rate`` has no log-mel frame: it fails here, unwritten."""
 
     def failed(reason: str) -> IngestResult:
         return IngestResult(ManifestRow(item.clip_id, item.split, "", 0.0, sample_rate, item.labels, "failed", reason), ())
@@ -146,6 +158,10 @@ def convert_file(item: FolderItem, audio_dir: Path, out_dir: Path, sample_rate: 
         first = int(round(item.start_seconds * rate))
         data = data[first : first + int(round(item.duration_seconds * rate))]
     mono, notes = to_mono(data, rate, sample_rate, max_seconds)
+    try:
+        check_clip_length(len(mono), sample_rate, frame_length_ms)
+    except ClipTooShortError as err:
+        return failed(str(err))
     rms = float(np.sqrt(np.mean(mono**2)))
     rms_db = 20 * np.log10(rms) if rms > 0 else -np.inf
     if rms_db < silence_dbfs:
@@ -210,7 +226,14 @@ def _convert_star(args: tuple) -> IngestResult:
     return convert_file(*args)
 
 
-def ingest_folder(cfg: FolderConfig, out_dir: str | Path, sample_rate: int, failures_csv: str | Path, workers: int = 1) -> dict:
+def ingest_folder(
+    cfg: FolderConfig,
+    out_dir: str | Path,
+    sample_rate: int,
+    failures_csv: str | Path,
+    workers: int = 1,
+    frame_length_ms: float = DEFAULT_FRAME_LENGTH_MS,
+) -> dict:
     out_dir = Path(out_dir)
     audio_dir, labels_csv = Path(cfg.audio_dir), Path(cfg.labels_csv)
     if not audio_dir.is_dir():
@@ -224,7 +247,7 @@ def ingest_folder(cfg: FolderConfig, out_dir: str | Path, sample_rate: int, fail
         known = {n.id: n.id for n in nodes} | {n.name: n.id for n in nodes}
     items = read_labels_csv(labels_csv, audio_dir, known)
 
-    jobs = [(it, audio_dir, out_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs) for it in items]
+    jobs = [(it, audio_dir, out_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs, frame_length_ms) for it in items]
     bar = dict(total=len(jobs), desc="ingesting files", unit="file", mininterval=1.0)
     if workers > 1:
         with get_context("fork").Pool(workers) as pool:  # inherit imports; no torch op ran in the parent

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from sslam.config import SyntheticConfig
 from sslam.data import audioset_format as fmt
-from sslam.data.catalogue import Catalogue, build_catalogue
+from sslam.data.catalogue import MAX_CLASSES, Catalogue, build_catalogue
 from sslam.data.manifest import ManifestRow, write_manifest
 from sslam.data.sounds import pink_noise
-from sslam.io import write_flac_atomic, write_json_atomic
+from sslam.io import write_flac_atomic, write_json_atomic, write_text_atomic
 
 AUDIOSET_SPLITS = ("unbalanced", "balanced", "eval")
 SEGMENT_FILES = fmt.SPLIT_FILES
@@ -31,7 +31,16 @@ MONO_TASK = "mono"
 KEYWORDS_TASK = "keywords"
 URBAN_TASK = "urban"
 DESED_TASK = "desed"
+MASKED_TASK = "masked"
 NUM_FOLDS = 5
+# The masker task's classes, by catalogue name. Every target has energy in 800-1200 Hz, the band every
+# masker covers (Wind 300-1200, Surf 150-3000, Tapping 500-1500, Rattle 800-3000 Hz): whichever masker a
+# clip draws overlaps its target in frequency; drawn independently of the target, it says nothing of it.
+MASKED_TARGETS = (
+    "Wailing siren", "Rising whistle", "Beeping", "Flute", "Buzzer", "Yelp siren", "Falling whistle", "Vibrato tone",
+)
+MASKERS = ("Wind", "Surf", "Tapping", "Rattle")
+MASKER_DB = -20.0  # the masker's RMS level (dB re the unit-RMS sound, x 0.5 as every event); the target's: + TMR
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class ClipPlan:
     events: tuple[Event, ...]
     labels: tuple[str, ...]
     start_seconds: float
+    rms_levels: bool = False  # gain_db relative to the sound at unit RMS over its span (else: at peak 1)
 
 
 def clip_rng(seed: int, stream: str, index: int) -> np.random.Generator:
@@ -105,7 +115,10 @@ def render_clip(plan: ClipPlan, cat: Catalogue, sr: int, clip_seconds: float, ba
         a, b = int(round(ev.onset * sr)), min(n, int(round(ev.offset * sr)))
         if b - a < 2:
             continue
-        mix[a:b] += 0.5 * 10 ** (ev.gain_db / 20) * cat.recipes[ev.label].render(rng, b - a, sr)
+        sound = cat.recipes[ev.label].render(rng, b - a, sr)
+        if plan.rms_levels:
+            sound = sound / max(float(np.sqrt(np.mean(sound**2))), 1e-12)
+        mix[a:b] += 0.5 * 10 ** (ev.gain_db / 20) * sound
     mix += 10 ** (background_db / 20) * pink_noise(rng, n, sr)
     peak = np.max(np.abs(mix))
     if peak > 0.9:
@@ -224,6 +237,46 @@ def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set
     return plans
 
 
+def plan_masked_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str]) -> list[ClipPlan]:
+    """Each clip: one target event (:data:`MASKED_TARGETS`) inside a masker that spans the whole clip
+    (:data:`MASKERS`, drawn independently of the target), at each ratio of ``tmr_db`` in turn (target RMS
+    over its span / masker RMS, in dB); labelled by the target alone. ``cat``: the whole catalogue (the
+    maskers need not be among the pretraining corpus's classes)."""
+    t = cfg.tasks.masked
+    targets, maskers = leaves_named(cat, MASKED_TARGETS), leaves_named(cat, MASKERS)
+    plans = []
+    i = 0
+    for split in ("train", "eval"):
+        for tmr in t.tmr_db:
+            for label in targets:
+                for _ in range(t.clips_per_class_per_ratio[split]):
+                    rng = clip_rng(cfg.seed, MASKED_TASK, i)
+                    clip_id = _unique_ytid(rng, used_ids)
+                    dur = min(float(rng.uniform(*t.target_seconds)), cfg.clip_seconds)
+                    onset = round(float(rng.uniform(0.0, cfg.clip_seconds - dur)), 3)
+                    masker = Event(str(rng.choice(maskers)), 0.0, cfg.clip_seconds, MASKER_DB)
+                    target = Event(label, onset, round(onset + dur, 3), MASKER_DB + float(tmr))
+                    seed = (cfg.seed, zlib.crc32(MASKED_TASK.encode()), i)
+                    plans.append(
+                        ClipPlan(clip_id, split, f"tasks/{MASKED_TASK}/audio/{clip_id}.flac", seed,
+                                 (masker, target), (label,), 0.0, rms_levels=True)
+                    )
+                    i += 1
+    return plans
+
+
+def leaves_named(cat: Catalogue, names: Sequence[str]) -> list[str]:
+    """The leaf ids of catalogue classes given by name."""
+    by_name = {cat.names[i]: i for i in cat.leaf_ids}
+    return [by_name[n] for n in names]
+
+
+def masked_conditions(plans: Sequence[ClipPlan]) -> list[tuple[str, str]]:
+    """(clip_id, target-to-masker ratio in dB) of the masker task's clips: the condition evaluation breaks
+    its accuracy down by."""
+    return [(p.clip_id, f"{p.events[1].gain_db - p.events[0].gain_db:g}") for p in plans]
+
+
 def desed_class_subset(cat: Catalogue, n: int) -> list[str]:
     """Every other leaf, starting from the second, so the subset spans the sound families (as DESED's
     classes span speech, appliances, animals and water) and differs from the mono task's prefix."""
@@ -245,9 +298,11 @@ def _unique_ytid(rng: np.random.Generator, used: set[str]) -> str:
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(num_classes: int, out_dir: str, sr: int, clip_seconds: float, background_db: float) -> None:
+def _init_worker(out_dir: str, sr: int, clip_seconds: float, background_db: float) -> None:
+    """Rendering reads the whole catalogue (a class renders the same whatever ``num_classes``): the
+    masker task's sounds need not be among the corpus's classes."""
     _WORKER_STATE.update(
-        cat=build_catalogue(num_classes), out_dir=Path(out_dir), sr=sr, clip_seconds=clip_seconds, bg=background_db
+        cat=build_catalogue(MAX_CLASSES), out_dir=Path(out_dir), sr=sr, clip_seconds=clip_seconds, bg=background_db
     )
 
 
@@ -256,6 +311,11 @@ def _render_and_write(plan: ClipPlan) -> str:
     audio = render_clip(plan, s["cat"], s["sr"], s["clip_seconds"], s["bg"])
     write_flac_atomic(s["out_dir"] / plan.rel_path, audio, s["sr"])
     return plan.clip_id
+
+
+def write_conditions(path: Path, rows: Sequence[tuple[str, str]]) -> None:
+    """conditions.csv: clip_id, condition (the task's per-clip condition evaluation breaks down by)."""
+    write_text_atomic(path, "clip_id,condition\n" + "".join(f"{c},{v}\n" for c, v in rows))
 
 
 def _manifest_rows(plans: Sequence[ClipPlan], sr: int, clip_seconds: float) -> list[ManifestRow]:
@@ -303,10 +363,14 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
     desed_classes = desed_class_subset(cat, d.num_classes)
     tasks[DESED_TASK] = (plan_poly_task(cfg, cat, DESED_TASK, used, (d.clips_train, d.clips_eval), d.events_per_clip,
                                         desed_classes), desed_classes, "multi_label", "train_eval")
+    full = build_catalogue(MAX_CLASSES)
+    masked = plan_masked_task(cfg, full, used)
+    tasks[MASKED_TASK] = (masked, leaves_named(full, MASKED_TARGETS), "single_label", "train_eval")
     for name, (plans, classes, kind, protocol) in tasks.items():
         all_plans += plans
         task_dir = out_dir / "tasks" / name
         classes = list(classes)
+        names = full.names
         splits = sorted({p.split for p in plans}, key=[p.split for p in plans].index)
         write_json_atomic(
             task_dir / "task.json",
@@ -316,14 +380,16 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
                 "protocol": protocol,
                 "splits": splits,
                 "classes": classes,
-                "class_names": [cat.names[c] for c in classes],
+                "class_names": [names[c] for c in classes],
             },
         )
         write_manifest(task_dir / "manifest.csv", _manifest_rows(plans, sample_rate, cfg.clip_seconds))
         fmt.write_strong_labels(task_dir / "strong.tsv", _strong(plans, with_start=False))
+        if name == MASKED_TASK:
+            write_conditions(task_dir / "conditions.csv", masked_conditions(plans))
         summary["splits"][f"task/{name}"] = _split_summary(plans, cat)
 
-    init = (cfg.num_classes, str(out_dir), sample_rate, cfg.clip_seconds, cfg.background_db)
+    init = (str(out_dir), sample_rate, cfg.clip_seconds, cfg.background_db)
     bar = dict(total=len(all_plans), desc="synthesising clips", unit="clip", mininterval=1.0)
     if workers > 1:
         with get_context("fork").Pool(workers, initializer=_init_worker, initargs=init) as pool:  # inherit imports

@@ -1,9 +1,12 @@
 """The encoder under evaluation and the head on top of it: building it, pooling its tokens, running it.
 
-Representation (``pooling``): ``mean`` of the final patch tokens (the default: measured better than CLS
-on the tiny model), ``cls`` (the reference; the global loss trains that token), or ``freq_mean``
-(time-average per frequency row, rows concatenated: keeps where in frequency a source sits). Then
-LayerNorm and one linear layer (:class:`Head`).
+Representation (``pooling``, :mod:`sslam.models.pooling`: the embedding API's definition too): ``mean``
+of the clip's valid patch tokens (the default: measured better than CLS on the tiny model), ``cls`` (the
+reference; the global loss trains that token), or ``freq_mean`` (time-average of the valid patches per
+frequency row, rows concatenated). Then LayerNorm and one linear layer (:class:`Head`).
+
+``fbank_stats`` is the floor every table shows: no network, the mean and standard deviation over the
+valid frames of the same normalised log-mel (:class:`FbankStats`), through the same head.
 """
 
 from __future__ import annotations
@@ -19,19 +22,41 @@ from torch import nn
 from sslam.config import Config
 from sslam.downstream.tasks import TaskStore
 from sslam.models.contract import PatchEncoder
+from sslam.models.pooling import pool_tokens, pooled_width, time_patch_mask
 from sslam.models.student import Student
 from sslam.released import check_input, imported_input, load_folder_encoder
 
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
+FBANK_STATS = "fbank_stats"
 
 
-def load_encoder(
-    cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints"
-) -> PatchEncoder:
-    """``randomN``: a fresh encoder from seed N (random0 is exactly pretraining's starting point);
-    otherwise the student encoder of ``checkpoints/<name>/final`` (built for ``pretrain.objective``, whose
-    student it is; the encoder's positions follow ``frames``, so a model pretrained on crops reads whole
-    clips), or the encoder an ``import_weights`` stage wrote there (built as its ``meta.json`` says)."""
+class FbankStats(nn.Module):
+    """The non-learned floor: per mel bin, the mean and standard deviation over a clip's valid frames of
+    its normalised log-mel, (B, frames, mel) -> (B, 2 mel). Pooling does not apply (no tokens)."""
+
+    def __init__(self, mel: int):
+        super().__init__()
+        self.dim = 2 * mel
+
+    def forward(self, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        w = (torch.arange(x.shape[1])[None, :] < frames[:, None]).to(x.dtype)[:, :, None]  # (B, T, 1)
+        n = w.sum(1).clamp_min(1.0)
+        mean = (x * w).sum(1) / n
+        var = (((x - mean[:, None]) ** 2) * w).sum(1) / n
+        return torch.cat([mean, var.sqrt()], dim=1)
+
+
+Encoder = PatchEncoder | FbankStats
+
+
+def load_encoder(cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints") -> Encoder:
+    """``fbank_stats``: the non-learned floor (:class:`FbankStats`); ``randomN``: a fresh encoder from seed
+    N (random0 is exactly pretraining's starting point); otherwise the student encoder of
+    ``checkpoints/<name>/final`` (built for ``pretrain.objective``, whose student it is; the encoder's
+    positions follow ``frames``, so a model pretrained on crops reads whole clips), or the encoder an
+    ``import_weights`` stage wrote there (built as its ``meta.json`` says)."""
+    if name == FBANK_STATS:
+        return FbankStats(mel)
     m = re.fullmatch(r"random(\d+)", name)
     torch.manual_seed(int(m.group(1)) if m else 0)
     folder = Path(checkpoints) / name / "final"
@@ -77,34 +102,38 @@ class Head(nn.Module):
         return self.fc(self.norm(z))
 
 
-def pool(encoder: PatchEncoder, x: torch.Tensor, pooling: str) -> torch.Tensor:
-    """The pooled representation (B, :func:`pooled_dim`) of a normalised log-mel batch."""
+def pool(encoder: Encoder, x: torch.Tensor, pooling: str, frames: torch.Tensor) -> torch.Tensor:
+    """The pooled representation (B, :func:`pooled_dim`) of a normalised log-mel batch whose clips hold
+    ``frames`` (B,) valid frames each (:func:`sslam.models.pooling.pool_tokens`)."""
+    if isinstance(encoder, FbankStats):
+        return encoder(x, frames)
     h, _ = encoder(x)
-    if pooling == "cls":
-        return h[:, 0]
-    if pooling == "freq_mean":  # tokens are time-major: (B, T*F, D) -> (B, T, F, D) -> mean over T
-        return h[:, 1:].reshape(h.shape[0], encoder.grid[0], encoder.grid[1], -1).mean(1).flatten(1)
-    return h[:, 1:].mean(dim=1)
+    return pool_tokens(h, encoder.grid, pooling, time_patch_mask(frames, encoder.patch_size[0], encoder.grid[0]))
 
 
-def pooled_dim(encoder: PatchEncoder, pooling: str) -> int:
-    return encoder.dim * (encoder.grid[1] if pooling == "freq_mean" else 1)
+def pooled_dim(encoder: Encoder, pooling: str) -> int:
+    if isinstance(encoder, FbankStats):
+        return encoder.dim
+    return pooled_width(encoder.dim, encoder.grid[1], pooling)
 
 
-def embed(encoder: PatchEncoder, store: TaskStore, rows: np.ndarray, pooling: str, batch: int = BATCH) -> torch.Tensor:
+def valid_frames(store: TaskStore, rows: np.ndarray) -> torch.Tensor:
+    """(len(rows),) the valid (unpadded) frames of the given rows."""
+    return torch.tensor([store.frames(int(r)) for r in rows], dtype=torch.long)
+
+
+def embed(encoder: Encoder, store: TaskStore, rows: np.ndarray, pooling: str, batch: int = BATCH) -> torch.Tensor:
     """Pooled representations of the given rows, encoder in eval mode, no gradient."""
     encoder.eval()
     out = []
     with torch.no_grad():
         for k in range(0, len(rows), batch):
-            out.append(pool(encoder, store.batch(rows[k : k + batch]), pooling))
+            part = rows[k : k + batch]
+            out.append(pool(encoder, store.batch(part), pooling, valid_frames(store, part)))
     return torch.cat(out)
 
 
-def predict(encoder: PatchEncoder, head: Head, store: TaskStore, rows: np.ndarray, pooling: str) -> torch.Tensor:
+def predict(encoder: Encoder, head: Head, store: TaskStore, rows: np.ndarray, pooling: str) -> torch.Tensor:
     """Logits of the given rows, encoder in eval mode, no gradient (validation and test)."""
-    encoder.eval()
     with torch.no_grad():
-        return torch.cat(
-            [head(pool(encoder, store.batch(rows[k : k + BATCH]), pooling)) for k in range(0, len(rows), BATCH)]
-        )
+        return head(embed(encoder, store, rows, pooling))

@@ -11,7 +11,7 @@ import torch
 from sslam.config import FinetuneConfig
 from sslam.downstream.encoder import Head, pooled_dim, predict
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, folds, normalised_for_fold
-from sslam.downstream.training import FoldResult, evaluate_folds, fit_augmented, score_fold
+from sslam.downstream.training import Evaluation, FoldResult, evaluate_folds, fit_augmented, score_fold
 from sslam.features.dataset import class_balanced_weights
 from sslam.models.contract import PatchEncoder
 from sslam.schedule import warmup_cosine_lr
@@ -46,7 +46,7 @@ def finetune(
     seed: int,
     events: dict[str, int] | None = None,
     wave_features: WaveFeatures | None = None,
-) -> dict:
+) -> Evaluation:
     """Whole network: layer-wise lr decay (each group's lr and floor scaled), drop path, mixup (soft
     labels), SpecAugment, roll, noise, optional class-balanced sampling; warm-up then cosine to
     ``min_lr``. Evaluated after the last epoch, or, for ``train_valid_test``, at the epoch with the best

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from sslam.config import LinearEvalConfig
-from sslam.downstream.encoder import Head, embed, pooled_dim, predict
+from sslam.downstream.encoder import Encoder, Head, embed, pooled_dim, predict
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, folds, normalised_for_fold, targets
 from sslam.downstream.training import (
     BestOnValid,
+    Evaluation,
     FoldResult,
     Selection,
     evaluate_folds,
@@ -25,7 +26,6 @@ from sslam.downstream.training import (
     loss_fn,
     score_fold,
 )
-from sslam.models.contract import PatchEncoder
 from sslam.schedule import warmup_cosine_lr
 
 
@@ -46,14 +46,14 @@ def shuffled_batches(n: int, size: int, generator: torch.Generator) -> Iterator[
 
 
 def linear_eval(
-    encoder: PatchEncoder,
+    encoder: Encoder,
     task: Task,
     store: TaskStore,
     cfg: LinearEvalConfig,
     seed: int,
     events: dict[str, int] | None = None,
     wave_features: WaveFeatures | None = None,
-) -> dict:
+) -> Evaluation:
     """Frozen encoder, LayerNorm + linear head. ``protocol: cached``: every clip embedded once (no input
     augmentation), so the folds of a cross-validation share one encoder pass; ``paper``: the reference's
     protocol, the frozen encoder run on every step's augmented batch through the fine-tuning loop."""
@@ -68,8 +68,8 @@ def linear_eval(
 
 
 def _cached_protocol(
-    encoder: PatchEncoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int, events: dict[str, int] | None
-) -> dict:
+    encoder: Encoder, task: Task, store: TaskStore, cfg: LinearEvalConfig, seed: int, events: dict[str, int] | None
+) -> Evaluation:
     """Every clip a fold uses embedded once (per fold only under ``norm_stats: task``, whose statistics
     depend on the fold), then the head trained on the cached embeddings. The cache's speed-up is a
     timing, not science: bench/linear_eval.py measures it, the metrics never hold it."""
@@ -124,14 +124,14 @@ def _fit_cached(
 
 
 def _paper_protocol(
-    encoder: PatchEncoder,
+    encoder: Encoder,
     task: Task,
     store: TaskStore,
     cfg: LinearEvalConfig,
     seed: int,
     events: dict[str, int] | None,
     wave: WaveFeatures | None,
-) -> dict:
+) -> Evaluation:
     """The paper's linear evaluation: the fine-tuning loop (:func:`fit_augmented`) with the encoder frozen
     and one parameter group, the head's, on the linear schedule; mixup, SpecAugment and roll as the
     recipe says."""

@@ -65,3 +65,16 @@ def polyphony_breakdown(y_true: np.ndarray, scores: np.ndarray, events: np.ndarr
         m, _ = mean_average_precision(y_true[sel], scores[sel])
         out[bin_name(lo, hi)] = {"clips": int(sel.sum()), "map": round(m, 5)}
     return out
+
+
+def sorted_conditions(values) -> list[str]:
+    """Distinct per-clip conditions, numeric ones in numeric order (-20 before -10 before 0), then the
+    others alphabetically."""
+
+    def key(c: str) -> tuple:
+        try:
+            return (0, float(c), "")
+        except ValueError:
+            return (1, 0.0, c)
+
+    return sorted({str(v) for v in values}, key=key)

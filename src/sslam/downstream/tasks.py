@@ -234,3 +234,13 @@ def task_event_counts(cfg: TaskConfig | DatasetConfig, key: str, corpus: str | P
     if cfg.reads_audioset:
         return strong_event_counts(cfg.strong_labels or Path(corpus) / "strong" / "eval.tsv", segment_ids=True)
     return strong_event_counts(Path(corpus) / cfg.feature_set(key) / "strong.tsv")
+
+
+def task_conditions(cfg: TaskConfig | DatasetConfig, key: str, corpus: str | Path) -> dict[str, str] | None:
+    """The condition of each clip of task ``key`` (``conditions.csv``: clip_id, condition; the masker
+    task's target-to-masker ratio in dB), by which the metrics are broken down; None without the file."""
+    path = Path(corpus) / cfg.feature_set(key) / "conditions.csv"
+    if cfg.reads_audioset or not path.is_file():
+        return None
+    df = pd.read_csv(path, dtype=str)
+    return dict(zip(df["clip_id"], df["condition"], strict=True))

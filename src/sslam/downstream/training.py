@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslam.config import FinetuneConfig, LinearEvalConfig
-from sslam.downstream.encoder import Head, pool, predict
-from sslam.downstream.metrics import accuracy, mean_average_precision, polyphony_breakdown
+from sslam.downstream.encoder import Encoder, Head, pool, predict, valid_frames
+from sslam.downstream.metrics import accuracy, mean_average_precision, polyphony_breakdown, sorted_conditions
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, kept_rows, targets
 from sslam.features import augment as A
-from sslam.models.contract import PatchEncoder
 
 Recipe = FinetuneConfig | LinearEvalConfig
 
@@ -108,39 +107,38 @@ def load_batch(
     return (torch.from_numpy(np.stack(raw)).float() - data.mean) / (2.0 * data.std)
 
 
-def needs_frames(cfg: Recipe) -> bool:
-    """Whether :func:`augment_batch` reads the clips' valid frames (only the log-mel roll gain does)."""
-    return cfg.roll and cfg.roll_gain and cfg.roll_domain == "logmel"
-
-
 def augment_batch(
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: Recipe,
     g: torch.Generator,
-    frames: torch.Tensor | None,
+    frames: torch.Tensor,
     mean: float,
     std: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The recipe's augmentation of a normalised batch, shared by fine-tuning and paper-protocol linear
     evaluation: the log-mel roll gain (``roll_gain`` with ``roll_domain: logmel``: +2 ln(gain) on the valid
     frames above Kaldi's floor, the log-mel image of the waveform gain), mixup (soft targets;
     ``mixup_lambda``), the log-mel roll along time (the whole padded clip), SpecAugment (after mixup, as
-    the reference), then noise (``noise_std``, fine-tuning only). ``frames``: valid frames per clip
-    (needed only by the log-mel gain, see :func:`needs_frames`); ``mean``, ``std``: the normalisation's."""
+    the reference), then noise (``noise_std``, fine-tuning only). ``frames``: valid frames per clip;
+    ``mean``, ``std``: the normalisation's. Returns the batch, its targets and the frames pooling may
+    read: a mixed clip holds its partner's frames too, and the log-mel roll moves padding inside the
+    clip, so every frame counts after it."""
     logmel_roll = cfg.roll and cfg.roll_domain == "logmel"
     if logmel_roll and cfg.roll_gain:
         x = A.logmel_gain(x, A.draw_gain(len(x)), frames, mean, std)
     if cfg.mixup and cfg.mixup_alpha > 0:
         lam, partner = A.draw_mixup(len(x), cfg.mixup_alpha, cfg.mixup_prob, per_batch=cfg.mixup_lambda == "per_batch")
         x, y = A.mixup(x, y, lam, partner)
+        frames = torch.where(lam < 1, torch.maximum(frames, frames[partner]), frames)
     if logmel_roll:
         x = A.roll_time(x, torch.randint(0, x.shape[1], (len(x),), generator=g))
+        frames = torch.full_like(frames, x.shape[1])
     x = A.spec_augment(x, int(cfg.specaug_time * x.shape[1]), int(cfg.specaug_freq * x.shape[2]), g)
     noise = getattr(cfg, "noise_std", 0.0)
     if noise > 0:
         x = A.add_noise(x, noise, g)
-    return x, y
+    return x, y, frames
 
 
 class BestOnValid:
@@ -171,7 +169,7 @@ class BestOnValid:
 
 
 def fit_augmented(
-    encoder: PatchEncoder,
+    encoder: Encoder,
     head: Head,
     groups: list[dict],
     data: TaskStore,
@@ -209,10 +207,9 @@ def fit_augmented(
             apply_schedule(opt.param_groups, lr_at(step))
             x = load_batch(data, rows, cfg, g, wave)
             y = y_train[b] if task.multi_label else F.one_hot(y_train[b], len(task.classes)).float()
-            frames = torch.tensor([data.frames(int(r)) for r in rows]) if needs_frames(cfg) else None
-            x, y = augment_batch(x, y, cfg, g, frames, data.mean, data.std)
+            x, y, frames = augment_batch(x, y, cfg, g, valid_frames(data, rows), data.mean, data.std)
             with torch.set_grad_enabled(not frozen):
-                z = pool(encoder, x, cfg.pooling)
+                z = pool(encoder, x, cfg.pooling, frames)
             loss = loss_fn(task, head(z), y, bce_reduction)
             opt.zero_grad()
             loss.backward()
@@ -231,15 +228,46 @@ def score_fold(
     return FoldResult(fold.name, score(task, y, logits), y, logits, fold.test, selection)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A regime's outcome on a task: the metrics, and the per-clip predictions the report's confidence
+    intervals and paired comparisons resample (every fold's test clips, in fold order)."""
+
+    metrics: dict
+    rows: np.ndarray  # the test clips, as rows of the task's store
+    targets: np.ndarray  # (n,) class indices (single-label) | (n, classes) multi-hot
+    scores: np.ndarray  # (n, classes) probabilities: softmax (single-label) | sigmoid (multi-label)
+
+
 def evaluate_folds(
     task: Task,
     store: TaskStore,
     fold_list: list[Fold],
     evaluate_fold: Callable[[Fold], FoldResult],
     events: dict[str, int] | None,
-) -> dict:
+) -> Evaluation:
     """Every fold trained, selected and scored by ``evaluate_fold``, then summarised."""
-    return summarise(task, store, [evaluate_fold(fold) for fold in fold_list], events)
+    results = [evaluate_fold(fold) for fold in fold_list]
+    logits = torch.cat([r.logits for r in results])
+    probs = torch.sigmoid(logits) if task.multi_label else torch.softmax(logits, dim=1)
+    return Evaluation(
+        summarise(task, store, results, events),
+        np.concatenate([r.rows for r in results]),
+        torch.cat([r.targets for r in results]).numpy(),
+        probs.numpy().astype(np.float32),
+    )
+
+
+def condition_breakdown(task: Task, evaluation: Evaluation, conditions: np.ndarray) -> dict[str, dict]:
+    """The task's metric per condition of the test clips (``conditions``: one label per test clip, in the
+    evaluation's order; the masker task's target-to-masker ratio)."""
+    out = {}
+    for c in sorted_conditions(conditions):
+        sel = conditions == c
+        y, p = evaluation.targets[sel], evaluation.scores[sel]
+        value = mean_average_precision(y, p)[0] if task.multi_label else accuracy(y, p)
+        out[str(c)] = {"clips": int(sel.sum()), task.metric: round(float(value), 5)}
+    return out
 
 
 def summarise(task: Task, store: TaskStore, results: list[FoldResult], events: dict[str, int] | None) -> dict:

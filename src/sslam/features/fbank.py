@@ -11,6 +11,35 @@ import torchaudio
 from sslam.config import FeaturesConfig
 
 
+def min_samples(sample_rate: int, frame_length_ms: float) -> int:
+    """Samples in one analysis window: the shortest clip either front end turns into a frame. Kaldi
+    truncates the window (``int(rate * ms * 0.001)``), the log-mel rounds it; they differ only when the
+    window is not a whole number of samples (11025 Hz, 25 ms: 275 and 276), so the larger one counts."""
+    return max(int(sample_rate * frame_length_ms * 0.001), int(round(sample_rate * frame_length_ms / 1000)))
+
+
+class ClipTooShortError(ValueError):
+    """A clip shorter than one analysis window: it has no log-mel frame, so it is a failure row, never a
+    crash (torchaudio's Kaldi fbank asserts, the log-mel would give 0 frames)."""
+
+    def __init__(self, num_samples: int, sample_rate: int, frame_length_ms: float):
+        self.num_samples, self.sample_rate, self.frame_length_ms = num_samples, sample_rate, frame_length_ms
+        self.window = min_samples(sample_rate, frame_length_ms)
+        super().__init__(
+            f"too short: {num_samples} samples ({1000 * num_samples / sample_rate:.1f} ms) is shorter than one "
+            f"{float(frame_length_ms)} ms analysis window ({self.window} samples)"
+        )
+
+    def __reduce__(self):  # rebuilt from its fields when it crosses a worker pool
+        return type(self), (self.num_samples, self.sample_rate, self.frame_length_ms)
+
+
+def check_clip_length(num_samples: int, sample_rate: int, frame_length_ms: float) -> None:
+    """Raise :class:`ClipTooShortError` when ``num_samples`` do not fill one analysis window."""
+    if num_samples < min_samples(sample_rate, frame_length_ms):
+        raise ClipTooShortError(num_samples, sample_rate, frame_length_ms)
+
+
 def kaldi_fbank(
     wave: torch.Tensor,
     sample_rate: int = 16000,
@@ -22,7 +51,9 @@ def kaldi_fbank(
 
     Reference arguments: HTK-compatible mel scale, Hann window, no energy term, no dither, the
     waveform mean removed first; other arguments at Kaldi defaults (pre-emphasis 0.97, snip edges).
+    A clip shorter than one window raises :class:`ClipTooShortError`.
     """
+    check_clip_length(wave.shape[0], sample_rate, frame_length_ms)
     wave = wave.to(torch.float32)
     wave = wave - wave.mean()
     return torchaudio.compliance.kaldi.fbank(
@@ -52,12 +83,12 @@ def overview_logmel(
     torchaudio's power mel spectrogram (n_fft = window = ``frame_length_ms``, hop ``frame_shift_ms``: 400 /
     160 at 16 kHz; Hann window; HTK mel scale; f_min..f_max), natural log of (mel + 1e-6), then the clip's
     own mean and standard deviation removed. Frames are not centred (no reflection padding), so a clip gives
-    as many frames as the Kaldi front end and every frame-indexed path (padding, mixing) stays the same."""
+    as many frames as the Kaldi front end and every frame-indexed path (padding, mixing) stays the same.
+    A clip shorter than one window raises :class:`ClipTooShortError`, as the Kaldi front end does."""
+    check_clip_length(wave.shape[0], sample_rate, frame_length_ms)
     n_fft = int(round(sample_rate * frame_length_ms / 1000))
     hop = int(round(sample_rate * frame_shift_ms / 1000))
     wave = wave.to(torch.float32)
-    if wave.shape[0] < n_fft:
-        return torch.zeros(0, num_mel_bins)
     mel = _mel_spectrogram(sample_rate, n_fft, hop, f_min, f_max, num_mel_bins, str(wave.device))(wave)
     logmel = torch.log(mel + 1e-6).T  # (frames, mel)
     return standardise_clip(logmel)
@@ -80,7 +111,8 @@ def standardise_clip(logmel: torch.Tensor) -> torch.Tensor:
 
 
 def log_mel(wave: torch.Tensor, sample_rate: int, cfg: FeaturesConfig) -> torch.Tensor:
-    """(samples,) -> (frames, mel) by ``features.front_end``: the one entry every waveform path uses."""
+    """(samples,) -> (frames, mel) by ``features.front_end``: the one entry every waveform path uses. A clip
+    shorter than one analysis window raises :class:`ClipTooShortError` under either front end."""
     if cfg.front_end == "logmel":
         return overview_logmel(
             wave, sample_rate, cfg.num_mel_bins, cfg.frame_shift_ms, cfg.frame_length_ms, cfg.f_min, cfg.f_max

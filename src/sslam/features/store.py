@@ -8,7 +8,8 @@ Layout under ``features_dir`` (one folder per clip set: each AudioSet split and 
     <set>/wave-00000.npy     int16 (clips, samples): the waveforms, when ``store_waveforms``
     <set>/index.csv          clip_id, split, shard, row, frames, samples, labels: one row per cached clip
                              (frames: valid log-mel frames; samples: valid waveform samples)
-    <set>/failures.csv       clip_id, reason: clips that could not be decoded (never zero-filled)
+    <set>/failures.csv       clip_id, reason: clips that could not be decoded or are shorter than one
+                             analysis window (never zero-filled)
     stats.json               mean and std over the valid frames of the statistics split (or pinned)
 
 Stored values are NOT normalised: readers apply ``(x - mean) / (2 * std)`` (the reference's
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from sslam.config import FeaturesConfig
 from sslam.data.manifest import read_manifest
-from sslam.features.fbank import log_mel
+from sslam.features.fbank import ClipTooShortError, log_mel
 from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from sslam.provenance import HashCache, hash_cache_at
@@ -139,7 +140,11 @@ def _compute_shard(job: ShardJob, digest: str) -> dict:
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
             failures.append((clip_id, " ".join(str(err).split())[:200]))
             continue
-        fb, frames = clip_features(pcm.astype(np.float32) / 32768.0, job.sample_rate, cfg)
+        try:
+            fb, frames = clip_features(pcm.astype(np.float32) / 32768.0, job.sample_rate, cfg)
+        except ClipTooShortError as err:  # no frame to cache: a failure row, as an undecodable clip is
+            failures.append((clip_id, str(err)))
+            continue
         feats.append(fb.astype(np.float16))
         stats = stats.merge(clip_stats(fb, frames))  # valid frames only: the rule TaskStore.train_stats shares
         if cfg.store_waveforms:

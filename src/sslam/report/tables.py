@@ -18,7 +18,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sslam.downstream.bootstrap import Interval  # noqa: E402
 from sslam.io import atomic_path  # noqa: E402
+from sslam.report.intervals import (  # noqa: E402
+    FLOOR,
+    Predictions,
+    Settings,
+    compare,
+    conditions,
+    controls,
+    encoder_intervals,
+    floor_checks,
+    method_groups,
+)
 
 # the paper's SSLAM rows (Tables 1 and 2), by the real dataset each synthetic task imitates
 PAPER_LINEAR = {
@@ -68,124 +80,205 @@ def _pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
 
 
-def control_check(evals: dict) -> dict:
-    """Linear evaluation: pretrained encoder minus the mean of the random-init controls, against the
-    spread (max - min) between control seeds."""
+def _ci(iv: Interval | None) -> str:
+    """A score with its interval, in %: ``57.3 [49.0, 65.1]``."""
+    if iv is None:
+        return "-"
+    return f"{_pct(iv.point)} [{_pct(iv.low)}, {_pct(iv.high)}]"
+
+
+def _signed(iv: Interval) -> str:
+    """A difference with its interval, in points: ``+4.2 [-1.0, +9.5]``."""
+    return f"{100 * iv.point:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]"
+
+
+LABEL = {"sslam": "SSLAM", "mb_ua": "MB-UA", "mb_pma": "MB-PMA", "mb_ua_pma": "MB-UA-PMA"}
+
+
+def floor_table(preds: dict[tuple[str, str], Predictions], s: Settings) -> dict[str, dict]:
+    """Linear evaluation: each pretrained encoder minus the random-init controls (seeds pooled) and minus
+    the ``fbank_stats`` floor, paired on the same clips; keyed ``task/encoder``."""
     out = {}
-    for (task, regime), d in evals.items():
+    for (task, regime), p in sorted(preds.items()):
         if regime != "linear":
             continue
-        m = d["metric"]
-        enc = d["encoders"]
-        controls = [v[m] for k, v in enc.items() if k.startswith("random")]
-        trained = {k: v[m] for k, v in enc.items() if not k.startswith("random")}
-        if len(controls) < 2 or not trained:
-            continue
-        spread = max(controls) - min(controls)
-        for name, value in trained.items():
-            delta = value - float(np.mean(controls))
-            out[f"{task}/{name}"] = {
-                "metric": m,
-                "value": round(value, 5),
-                "control_mean": round(float(np.mean(controls)), 5),
-                "control_spread": round(spread, 5),
-                "delta": round(delta, 5),
-                "beats_control": bool(delta > spread),
-            }
+        for e, row in floor_checks(p, s).items():
+            out[f"{task}/{e}"] = {"metric": p.metric} | {k: c.to_json() for k, c in row.items()}
     return out
 
 
-def variant_comparison(evals: dict, runs: dict[str, tuple[str, int]], a: str = "sslam", b: str = "mb_ua") -> dict:
-    """The paper's central comparison (Tables 2 and 3), linear evaluation: per task, the mean over the
-    stage-2 seeds of variant ``a`` and of ``b`` (same stage-1 checkpoint, same steps, same recipe), each
-    variant's seed spread (max - min) and the difference of the means; ``runs`` maps an encoder name to
-    its (variant, seed). The difference counts as visible only when larger than both spreads; with a
-    single seed of either variant there is no spread to judge it by, and the verdict says so."""
+def variant_comparison(
+    preds: dict[tuple[str, str], Predictions],
+    runs: dict[str, tuple[str, int]],
+    s: Settings,
+    a: str = "sslam",
+    b: str = "mb_ua",
+) -> dict:
+    """The paper's central comparison (Tables 2 and 3), linear evaluation: per task (and per condition of
+    a task that has them: the masker task's ratios), variant ``a``'s stage-2 runs against ``b``'s from the
+    same stage-1 checkpoint, paired on the same clips, seeds resampled within each variant."""
+    group_a, group_b = method_groups(runs, a, b)
     out = {}
-    for (task, regime), d in sorted(evals.items()):
+    for (task, regime), p in sorted(preds.items()):
         if regime != "linear":
             continue
-        m = d["metric"]
-        per = {
-            v: {seed: d["encoders"][e][m] for e, (var, seed) in runs.items() if var == v and e in d["encoders"]}
-            for v in (a, b)
-        }
-        if not per[a] or not per[b]:
-            continue
-        mean = {v: float(np.mean(list(per[v].values()))) for v in per}
-        spread = {v: float(max(per[v].values()) - min(per[v].values())) for v in per}
-        diff = mean[a] - mean[b]
-        noise = max(spread.values())
-        if min(len(per[a]), len(per[b])) < 2:
-            verdict = "one seed: no spread to judge by"
-        else:
-            verdict = f"{a} higher" if diff > noise else f"{b} higher" if -diff > noise else "within the seed spread"
-        out[task] = {
-            "metric": m,
-            a: {str(k): round(v, 5) for k, v in sorted(per[a].items())},
-            b: {str(k): round(v, 5) for k, v in sorted(per[b].items())},
-            f"{a}_mean": round(mean[a], 5),
-            f"{b}_mean": round(mean[b], 5),
-            "spread": round(noise, 5),
-            "difference": round(diff, 5),
-            "verdict": verdict,
-        }
+        parts = [(task, p)] + [(f"{task} @ {c}", p.subset(c)) for c in conditions(p)]
+        for key, q in parts:
+            c = compare(q, group_a, group_b, (a, b), s)
+            if c is None:
+                continue
+            out[key] = {
+                "metric": q.metric,
+                "clips": len(q.clip_id),
+                "seeds": {a: [e for e in group_a if e in q.scores], b: [e for e in group_b if e in q.scores]},
+            } | c.to_json()
     return out
 
 
-def render_comparison(comparison: dict, a: str = "sslam", b: str = "mb_ua") -> str:
+def render_comparison(comparison: dict, s: Settings, a: str = "sslam", b: str = "mb_ua") -> str:
     if not comparison:
         return ""
-    label = {"sslam": "SSLAM", "mb_ua": "MB-UA", "mb_pma": "MB-PMA", "mb_ua_pma": "MB-UA-PMA"}
-    la, lb = label.get(a, a), label.get(b, b)
+    la, lb = LABEL.get(a, a), LABEL.get(b, b)
     lines = [
         "",
         f"## {la} vs {lb} (linear evaluation; paper Tables 2 and 3)",
         "",
-        f"Stage 2 as `{a}` and as `{b}` from the same stage-1 checkpoint, same steps, same evaluation recipe; "
-        "per seed of stage 2, then the means. Visible only when the difference exceeds the larger seed spread.",
+        f"Stage 2 as `{a}` and as `{b}` from the same stage-1 checkpoint, same steps, same evaluation recipe. "
+        f"Each score is the mean over the variant's stage-2 seeds with its {100 * s.level:.0f}% bootstrap "
+        f"interval (eval clips and seeds resampled, {s.samples} replicates); the difference is paired on the "
+        "same resampled clips. A verdict names the higher variant only when its interval excludes 0.",
         "",
-        f"| task | metric | {la} (per seed) | {lb} (per seed) | {la} mean | {lb} mean | difference | seed spread "
-        "| verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| task | metric | clips | {la} | {lb} | difference (points) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     wins = {a: 0, b: 0}
+    tasks = [k for k in comparison if " @ " not in k]
     for task, c in comparison.items():
-        seeds = lambda v, c=c: " / ".join(_pct(x) for x in c[v].values())
         lines.append(
-            f"| {task} | {c['metric']} | {seeds(a)} | {seeds(b)} | {_pct(c[f'{a}_mean'])} | {_pct(c[f'{b}_mean'])} | "
-            f"{100 * c['difference']:+.1f} | {_pct(c['spread'])} | {c['verdict']} |"
+            f"| {task} | {c['metric']} | {c['clips']} | {_ci(_iv(c['a']))} | {_ci(_iv(c['b']))} | "
+            f"{_signed(_iv(c['difference']))} | {c['verdict']} |"
         )
-        for v in (a, b):
-            wins[v] += c["verdict"] == f"{v} higher"
-    n = len(comparison)
-    within = sum(c["verdict"] == "within the seed spread" for c in comparison.values())
+        if task in tasks:
+            for v in (a, b):
+                wins[v] += c["verdict"] == f"{v} higher"
+    n = len(tasks)
     lines += [
         "",
-        f"{la} higher beyond the seed spread on {wins[a]} of {n} tasks, {lb} on {wins[b]}, "
-        f"within the spread on {within}"
-        + (f", {n - wins[a] - wins[b] - within} with one seed only." if n - wins[a] - wins[b] - within else "."),
+        f"Over the {n} tasks: {la} higher on {wins[a]}, {lb} higher on {wins[b]}, no difference resolved on "
+        f"{n - wins[a] - wins[b]}.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _rows(evals: dict, tasks: list[str], encoders: list[str], metric_of) -> list[str]:
+def _iv(d: dict) -> Interval:
+    return Interval(d["point"], d["low"], d["high"])
+
+
+def render_masker(
+    preds: dict[tuple[str, str], Predictions], comparison: dict, s: Settings, a: str = "sslam", b: str = "mb_ua"
+) -> str:
+    """The masker task: accuracy per target-to-masker ratio of both variants (seeds pooled), their paired
+    difference, and the floor and a control beside them."""
+    tasks = [(t, p) for (t, r), p in sorted(preds.items()) if r == "linear" and p.condition is not None]
+    if not tasks:
+        return ""
+    la, lb = LABEL.get(a, a), LABEL.get(b, b)
+    lines = [
+        "",
+        "## The masker task: a target under a louder masker (linear evaluation)",
+        "",
+        "A target event under a masker that overlaps it in time and frequency, labelled by the target only "
+        '(README "The masker task"). Per target-to-masker ratio (dB): each variant\'s accuracy over its '
+        f"stage-2 seeds, the paired difference and the verdict ({100 * s.level:.0f}% bootstrap intervals), "
+        f"and the `{FLOOR}` floor and the first random-init control on the same clips.",
+        "",
+        f"| task | TMR dB | clips | {la} | {lb} | difference (points) | verdict | {FLOOR} | control |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, p in tasks:
+        for cond in conditions(p):
+            q = p.subset(cond)
+            c = comparison.get(f"{task} @ {cond}")
+            single = encoder_intervals(q, s)
+            ctrl = controls(q)
+            cells = (
+                [_ci(_iv(c["a"])), _ci(_iv(c["b"])), _signed(_iv(c["difference"])), c["verdict"]] if c else ["-"] * 4
+            )
+            lines.append(
+                f"| {task} | {cond} | {len(q.clip_id)} | "
+                + " | ".join(cells)
+                + f" | {_ci(single.get(FLOOR))} | {_ci(single[ctrl[0]]) if ctrl else '-'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def render_floor(checks: dict) -> str:
+    """Each pretrained encoder against the random-init controls and the ``fbank_stats`` floor."""
+    if not checks:
+        return ""
+    lines = [
+        "",
+        f"## Pretrained encoders against the random-init control and the `{FLOOR}` floor (linear evaluation)",
+        "",
+        "Paired differences on the same eval clips (the controls' seeds pooled and resampled), with the "
+        "verdict each interval supports.",
+        "",
+        f"| task / encoder | metric | encoder | - control (points) | verdict | - {FLOOR} (points) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    below = []
+    for k, c in checks.items():
+        ctrl, floor = c.get("control"), c.get(FLOOR)
+        own = (ctrl or floor)["a"]
+        lines.append(
+            f"| {k} | {c['metric']} | {_ci(_iv(own))} | "
+            + (f"{_signed(_iv(ctrl['difference']))} | {ctrl['verdict']}" if ctrl else "- | -")
+            + " | "
+            + (f"{_signed(_iv(floor['difference']))} | {floor['verdict']}" if floor else "- | -")
+            + " |"
+        )
+        if floor and floor["verdict"] == f"{FLOOR} higher":
+            below.append(k)
+    beaten = sum(1 for c in checks.values() if FLOOR in c and c[FLOOR]["verdict"] != f"{FLOOR} higher")
+    with_floor = sum(1 for c in checks.values() if FLOOR in c)
+    if with_floor:
+        lines += [
+            "",
+            f"`{FLOOR}` is higher, beyond its interval, for {len(below)} of {with_floor} task / encoder pairs"
+            + (f": {', '.join(below)}." if below else f"; not higher for {beaten}."),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(evals: dict, tasks: list[str], encoders: list[str], metric_of, intervals: dict) -> list[str]:
+    """One row per encoder and regime: the score, with its interval where the predictions were saved."""
     out = []
     for regime in ("linear", "finetune"):
         for e in encoders:
             vals = [evals.get((t, regime), {}).get("encoders", {}).get(e, {}).get(metric_of(t)) for t in tasks]
+            ivs = [intervals.get((t, regime), {}).get(e) for t in tasks]
             if any(v is not None for v in vals):
-                out.append(f"| {e} | {regime} | " + " | ".join(_pct(v) for v in vals) + " |")
+                cells = [_ci(iv) if iv is not None else _pct(v) for v, iv in zip(vals, ivs)]
+                out.append(f"| {e} | {regime} | " + " | ".join(cells) + " |")
     return out
 
 
-def render_markdown(evals: dict, settings: dict) -> str:
+def render_markdown(evals: dict, settings: dict, intervals: dict | None = None, level: float = 0.95) -> str:
+    """Tables 1-3 in the paper's shapes; ``intervals``: (task, regime) -> encoder -> Interval."""
+    intervals = intervals or {}
     lines = [
         "# Results",
         "",
         "Stage-2 settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()),
         "",
     ]
+    if intervals:
+        lines += [
+            f"Scores in % with their {100 * level:.0f}% bootstrap interval over the eval clips in brackets "
+            '(README "What the intervals mean"). `random<N>`: untrained encoders (the control); '
+            f"`{FLOOR}`: no network, the mean and standard deviation of the log-mel over the clip (the floor).",
+            "",
+        ]
     objective = settings.get("pretrain.objective", "bootstrap")
     if objective != "bootstrap":
         lines += [
@@ -222,7 +315,9 @@ def render_markdown(evals: dict, settings: dict) -> str:
     poly = sorted(
         {t for t, m in metric.items() if m == "map"}, key=lambda t: (t == "as20k", t == "urban", t == "desed", t)
     )
-    encoders = sorted({e for d in evals.values() for e in d["encoders"]}, key=lambda e: (e.startswith("random"), e))
+    encoders = sorted(
+        {e for d in evals.values() for e in d["encoders"]}, key=lambda e: (e == FLOOR, e.startswith("random"), e)
+    )
     real = {t for (t, _), d in evals.items() if str(d.get("data", "")).startswith("datasets/")}
 
     def name(t: str) -> str:  # a real dataset says so; a synthetic task names the dataset it imitates
@@ -230,7 +325,7 @@ def render_markdown(evals: dict, settings: dict) -> str:
 
     lines += ["## Table 1 (shape): audio SSL benchmarks; mAP % (AS-20K) or accuracy %", ""]
     lines += ["| encoder | regime | " + " | ".join(name(t) for t in table1) + " |", "|" + " --- |" * (len(table1) + 2)]
-    lines += _rows(evals, table1, encoders, lambda t: metric[t])
+    lines += _rows(evals, table1, encoders, lambda t: metric[t], intervals)
     lines.append(
         "| SSLAM, paper | finetune | "
         + " | ".join(str(PAPER_TABLE1[t][1]) if t in PAPER_TABLE1 else "-" for t in table1)
@@ -253,7 +348,7 @@ def render_markdown(evals: dict, settings: dict) -> str:
 
     lines += ["", "## Table 2 (shape): polyphonic tasks, mAP %", ""]
     lines += ["| encoder | regime | " + " | ".join(name(t) for t in poly) + " |", "|" + " --- |" * (len(poly) + 2)]
-    lines += _rows(evals, poly, encoders, lambda t: "map")
+    lines += _rows(evals, poly, encoders, lambda t: "map", intervals)
     lines.append("| SSLAM, paper | linear | " + " | ".join(str(PAPER_LINEAR.get(t, "-")) for t in poly) + " |")
     lines.append("| SSLAM, paper | finetune | " + " | ".join(str(PAPER_FINETUNE.get(t, "-")) for t in poly) + " |")
     for t in poly:
@@ -282,20 +377,6 @@ def render_markdown(evals: dict, settings: dict) -> str:
                         + " |"
                     )
 
-    checks = control_check(evals)
-    lines += [
-        "",
-        "## Pretrained encoder against the random-init control (linear evaluation)",
-        "",
-        "| task / encoder | metric | ours | control mean | control spread | delta "
-        "| beats control by more than the spread |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for k, c in checks.items():
-        lines.append(
-            f"| {k} | {c['metric']} | {_pct(c['value'])} | {_pct(c['control_mean'])} | {_pct(c['control_spread'])} | "
-            f"{100 * c['delta']:+.1f} | {'yes' if c['beats_control'] else 'no'} |"
-        )
     return "\n".join(lines) + "\n"
 
 
