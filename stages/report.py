@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if cfg.pretrain.objective != "bootstrap":  # no stage 2 trained: every "variant" is the stage-1 checkpoint
         runs = {}
-    st = Settings(cfg.report.bootstrap_samples, cfg.report.confidence, cfg.report.seed)
+    st = Settings(cfg.report.bootstrap_samples, cfg.report.confidence, cfg.report.seed, cfg.report.interval)
     preds = load_predictions(args.predictions, evals)
     intervals = {k: encoder_intervals(p, st) for k, p in preds.items()}
     comparison = variant_comparison(preds, runs, st)

@@ -277,3 +277,26 @@ def test_inputs_are_checked():
         score_interval("accuracy", labels, [scores[:2]])
     with pytest.raises(ValueError, match="level"):
         score_interval("accuracy", labels, [scores], level=1.0)
+
+
+def test_bias_corrected_interval_by_hand():
+    """bc: z0 = Phi^-1(share below the point, ties half), levels Phi(2 z0 + z), by hand with scipy.stats.norm;
+    replicates symmetric about the point give the percentile interval; replicates sitting above the point
+    (a small-sample mAP's) move the interval down so it holds the point."""
+    from scipy.stats import norm
+
+    from sslam.downstream.bootstrap import _percentile
+
+    reps = np.arange(1000, dtype=np.float64) / 1000.0  # uniform on [0, 1)
+    sym = _percentile(0.4995, reps, 0.95, "bc")
+    per = _percentile(0.4995, reps, 0.95, "percentile")
+    assert (sym.low, sym.high) == pytest.approx((per.low, per.high), abs=1e-9)
+    point = 0.2005  # no replicate equals it (ties count half)
+    z0 = norm.ppf(np.mean(reps < point))
+    q = norm.cdf(2 * z0 + norm.ppf([0.025, 0.975]))
+    bc = _percentile(point, reps, 0.95, "bc")
+    assert (bc.low, bc.high) == pytest.approx(tuple(np.quantile(reps, q)), abs=1e-12)
+    assert bc.low < point < bc.high and per.low < point  # the percentile interval hardly reaches below
+    assert bc.high < per.high
+    with pytest.raises(ValueError, match="method"):
+        _percentile(point, reps, 0.95, "bca")

@@ -17,7 +17,8 @@ pre += 0.1 * p["pretrain"]["lr"]
 ctrl = {"transformer": 0.40, "mamba": 0.42, "xlstm": 0.30}[enc]
 for task, scale in (("square", 1.0), ("mono", 0.5)):
     json.dump({"task": task, "regime": "linear", "metric": "map",
-               "encoders": {"stage2": {"map": scale * pre}, "random0": {"map": scale * ctrl}}},
+               "encoders": {"stage2": {"map": scale * pre}, "random0": {"map": scale * ctrl},
+                            "fbank_stats": {"map": scale * 0.35}}},
               open(f"metrics/eval/{task}_linear.json", "w"))
 json.dump({"task": "square", "regime": "finetune", "metric": "map",
            "encoders": {"stage2": {"map": 0.9}, "random0": {"map": 0.7}}},
@@ -79,3 +80,5 @@ def test_encoder_table_from_dvc_experiments(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| mamba |"))
     assert "| 26.0 / 21.0 | 52.0 / 42.0 | 90.0 / 70.0 | +7.5 | +20.0 |" in row
     assert "mask.clone_batch=1, model.mamba.d_state=2" in row
+    floor = next(line for line in md.splitlines() if line.startswith("| fbank_stats (floor) |"))
+    assert floor.endswith("| 17.5 | 35.0 | - | - | - |")  # linear columns only; no gain for the floor

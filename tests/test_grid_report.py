@@ -60,6 +60,12 @@ def test_rows_seeds_and_overall_by_hand():
     md = render(rows, {("mamba", "msm"): {"clips_per_s": 12.34, "peak_mb": 456.0}})
     assert "| mamba | msm | stage2 | 0, 1 | 60.0 | 50.0 | +15.0 ± 0.0 | 12.3 | 456 |" in md
     assert "| transformer | bootstrap + SSLAM stage 2 | stage2 | 0 | 60.0 | 50.0 | +10.0 | - | - |" in md
+    from sslam.report.ablations import floor_scores
+
+    base_floor = Run("floor", {}, {"a/linear/fbank_stats": 0.55, "a/linear/stage2": 0.6})
+    floor = floor_scores([base_floor, *runs])
+    assert floor == {"a/linear": 0.55}
+    assert "| fbank_stats (floor, no network) | 55.0 | - |" in render(rows, None, floor)
 
 
 def test_cost_is_measured_on_the_rows_setting_in_its_own_process():

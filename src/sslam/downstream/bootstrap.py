@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 from sslam.downstream.metrics import accuracy, mean_average_precision
 
@@ -169,13 +170,28 @@ def bootstrap_replicates(
     return _seed_mean(np.stack([_clip_replicates(metric, targets, s, idx) for s in scores]), rng)
 
 
-def _percentile(point: float, replicates: np.ndarray, level: float) -> Interval:
+METHODS = ("bc", "percentile")
+
+
+def _percentile(point: float, replicates: np.ndarray, level: float, method: str = "percentile") -> Interval:
+    """The interval from the replicates: ``percentile`` takes their quantiles; ``bc`` (bias-corrected
+    percentile) first shifts the quantile levels by how far the replicates sit off the point, z0 =
+    Phi^-1(share of replicates below the point, ties counted half), levels Phi(2 z0 + z_alpha). A mAP on
+    a few dozen clips needs it: duplicated positives raise a resample's AP, so the replicates sit above
+    the point and a plain percentile interval can leave the point at its lower edge."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     kept = replicates[np.isfinite(replicates)]
     if not len(kept):
         raise ValueError("every bootstrap replicate was skipped (no class with a positive in any resample)")
-    low, high = np.quantile(kept, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    q = np.array([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    if method == "bc":
+        below = np.mean(kept < point) + 0.5 * np.mean(kept == point)
+        z0 = ndtri(np.clip(below, 0.5 / len(kept), 1.0 - 0.5 / len(kept)))
+        q = ndtr(2.0 * z0 + ndtri(q))
+    low, high = np.quantile(kept, q)
     return Interval(point, float(low), float(high))
 
 
@@ -186,11 +202,13 @@ def score_interval(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    method: str = "percentile",
 ) -> Interval:
-    """Mean over seeds of the metric on all clips, with a percentile interval over clips and seeds."""
+    """Mean over seeds of the metric on all clips, with an interval over clips and seeds (``method``:
+    ``percentile`` | ``bc``, see :func:`_percentile`)."""
     targets, scores = _checked(metric, targets, scores_by_seed)
     point = _point(metric, targets, scores)
-    return _percentile(point, bootstrap_replicates(metric, targets, scores, n_boot, seed), level)
+    return _percentile(point, bootstrap_replicates(metric, targets, scores, n_boot, seed), level, method)
 
 
 def paired_difference(
@@ -201,6 +219,7 @@ def paired_difference(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    method: str = "percentile",
 ) -> Interval:
     """mean_over_seeds(A) - mean_over_seeds(B), each replicate scoring both on the same resampled clips:
     far tighter than two separate intervals when A and B find the same clips hard."""
@@ -211,7 +230,7 @@ def paired_difference(
     idx = resample_indices(len(targets), n_boot, rng)
     rep_a = _seed_mean(np.stack([_clip_replicates(metric, targets, s, idx) for s in a]), rng)
     rep_b = _seed_mean(np.stack([_clip_replicates(metric, targets, s, idx) for s in b]), rng)
-    return _percentile(point, rep_a - rep_b, level)
+    return _percentile(point, rep_a - rep_b, level, method)
 
 
 def verdict(diff: Interval, a: str, b: str) -> str:

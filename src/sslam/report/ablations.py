@@ -138,6 +138,21 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[Run]:
     return runs
 
 
+FLOOR = "fbank_stats"  # the non-learned floor of linear evaluation (downstream/encoder.py)
+
+
+def floor_scores(runs: list[Run]) -> dict[str, float]:
+    """``task/linear`` -> the ``fbank_stats`` floor's score, from the first run holding it (no network: the
+    same for every run on the same features)."""
+    out: dict[str, float] = {}
+    for r in runs:
+        for key, v in r.metrics.items():
+            task, regime, name = (key.split("/") + ["", ""])[:3]
+            if name == FLOOR and v is not None:
+                out.setdefault(f"{task}/{regime}", v)
+    return out
+
+
 def changed_params(run: Run, baseline: Run) -> dict[str, Any]:
     """The params ``run`` set differently from ``baseline``. A key the run lacks was added to params.yaml
     after it ran: the run had the behaviour the key's default keeps, so that is no change."""

@@ -21,7 +21,15 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from sslam.report.ablations import Run, add_run_arguments, changed_params, experiment_runs, write_table
+from sslam.report.ablations import (
+    FLOOR,
+    Run,
+    add_run_arguments,
+    changed_params,
+    experiment_runs,
+    floor_scores,
+    write_table,
+)
 
 ENCODER_PREFIXES = ("model.encoder", "model.masked_tokens", "model.mamba.", "model.xlstm.")
 ENCODER_KEYS = ("mask.clone_batch", "pretrain.stage2.clone_batch")
@@ -72,7 +80,9 @@ def _cell(pair: tuple[float | None, float | None] | None) -> str:
     return " / ".join("-" if v is None else f"{100 * v:.1f}" for v in pair)
 
 
-def render(rows: list[EncoderRow]) -> str:
+def render(rows: list[EncoderRow], floor: dict[str, float] | None = None) -> str:
+    """The table; ``floor``: ``task/linear`` -> the ``fbank_stats`` score, a last row every encoder must beat."""
+    floor = floor or {}
     columns = sorted({k for r in rows for k in r.scores}, key=lambda k: (k.split("/")[1] != "linear", k))
     lines = [
         "# Encoders: SSLAM checkpoint / random-init control of the same encoder",
@@ -93,6 +103,12 @@ def render(rows: list[EncoderRow]) -> str:
             + " | ".join("-" if g is None else f"{100 * g:+.1f}" for g in gains)
             + " |"
         )
+    if floor:
+        lines.append(
+            f"| {FLOOR} (floor) | - | no network: mean and std of the log-mel | "
+            + " | ".join(f"{100 * floor[c]:.1f}" if c in floor else "-" for c in columns)
+            + " | - | - |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(ap)
     ap.add_argument("--out", default="metrics/encoders.md")
     args = ap.parse_args(argv)
-    rows = encoder_rows(*experiment_runs(args))
+    runs, baseline = experiment_runs(args)
+    rows = encoder_rows(runs, baseline)
+    floor = floor_scores([baseline, *runs])
     summary = {
         r.encoder: {
             "run": r.run,
@@ -111,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in rows
     }
-    write_table(args.out, render(rows), summary)
+    write_table(args.out, render(rows, floor), summary)
     return 0
 
 

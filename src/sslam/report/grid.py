@@ -32,7 +32,15 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from sslam.report.ablations import Run, add_run_arguments, changed_params, experiment_runs, write_table
+from sslam.report.ablations import (
+    FLOOR,
+    Run,
+    add_run_arguments,
+    changed_params,
+    experiment_runs,
+    floor_scores,
+    write_table,
+)
 
 GRID_PREFIXES = (
     "model.encoder",
@@ -186,9 +194,13 @@ def _measure_here(overrides: dict, steps: int, params: str) -> dict:
 # ----------------------------------------------------------------------------- rendering
 
 
-def render(rows: list[GridRow], cost: dict[tuple[str, str], dict] | None = None) -> str:
+def render(
+    rows: list[GridRow], cost: dict[tuple[str, str], dict] | None = None, floor: dict[str, float] | None = None
+) -> str:
+    """The grid; ``floor``: ``task/linear`` -> the ``fbank_stats`` score, shown under the controls."""
     tasks = sorted({t for r in rows for t in r.scores})
     cost = cost or {}
+    floor = floor or {}
     lines = [
         "# Encoder x objective: frozen linear evaluation",
         "",
@@ -221,6 +233,12 @@ def render(rows: list[GridRow], cost: dict[tuple[str, str], dict] | None = None)
             + " | ".join(f"{100 * r.controls[t][0]:.1f}" if t in r.controls else "-" for t in tasks)
             + " |"
         )
+    if floor:
+        lines.append(
+            f"| {FLOOR} (floor, no network) | "
+            + " | ".join(f"{100 * floor[f'{t}/linear']:.1f}" if f"{t}/linear" in floor else "-" for t in tasks)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure is not None:
         print(json.dumps(_measure_here(json.loads(args.measure), args.cost_steps, args.params)))
         return 0
-    rows = grid_rows(*experiment_runs(args))
+    runs, baseline = experiment_runs(args)
+    rows = grid_rows(runs, baseline)
+    floor = floor_scores([baseline, *runs])
     cost = {}
     if args.cost_steps > 0:
         for r in rows:
@@ -257,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in rows
     ]
-    write_table(args.out, render(rows, cost), summary)
+    write_table(args.out, render(rows, cost, floor), summary)
     return 0
 
 

@@ -50,6 +50,7 @@ class Settings:
     samples: int = 1000
     level: float = 0.95
     seed: int = 0
+    method: str = "bc"  # bc | percentile (downstream/bootstrap.py)
 
 
 def load_predictions(folder: str | Path, evals: dict[tuple[str, str], dict]) -> dict[tuple[str, str], Predictions]:
@@ -69,7 +70,9 @@ def load_predictions(folder: str | Path, evals: dict[tuple[str, str], dict]) -> 
 
 def encoder_intervals(p: Predictions, s: Settings) -> dict[str, Interval]:
     """Each encoder's score with its interval (clips resampled)."""
-    return {e: score_interval(p.metric, p.targets, [x], s.samples, s.level, s.seed) for e, x in p.scores.items()}
+    return {
+        e: score_interval(p.metric, p.targets, [x], s.samples, s.level, s.seed, s.method) for e, x in p.scores.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,10 @@ def compare(p: Predictions, a: list[str], b: list[str], names: tuple[str, str], 
     xa, xb = [p.scores[e] for e in a if e in p.scores], [p.scores[e] for e in b if e in p.scores]
     if not xa or not xb:
         return None
-    diff = paired_difference(p.metric, p.targets, xa, xb, s.samples, s.level, s.seed)
+    diff = paired_difference(p.metric, p.targets, xa, xb, s.samples, s.level, s.seed, s.method)
     return Comparison(
-        score_interval(p.metric, p.targets, xa, s.samples, s.level, s.seed),
-        score_interval(p.metric, p.targets, xb, s.samples, s.level, s.seed),
+        score_interval(p.metric, p.targets, xa, s.samples, s.level, s.seed, s.method),
+        score_interval(p.metric, p.targets, xb, s.samples, s.level, s.seed, s.method),
         diff,
         verdict(diff, *names),
     )
