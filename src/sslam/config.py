@@ -750,7 +750,7 @@ class ReportConfig(Section):
 
     bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
     confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
-    interval: Literal["bc", "percentile"] = "bc"
+    interval: Literal["bayesian", "bc", "percentile"] = "bayesian"
     seed: NonNegative = 0
 
 

@@ -8,16 +8,18 @@ fine-tuned or linear model moves again with its training seed. Both are resample
 - seeds, with replacement, when there are several: a replicate is the mean over the drawn seeds, the
   quantity reported as the point.
 
-The interval is the percentile interval of the replicates. :func:`paired_difference` scores both
-encoders on the same resampled clips in each replicate, so the clips' difficulty, which both share,
-cancels in the difference; the seeds of each encoder are resampled independently, as seed ``i`` of one
-encoder has nothing to do with seed ``i`` of the other.
+Clips are resampled with replacement (``multinomial``) or reweighted with Dirichlet(1, ..., 1) weights
+(``bayesian``, :func:`resample_weights`: no clip, so no class, ever drops out of a replicate). The
+interval is the percentile interval of the replicates, or its bias-corrected form (``bc``).
+:func:`paired_difference` scores both encoders on the same resampled clips in each replicate, so the
+clips' difficulty, which both share, cancels in the difference; the seeds of each encoder are resampled
+independently, as seed ``i`` of one encoder has nothing to do with seed ``i`` of the other.
 
 The metrics are those of :mod:`sslam.downstream.metrics`: accuracy (single label, argmax) and mAP (macro
-mean of per-class AP over the classes with a positive among the evaluated clips). A mAP replicate drops
-the classes its resample has no positive for, and a replicate with no positive at all is skipped.
+mean of per-class AP over the classes with a positive among the evaluated clips). A multinomial mAP
+replicate drops the classes its resample has no positive for, and one with no positive at all is skipped.
 
-Draw order, so a replicate can be reproduced from ``seed``: the clip indices (:func:`resample_indices`)
+Draw order, so a replicate can be reproduced from ``seed``: the clip weights (:func:`resample_weights`)
 first, then for each score group with several seeds an (n_boot, seeds) matrix of seed indices.
 """
 
@@ -37,7 +39,7 @@ _MAP_CHUNK_ELEMENTS = 2_000_000  # clips x classes x replicates scored in one ba
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate and its percentile interval."""
+    """A point estimate and its bootstrap interval."""
 
     point: float
     low: float
@@ -105,23 +107,41 @@ def weighted_average_precision(y: np.ndarray, scores: np.ndarray, weights: np.nd
     tp = np.cumsum(positives, axis=-2)
     drawn = np.cumsum(w, axis=-2)
     end = np.broadcast_to(end, w.shape)
-    precision = np.take_along_axis(tp, end, axis=-2) / np.maximum(np.take_along_axis(drawn, end, axis=-2), 1.0)
+    at_end = np.take_along_axis(drawn, end, axis=-2)  # > 0 wherever a positive is counted
+    precision = np.take_along_axis(tp, end, axis=-2) / np.where(at_end > 0, at_end, 1.0)
     n_pos = tp[..., -1, :]
     hits = (positives * precision).sum(axis=-2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n_pos > 0, hits / n_pos, np.nan)
 
 
-def _clip_replicates(metric: str, targets: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The metric of one seed's scores on each row of clip indices; nan for a skipped mAP replicate."""
+RESAMPLINGS = ("multinomial", "bayesian")
+
+
+def resample_weights(n: int, n_boot: int, rng: np.random.Generator, resampling: str = "multinomial") -> np.ndarray:
+    """(n_boot, n) clip weights of each replicate, averaging 1. ``multinomial``: how often each clip is
+    drawn with replacement (the classic bootstrap; :func:`resample_indices` then :func:`clip_counts`).
+    ``bayesian``: Dirichlet(1, ..., 1) weights times n (Rubin's Bayesian bootstrap): every clip keeps a
+    positive weight, so a class with one or two positives is never dropped from a replicate's mAP, the
+    drop that pushes multinomial mAP replicates above the point on a few dozen clips."""
+    if resampling == "multinomial":
+        return clip_counts(resample_indices(n, n_boot, rng), n).astype(np.float64)
+    if resampling == "bayesian":
+        if n < 1 or n_boot < 1:
+            raise ValueError(f"need at least one clip and one replicate, got n={n}, n_boot={n_boot}")
+        return rng.dirichlet(np.ones(n), size=n_boot) * n
+    raise ValueError(f"resampling must be one of {RESAMPLINGS}, got {resampling!r}")
+
+
+def _clip_replicates(metric: str, targets: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The metric of one seed's scores under each row of clip weights; nan for a skipped mAP replicate."""
     if metric == "accuracy":
-        correct = np.argmax(scores, axis=1) == targets
-        return correct[idx].mean(axis=1)
-    counts = clip_counts(idx, len(targets))
-    out = np.full(len(idx), np.nan)
+        correct = (np.argmax(scores, axis=1) == targets).astype(np.float64)
+        return (weights * correct).sum(axis=1) / weights.sum(axis=1)
+    out = np.full(len(weights), np.nan)
     chunk = max(1, _MAP_CHUNK_ELEMENTS // targets.size)  # replicates per batch, bounding the memory
-    for b0 in range(0, len(idx), chunk):
-        ap = weighted_average_precision(targets, scores, counts[b0 : b0 + chunk])
+    for b0 in range(0, len(weights), chunk):
+        ap = weighted_average_precision(targets, scores, weights[b0 : b0 + chunk])
         scored = np.isfinite(ap).any(axis=1)
         out[b0 : b0 + chunk][scored] = np.nanmean(ap[scored], axis=1)
     return out
@@ -160,14 +180,19 @@ def _point(metric: str, targets: np.ndarray, scores: list[np.ndarray]) -> float:
 
 
 def bootstrap_replicates(
-    metric: str, targets: np.ndarray, scores_by_seed: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0
+    metric: str,
+    targets: np.ndarray,
+    scores_by_seed: Sequence[np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
+    resampling: str = "multinomial",
 ) -> np.ndarray:
     """The (n_boot,) replicates :func:`score_interval` takes quantiles of (nan: a skipped mAP replicate);
     public so the resampling itself can be checked."""
     targets, scores = _checked(metric, targets, scores_by_seed)
     rng = np.random.default_rng(seed)
-    idx = resample_indices(len(targets), n_boot, rng)
-    return _seed_mean(np.stack([_clip_replicates(metric, targets, s, idx) for s in scores]), rng)
+    w = resample_weights(len(targets), n_boot, rng, resampling)
+    return _seed_mean(np.stack([_clip_replicates(metric, targets, s, w) for s in scores]), rng)
 
 
 METHODS = ("bc", "percentile")
@@ -203,12 +228,14 @@ def score_interval(
     level: float = 0.95,
     seed: int = 0,
     method: str = "percentile",
+    resampling: str = "multinomial",
 ) -> Interval:
     """Mean over seeds of the metric on all clips, with an interval over clips and seeds (``method``:
-    ``percentile`` | ``bc``, see :func:`_percentile`)."""
+    ``percentile`` | ``bc``, see :func:`_percentile`; ``resampling``: :func:`resample_weights`)."""
     targets, scores = _checked(metric, targets, scores_by_seed)
     point = _point(metric, targets, scores)
-    return _percentile(point, bootstrap_replicates(metric, targets, scores, n_boot, seed), level, method)
+    reps = bootstrap_replicates(metric, targets, scores, n_boot, seed, resampling)
+    return _percentile(point, reps, level, method)
 
 
 def paired_difference(
@@ -220,6 +247,7 @@ def paired_difference(
     level: float = 0.95,
     seed: int = 0,
     method: str = "percentile",
+    resampling: str = "multinomial",
 ) -> Interval:
     """mean_over_seeds(A) - mean_over_seeds(B), each replicate scoring both on the same resampled clips:
     far tighter than two separate intervals when A and B find the same clips hard."""
@@ -227,9 +255,9 @@ def paired_difference(
     _, b = _checked(metric, targets, scores_b)
     point = _point(metric, targets, a) - _point(metric, targets, b)
     rng = np.random.default_rng(seed)
-    idx = resample_indices(len(targets), n_boot, rng)
-    rep_a = _seed_mean(np.stack([_clip_replicates(metric, targets, s, idx) for s in a]), rng)
-    rep_b = _seed_mean(np.stack([_clip_replicates(metric, targets, s, idx) for s in b]), rng)
+    w = resample_weights(len(targets), n_boot, rng, resampling)
+    rep_a = _seed_mean(np.stack([_clip_replicates(metric, targets, s, w) for s in a]), rng)
+    rep_b = _seed_mean(np.stack([_clip_replicates(metric, targets, s, w) for s in b]), rng)
     return _percentile(point, rep_a - rep_b, level, method)
 
 

@@ -50,7 +50,13 @@ class Settings:
     samples: int = 1000
     level: float = 0.95
     seed: int = 0
-    method: str = "bc"  # bc | percentile (downstream/bootstrap.py)
+    method: str = "bayesian"  # bayesian | bc | percentile (``report.interval``)
+
+    @property
+    def how(self) -> tuple[str, str]:
+        """(interval, resampling) of :mod:`sslam.downstream.bootstrap`: ``bayesian`` is Dirichlet clip
+        weights with percentile quantiles; ``bc`` and ``percentile`` resample the clips with replacement."""
+        return ("percentile", "bayesian") if self.method == "bayesian" else (self.method, "multinomial")
 
 
 def load_predictions(folder: str | Path, evals: dict[tuple[str, str], dict]) -> dict[tuple[str, str], Predictions]:
@@ -71,7 +77,7 @@ def load_predictions(folder: str | Path, evals: dict[tuple[str, str], dict]) -> 
 def encoder_intervals(p: Predictions, s: Settings) -> dict[str, Interval]:
     """Each encoder's score with its interval (clips resampled)."""
     return {
-        e: score_interval(p.metric, p.targets, [x], s.samples, s.level, s.seed, s.method) for e, x in p.scores.items()
+        e: score_interval(p.metric, p.targets, [x], s.samples, s.level, s.seed, *s.how) for e, x in p.scores.items()
     }
 
 
@@ -97,10 +103,10 @@ def compare(p: Predictions, a: list[str], b: list[str], names: tuple[str, str], 
     xa, xb = [p.scores[e] for e in a if e in p.scores], [p.scores[e] for e in b if e in p.scores]
     if not xa or not xb:
         return None
-    diff = paired_difference(p.metric, p.targets, xa, xb, s.samples, s.level, s.seed, s.method)
+    diff = paired_difference(p.metric, p.targets, xa, xb, s.samples, s.level, s.seed, *s.how)
     return Comparison(
-        score_interval(p.metric, p.targets, xa, s.samples, s.level, s.seed, s.method),
-        score_interval(p.metric, p.targets, xb, s.samples, s.level, s.seed, s.method),
+        score_interval(p.metric, p.targets, xa, s.samples, s.level, s.seed, *s.how),
+        score_interval(p.metric, p.targets, xb, s.samples, s.level, s.seed, *s.how),
         diff,
         verdict(diff, *names),
     )
