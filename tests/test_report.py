@@ -121,3 +121,23 @@ def test_floor_checks_name_the_floor_when_it_wins():
     assert row["control"]["verdict"].startswith("no difference") and row["control"]["difference"]["point"] == 0.0
     assert row["fbank_stats"]["verdict"] == "fbank_stats higher"
     assert "for 1 of 1 task / encoder pairs: t/stage2." in render_floor(f)
+
+
+def test_two_discordant_clips_resolve_no_difference():
+    """A right on all 200 clips, B wrong on 2: an exact sign test on 2 of 2 discordant clips gives p = 0.5,
+    so the verdict must not name a winner. Paired differences draw clips with replacement (a resample may
+    miss both clips), while the scores' own intervals use Dirichlet weights by default."""
+    from scipy.stats import binomtest
+
+    from sslam.report.intervals import compare
+
+    right = np.ones(200, dtype=bool)
+    two_wrong = right.copy()
+    two_wrong[[3, 77]] = False
+    p = predictions({"a": right, "b": two_wrong})
+    assert binomtest(2, 2).pvalue == 0.5
+    c = compare(p, ["a"], ["b"], ("a", "b"), Settings(samples=2000))
+    assert c.difference.point == pytest.approx(0.01) and c.difference.low == 0.0
+    assert c.verdict.startswith("no difference")
+    classic = compare(p, ["a"], ["b"], ("a", "b"), Settings(samples=2000, method="percentile"))
+    assert classic.verdict.startswith("no difference") and c.b.high < 1.0  # Dirichlet: a score interval is open
