@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO
@@ -79,6 +80,7 @@ def small_corpus(repo: Path, clip_seconds: float, poly_train: int, poly_eval: in
     syn["tasks"]["keywords"].update(num_classes=2, clips_per_class={"train": 2, "valid": 1, "test": 1})
     syn["tasks"]["urban"].update(clips_train=10, clips_eval=8, events_per_clip=[1, 5])  # 3 of 18 clips hold 2+ labels
     syn["tasks"]["desed"].update(num_classes=4, clips_train=2, clips_eval=2)
+    syn["tasks"]["masked"].update(clips_per_class_per_ratio={"train": 1, "eval": 1}, tmr_db=[-10.0, 0.0])
     return params, syn
 
 
@@ -104,9 +106,11 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["pretrain"]["stage2"].update(
         steps=4, batch_size=4, warmup_steps=1, checkpoint_every=5, top_k_layers=2, clone_batch=2
     )
-    params["tasks"] = {k: params["tasks"][k] for k in ("mono", "keywords", "square", "urban", "as20k")}
+    params["tasks"] = {k: params["tasks"][k] for k in ("mono", "keywords", "square", "urban", "as20k", "masked")}
     params["pretrain"]["stage2_runs"] = {"mb_ua_s0": {"variant": "mb_ua", "seed": 0}}
-    params["evaluate"].update(finetune_tasks=["square"], linear_encoders=["stage2", "mb_ua_s0", "random0", "random1"])
+    params["evaluate"].update(
+        finetune_tasks=["square"], linear_encoders=["stage2", "mb_ua_s0", "random0", "random1", "fbank_stats"]
+    )
     params["finetune"].update(epochs=2)
     params["linear_eval"].update(epochs=5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -117,13 +121,19 @@ def test_small_pipeline_end_to_end(tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["download"]["params"]["params.yaml"]["download"]["synthetic"]["num_classes"] == 10
     metrics = yaml.safe_load((repo / "metrics" / "download.json").read_text())
-    assert metrics["num_clips"] == 60 + 4 * 5 + 15 + 2 * 4 + 18 + 4
+    assert metrics["num_clips"] == 60 + 4 * 5 + 15 + 2 * 4 + 18 + 4 + 8 * 2 * 2  # ... + masked
     assert len(list((repo / "data" / "corpus").rglob("*.flac"))) == metrics["num_clips"]
     pre = yaml.safe_load((repo / "metrics" / "pretrain_stage1.json").read_text())
     assert pre["steps"] == 10 and pre["loss_curve"]["logged_steps"] == 10
     assert (repo / "checkpoints" / "stage1" / "final" / "student.safetensors").is_file()
     lin = json.loads((repo / "metrics" / "eval" / "square_linear.json").read_text())
-    assert lin["metric"] == "map" and set(lin["encoders"]) == {"stage2", "mb_ua_s0", "random0", "random1"}
+    assert lin["metric"] == "map" and set(lin["encoders"]) == {
+        "stage2",
+        "mb_ua_s0",
+        "random0",
+        "random1",
+        "fbank_stats",
+    }
     assert 0.0 < lin["encoders"]["stage2"]["map"] <= 1.0
     assert set(json.loads((repo / "metrics" / "eval" / "square_finetune.json").read_text())["encoders"]) == {
         "stage2",
@@ -141,6 +151,16 @@ def test_small_pipeline_end_to_end(tmp_path):
     report = (repo / "metrics" / "report.md").read_text()
     assert "## Table 2 (shape)" in report and "square" in report
     assert "## SSLAM vs MB-UA" in report and "| square | map |" in report
+    # the masker task: accuracy per ratio in the metrics, per-clip scores for the report, its table
+    masked = json.loads((repo / "metrics" / "eval" / "masked_linear.json").read_text())["encoders"]["stage2"]
+    assert {c: v["clips"] for c, v in masked["by_condition"].items()} == {"-10": 8, "0": 8}
+    with np.load(repo / "data" / "eval" / "masked_linear.npz") as z:
+        assert len(z["clip_id"]) == 16 and sorted(set(z["condition"].tolist())) == ["-10", "0"]
+        assert z["scores_fbank_stats"].shape == (16, 8)
+    assert "## The masker task" in report and "| masked | -10 | 8 |" in report
+    intervals = json.loads((repo / "metrics" / "report.json").read_text())["intervals"]
+    iv = intervals["square/linear/stage2"]
+    assert iv["point"] == pytest.approx(lin["encoders"]["stage2"]["map"], abs=1e-5) and iv["low"] <= iv["high"]
     run = json.loads((repo / "metrics" / "stage2_runs" / "mb_ua_s0.json").read_text())
     assert (
         run["variant"] == "mb_ua"
