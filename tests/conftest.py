@@ -5,15 +5,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_AUDIOSET = REPO.parent / "shared" / "audioset"
+AUDIOSET_LABELS = REPO / "tests" / "data" / "audioset"
 
 
 @pytest.fixture
-def shared_audioset() -> Path:
-    """The real AudioSet label files, when the shared folder is beside the repository."""
-    if not (SHARED_AUDIOSET / "ontology.json").is_file():
-        pytest.skip("../shared/audioset is not present")
-    return SHARED_AUDIOSET
+def audioset_labels() -> Path:
+    """The published AudioSet label files (ontology, class index, balanced and eval segment lists),
+    kept in the repository (tests/data/audioset/README.md says where they come from)."""
+    return AUDIOSET_LABELS
 
 
 def dvc_project(root: Path, files: dict[str, str]):

@@ -69,30 +69,30 @@ def independent_ontology(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- real files
 
 
-def test_writers_reproduce_the_published_files_byte_for_byte(shared_audioset, tmp_path):
+def test_writers_reproduce_the_published_files_byte_for_byte(audioset_labels, tmp_path):
     for name in ("eval_segments.csv", "balanced_train_segments.csv"):
-        src = shared_audioset / name
+        src = audioset_labels / name
         segments = fmt.read_segments_csv(src)
         created = src.read_text().split("\n", 1)[0].removeprefix("# Segments csv created ")
         assert fmt.format_segments_csv(segments, created) == src.read_text()
     expected_rows = {"eval_segments.csv": 20371, "balanced_train_segments.csv": 22160}
     for name, n in expected_rows.items():
-        assert len(fmt.read_segments_csv(shared_audioset / name)) == n
+        assert len(fmt.read_segments_csv(audioset_labels / name)) == n
 
-    classes = fmt.read_class_labels(shared_audioset / "class_labels_indices.csv")
+    classes = fmt.read_class_labels(audioset_labels / "class_labels_indices.csv")
     assert len(classes) == 527
     assert (
         fmt.format_class_labels(list(zip(classes["mid"], classes["display_name"])))
-        == (shared_audioset / "class_labels_indices.csv").read_text()
+        == (audioset_labels / "class_labels_indices.csv").read_text()
     )
 
-    nodes = fmt.read_ontology(shared_audioset / "ontology.json")
+    nodes = fmt.read_ontology(audioset_labels / "ontology.json")
     assert len(nodes) == 632
-    assert fmt.format_ontology(nodes) == (shared_audioset / "ontology.json").read_text()
+    assert fmt.format_ontology(nodes) == (audioset_labels / "ontology.json").read_text()
 
 
-def test_segment_ids_starting_with_dash_and_spaces_after_commas(shared_audioset):
-    segments = fmt.read_segments_csv(shared_audioset / "balanced_train_segments.csv")
+def test_segment_ids_starting_with_dash_and_spaces_after_commas(audioset_labels):
+    segments = fmt.read_segments_csv(audioset_labels / "balanced_train_segments.csv")
     first = segments[0]
     assert first.ytid == "--PJHxphWEs" and first.start_seconds == 30.0 and first.end_seconds == 40.0
     assert first.labels == ("/m/09x0r", "/t/dd00088")

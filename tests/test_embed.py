@@ -170,3 +170,23 @@ def test_evaluation_and_the_embedding_api_pool_a_clip_the_same_way(tmp_path, poo
         with torch.no_grad():
             h, _ = model.encoder(store.batch(np.arange(1)))
         assert (pool_tokens(h, model.encoder.grid, pooling, None)[0] - evaluated[0]).abs().max() > 0.05
+
+
+def test_the_cli_pools_as_told_and_as_the_api_does(tmp_path):
+    """`python -m sslam.embed <folder> <out> --pooling freq_mean`: one row per file of D x F' numbers,
+    equal to the API's scene embedding under the same pooling (the CLI's default: linear_eval.pooling)."""
+    from sslam.embed import main
+
+    model = checkpoint(tmp_path)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    wave = noise(1, 0.8, seed=5)[0].numpy()
+    sf.write(folder / "a.wav", wave, 16000, subtype="FLOAT")
+    args = [str(folder), str(tmp_path / "out.npz"), "--checkpoint", str(tmp_path / "ckpt" / "final")]
+    args += ["--params", str(REPO / "params.yaml"), "--stats", str(tmp_path / "stats.json"), "--pooling", "freq_mean"]
+    assert main(args) == 0
+    got = np.load(tmp_path / "out.npz")["embeddings"]
+    model.pooling, model.scene_embedding_size = "freq_mean", 32 * 8
+    want = get_scene_embeddings(torch.from_numpy(wave)[None].float(), model)
+    assert got.shape == (1, 32 * 8)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)

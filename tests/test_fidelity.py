@@ -102,8 +102,8 @@ def test_none_centring_is_the_reference_target():
 # ----------------------------------------------------------------------------- point 3: Table 7
 
 
-# SSLAM Table 7 (pre-training, AS-2M), read by hand from ../shared/papers/sslam-paper.md, and the
-# EAT / SSLAM reference code for what the table leaves out (../shared/reference/sslam-eat-reference-facts.md).
+# SSLAM Table 7 (pre-training, AS-2M), read by hand from the paper, and the EAT / SSLAM reference code
+# for what the table leaves out.
 TABLE7 = {
     "stage1": {
         "lr": 5e-4,

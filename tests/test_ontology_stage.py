@@ -31,10 +31,10 @@ def run_stage(tmp_path, labels, rule: str) -> dict:
     return json.loads((out / "polyphony.json").read_text())
 
 
-def test_stage_reports_the_chosen_rule(tmp_path, shared_audioset):
+def test_stage_reports_the_chosen_rule(tmp_path, audioset_labels):
     """The summary's headline percentages follow ontology.rule (figures on the published lists, as in the README)."""
-    concrete = run_stage(tmp_path, shared_audioset, "drop_both_concrete")
-    components = run_stage(tmp_path, shared_audioset, "components")
+    concrete = run_stage(tmp_path, audioset_labels, "drop_both_concrete")
+    components = run_stage(tmp_path, audioset_labels, "components")
     assert concrete["rule"] == "drop_both_concrete" and components["rule"] == "components"
     assert concrete["splits"]["balanced"]["polyphonic_percent"] == {"1": 53.89, "2": 50.92, "3": 49.04, "4": 47.65}
     assert concrete["splits"]["eval"]["polyphonic_percent"] == {"1": 54.97, "2": 51.56, "3": 49.67, "4": 48.49}

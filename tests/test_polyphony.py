@@ -170,9 +170,9 @@ def test_unknown_label_is_named(graph):
         count(graph, ["cat", "unicorn"], 1, "components")
 
 
-def test_real_audioset_figures(shared_audioset):
+def test_real_audioset_figures(audioset_labels):
     """Reproducible numbers on the published balanced and eval label files (also printed in the README)."""
-    res = analyse_folder(shared_audioset, [1, 2, 3, 4])
+    res = analyse_folder(audioset_labels, [1, 2, 3, 4])
     assert res["balanced"]["clips"] == 22160 and res["eval"]["clips"] == 20371
     assert res["balanced"]["percent"]["components"] == {"1": 62.0, "2": 53.97, "3": 49.77, "4": 48.46}
     assert res["eval"]["percent"]["drop_both"] == {"1": 54.97, "2": 44.44, "3": 39.88, "4": 38.7}
@@ -191,8 +191,8 @@ def test_real_audioset_figures(shared_audioset):
         # present (concrete) labels: the concrete reading differs from drop_both only from L=2
         assert res[split]["percent"]["drop_both_concrete"]["1"] == res[split]["percent"]["drop_both"]["1"]
     # an independent count for one cell: clips whose labels hold >= 2 labels with no parent/child pair at L=1
-    graph = OntologyGraph.from_nodes(read_ontology(shared_audioset / "ontology.json"))
-    segs = read_segments_csv(shared_audioset / "eval_segments.csv")
+    graph = OntologyGraph.from_nodes(read_ontology(audioset_labels / "ontology.json"))
+    segs = read_segments_csv(audioset_labels / "eval_segments.csv")
     n = 0
     for s in segs:
         labs = set(s.labels)
