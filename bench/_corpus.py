@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sslam.config import SyntheticConfig
+from sslam.config.base import load_sections, merged
+from sslam.config.data import DownloadParams
 from sslam.data.synthetic import generate_corpus
 
 # every downstream task at a token size: the benchmarks time pretraining splits or one chosen task
@@ -24,6 +25,7 @@ def synthetic_corpus(
     """Generate the AudioSet-shaped ``splits`` (clips per split; the others empty) and token-sized tasks;
     ``synthetic`` overrides other ``download.synthetic`` keys (e.g. ``clip_seconds``)."""
     sizes = {"unbalanced": 0, "balanced": 0, "eval": 0} | splits
-    cfg = SyntheticConfig.model_validate({"clips": sizes, "tasks": TINY_TASKS, **synthetic})
+    base = load_sections(DownloadParams, Path(__file__).resolve().parent.parent / "params.yaml").download.synthetic
+    cfg = merged(base, {"clips": sizes, "tasks": TINY_TASKS, **synthetic})
     generate_corpus(cfg, out_dir, sample_rate, workers=workers)
     return out_dir

@@ -21,7 +21,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sslam.config import ModelConfig, load_config
+from sslam.config.model import ModelConfig
+from sslam.config.params import load_config
 from sslam.embed import load_model
 from sslam.models.student import Student
 

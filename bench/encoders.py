@@ -1,6 +1,6 @@
-"""Benchmark: the three encoders (Transformer, Mamba, xLSTM) at the same width, forward + backward,
-from 256 to 16,384 tokens with the batch fixed; and the parallel selective scan against the
-step-by-step scan.
+"""Benchmark: every registered encoder (the Transformer, the Mamba, the xLSTM built in) at the same width,
+forward + backward, from 256 to 16,384 tokens with the batch fixed; and the parallel selective scan against
+the step-by-step scan.
 
 Prints, in one run:
 - per encoder and token count: forward+backward seconds and peak resident memory (each measurement in
@@ -25,30 +25,41 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from sslam.config import ModelConfig
-from sslam.models.contract import build_encoder
+from sslam.config.base import merged
+from sslam.config.model import ModelConfig
+from sslam.config.params import load_config
+from sslam.models.registry import ENCODERS, build_encoder
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def encoder_config(name: str, dim: int, depth: int) -> ModelConfig:
-    return ModelConfig(
-        encoder=name,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=4,
-        decoder_groups=4,
-        mamba={
-            "d_state": 16,
-            "d_conv": 4,
-            "expand": 2,
-            "bidirectional": True,
-            "norm": "layernorm",
-            "cls_position": "start",
+    """params.yaml's model section at the benchmark's width and depth; the Mamba at SSAMBA's block and the
+    xLSTM at the overview's expansion (the sizes docs/models.md reports), any other encoder as params.yaml."""
+    return merged(
+        load_config(PARAMS).model,
+        {
+            "encoder": name,
+            "masked_tokens": "auto",
+            "embed_dim": dim,
+            "depth": depth,
+            "num_heads": 4,
+            "decoder_groups": 4,
+            "mamba": {
+                "d_state": 16,
+                "d_conv": 4,
+                "expand": 2,
+                "bidirectional": True,
+                "norm": "layernorm",
+                "cls_position": "start",
+            },
+            "xlstm": {"num_heads": 4, "expand": 2, "conv_kernel": 4, "cls_position": "none"},
         },
-        xlstm={"num_heads": 4, "expand": 2, "conv_kernel": 4, "cls_position": "none"},
     )
 
 
@@ -124,7 +135,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads"
     )
     table: dict[str, dict[int, dict]] = {}
-    for name in ("transformer", "mamba", "xlstm"):
+    for name in ENCODERS:
         table[name] = {}
         for n in sizes:
             cmd = [

@@ -25,10 +25,10 @@ import torch
 from _corpus import synthetic_corpus
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.config import load_config
+from sslam.config.params import load_config
 from sslam.data.manifest import read_manifest
-from sslam.features.dataset import FeatureStore, ShardedSampler
 from sslam.features.fbank import kaldi_fbank
+from sslam.features.reader import FeatureStore, ShardedSampler
 from sslam.features.store import build_features, pad_or_crop
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from _corpus import TINY_TASKS
 
-from sslam.config import Config, load_config
+from sslam.config.params import Config, load_config
 from sslam.data.synthetic import generate_corpus
 from sslam.downstream.encoder import Head, embed, load_encoder, pool, pooled_dim, valid_frames
 from sslam.downstream.linear import shuffled_batches

@@ -28,8 +28,8 @@ import torch
 from _corpus import synthetic_corpus
 from accelerate import Accelerator
 
-from sslam.config import load_config
-from sslam.features.dataset import FeatureStore
+from sslam.config.params import load_config
+from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features
 from sslam.models.student import Student, make_teacher
 from sslam.pretrain.loop import MicroBatches

@@ -29,8 +29,10 @@ import torch
 from _corpus import synthetic_corpus
 from torch import nn
 
-from sslam.config import Config, MaskConfig, StageConfig, load_config
-from sslam.features.dataset import FeatureStore
+from sslam.config.base import merged
+from sslam.config.params import Config, load_config
+from sslam.config.pretrain import MaskConfig, StageConfig
+from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features
 from sslam.models.student import Student, make_teacher
 from sslam.pretrain.losses import cls_loss, patch_loss
@@ -108,7 +110,7 @@ def run_variant(variant: str, clones: int, steps: int, params: str, batch_file: 
     teacher = make_teacher(student)
     mask_token = nn.Parameter(torch.zeros(1, 1, cfg.model.embed_dim))
     opt = torch.optim.AdamW(list(student.parameters()) + [mask_token], lr=1e-4)
-    stage = cfg.pretrain.stage1.model_copy(update={"clone_batch": clones, "center_targets": "none"})
+    stage = merged(cfg.pretrain.stage1, {"clone_batch": clones, "center_targets": "none"})
     x = torch.from_numpy(np.load(batch_file))
     t0 = None
     for step in range(steps + 1):

@@ -14,10 +14,12 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from sslam.config import SyntheticConfig
+from sslam.config.base import load_sections, merged
+from sslam.config.data import DownloadParams
 from sslam.data.sounds import bandpass_noise
 from sslam.data.synthetic import generate_corpus
 
@@ -51,14 +53,16 @@ def main() -> None:
         f"-> {fir_s / fft_s:.1f}x faster"
     )
 
-    cfg = SyntheticConfig.model_validate(
+    base = load_sections(DownloadParams, Path(__file__).resolve().parent.parent / "params.yaml").download.synthetic
+    cfg = merged(
+        base,
         {
             "clips": {"unbalanced": args.clips, "balanced": 0, "eval": 0},
             "tasks": {
                 "mono": {"num_classes": 8, "clips_per_class_per_fold": 1},
                 "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1},
             },
-        }
+        },
     )
     workers = os.cpu_count() or 1
     times = {}

@@ -1,9 +1,10 @@
 """DVC stage `dataset@<name>`: one real dataset, in its published layout, as its own one-task corpus.
 
-Lists the clips with the format's reader (splits or folds, labels), converts each to mono FLAC at the
-corpus rate, caches the log-mel at the dataset's target_frames and writes data/datasets/<name>/ with
-its failures table. Resumable: converted clips and finished shards are kept (the output is persisted),
-each only while this stage's code and params and its source file's content are what made it.
+Lists the clips with the format's layout (``src/sslam/data/layouts/<format>.py``: splits or folds,
+labels), converts each to mono FLAC at the corpus rate (``sslam.data.datasets``), then caches the log-mel
+at the dataset's target_frames (``sslam.features``) and writes data/datasets/<name>/ with its failures
+table. Resumable: converted clips and finished shards are kept (the output is persisted), each only while
+this stage's code and params, the layout's code and its source file's content are what made it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,67 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sslam.config import load_config_or_exit
+from sslam.config.params import load_config_or_exit
+
+if TYPE_CHECKING:
+    from sslam.config.downstream import DatasetConfig
+    from sslam.config.features import FeaturesConfig
+    from sslam.provenance import HashCache
+
+
+def build_dataset(
+    name: str,
+    cfg: DatasetConfig,
+    features: FeaturesConfig,
+    sample_rate: int,
+    out_dir: str | Path,
+    workers: int = 1,
+    inputs: str = "",
+    hash_cache: HashCache | None = None,
+) -> dict:
+    """List, convert and cache one dataset as a one-task corpus in ``out_dir``: ``tasks/<name>/`` and
+    ``failures.csv`` (the data half, :func:`sslam.data.datasets.convert_dataset`), then ``features/`` (the
+    sharded store at the dataset's ``target_frames``; statistics pinned, or over the training clips' valid
+    frames). Returns the summary for metrics. ``inputs``: the code and params digest; converted clips and
+    shards made from other inputs are made again."""
+    from sslam.data.datasets import convert_dataset
+    from sslam.data.layouts import DatasetLayoutError
+    from sslam.features.reader import FeatureStore
+    from sslam.features.stats import valid_frame_stats
+    from sslam.features.store import build_features
+    from sslam.io import write_json_atomic
+
+    out_dir = Path(out_dir)
+    converted = convert_dataset(
+        name, cfg, sample_rate, out_dir, features.frame_length_ms, workers=workers, inputs=inputs, hash_cache=hash_cache
+    )
+    summary = build_features(
+        out_dir, out_dir / "features", features, sample_rate, workers=workers, inputs=inputs, hash_cache=hash_cache
+    )
+    stats = summary["stats"]
+    if cfg.norm_mean is None:  # statistics of the training clips only (all folds under cross-validation)
+        store = FeatureStore(out_dir / "features", f"tasks/{name}")
+        picked = [i for i, s in enumerate(store.index["split"]) if converted.listing.trains_on(s)]
+        if not picked:
+            raise DatasetLayoutError(f"{cfg.root}: no decodable training clips to compute statistics from")
+        st = valid_frame_stats((store.raw(i), store.frames(i)) for i in picked)
+        stats = {"mean": round(st.mean, 6), "std": round(max(st.std, 1e-6), 6), "source": "training clips"}
+        write_json_atomic(out_dir / "features" / "stats.json", stats)
+    return {**converted.summary(), "stats": stats}
+
+
+def layout_digest(fmt: str) -> str:
+    """The code of format ``fmt``'s layout module and what it imports: found by name at run time, so the
+    stage's own import closure cannot see it."""
+    import inspect
+
+    from sslam.data.layouts import get_layout
+    from sslam.provenance import code_digest
+
+    return code_digest(inspect.getsourcefile(get_layout(fmt).list_clips))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,22 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.name not in cfg.datasets:
         print(f"dataset: {args.name!r} is not in params.yaml datasets ({sorted(cfg.datasets)})", file=sys.stderr)
         return 2
-    from sslam.data.datasets import DatasetLayoutError, build_dataset
+    from sslam.data.layouts import DatasetLayoutError
     from sslam.io import write_json_atomic
     from sslam.provenance import default_hash_cache, stage_digest
 
+    dataset = cfg.datasets[args.name]
     corpus, _ = cfg.task_location(args.name)
     t0 = time.perf_counter()
     digest = stage_digest(__file__, f"dataset@{args.name}", args.params)
     try:
         summary = build_dataset(
             args.name,
-            cfg.datasets[args.name],
+            dataset,
             cfg.task_features(args.name),
             cfg.data.sample_rate,
             corpus,
             workers=args.workers,
-            inputs=f"{digest['code']}:{digest['params']}",
+            inputs=f"{digest['code']}:{layout_digest(dataset.format)}:{digest['params']}",
             hash_cache=default_hash_cache(),
         )
     except (DatasetLayoutError, FileNotFoundError, ValueError) as err:

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from sslam.config import load_config_or_exit
+from sslam.config.base import exit_on_error, load_sections
+from sslam.config.data import DownloadParams
 from sslam.data.manifest import write_failures
 from sslam.io import write_json_atomic
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--shard", default="0/1", help="audioset only: this machine's part i/N of the segment list")
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.params)
+    cfg = exit_on_error(load_sections, DownloadParams, args.params)
 
     out = Path(cfg.data.corpus_dir)
     source = cfg.download.source

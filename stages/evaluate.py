@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslam.config import load_config_or_exit
+from sslam.config.params import load_config_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:

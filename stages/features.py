@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-from sslam.config import load_config_or_exit
+from sslam.config.base import exit_on_error, load_sections
+from sslam.config.features import FeaturesParams
 from sslam.features.store import build_features
 from sslam.io import write_json_atomic
 from sslam.provenance import default_hash_cache, stage_digest
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="metrics/features.json")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (results do not depend on it)")
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.params)
+    cfg = exit_on_error(load_sections, FeaturesParams, args.params)
     t0 = time.perf_counter()
     digest = stage_digest(__file__, "features", args.params)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslam.config import load_config_or_exit
+from sslam.config.params import load_config_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.name not in cfg.imports:
         print(f"import_weights: {args.name!r} is not in params.yaml imports ({sorted(cfg.imports)})", file=sys.stderr)
         return 2
-    from sslam.released import CheckpointError, import_checkpoint
+    from sslam.checkpoints import final_folder
+    from sslam.interop import CheckpointError, import_checkpoint
 
     entry = cfg.imports[args.name]
     try:
         meta = import_checkpoint(
-            entry.path, f"{args.checkpoints}/{args.name}/final", entry.weights, entry.num_heads, entry.overrides()
+            entry.path, final_folder(args.checkpoints, args.name), entry.weights, entry.num_heads, entry.overrides()
         )
     except (CheckpointError, FileNotFoundError) as err:
         print(f"import_weights {args.name} (imports.{args.name}.path): {err}", file=sys.stderr)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslam.config import load_config_or_exit
+from sslam.config.base import exit_on_error, load_sections
+from sslam.config.data import OntologyParams
 from sslam.data.polyphony import PAPER_PERCENT, RULES, analyse_folder
 from sslam.io import write_json_atomic
 from sslam.report.polyphony import markdown_table, write_outputs
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", default=None, help="label folder to analyse instead of data.corpus_dir")
     ap.add_argument("--metrics-dir", default="metrics")
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.params)
+    cfg = exit_on_error(load_sections, OntologyParams, args.params)
     folder = args.labels or cfg.data.corpus_dir
     levels, rule = cfg.ontology.levels, cfg.ontology.rule
     try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslam.config import load_config_or_exit
+from sslam.config.base import exit_on_error, load_sections
+from sslam.config.data import DataParams
 from sslam.report.corpus import plot_corpus_overview
 
 
@@ -14,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="metrics/plots/corpus_overview.png")
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.params)
+    cfg = exit_on_error(load_sections, DataParams, args.params)
     plot_corpus_overview(cfg.data.corpus_dir, args.out)
     print(f"overview -> {args.out}")
     return 0

@@ -12,85 +12,30 @@ per-step curves with dvclive in `metrics/<stage>_live/`, and `metrics/pretrain_<
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import shutil
-import statistics
 import sys
 from pathlib import Path
 
-from sslam.config import load_config_or_exit
+from sslam.config.base import exit_on_error, load_sections, merged
+from sslam.config.pretrain import PretrainParams
 
 INPUTS_ENV = "SSLAM_STAGE_INPUTS"  # the stage's code/params/data digests, computed once and handed to workers
 
 
-def curve_values(tsv: Path, column: str | None = None) -> list[float]:
-    """The values of a TSV curve: ``column``, or a dvclive file's one value column."""
-    with open(tsv) as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    if not rows:
-        return []
-    name = column or [c for c in rows[0] if c not in ("timestamp", "step")][0]
-    return [float(r[name]) for r in rows]
-
-
-def curve_summary(tsv: Path, window: int = 10) -> dict:
-    """First and last `window` logged values of a dvclive curve: did the loss fall?"""
-    vals = curve_values(tsv)
-    w = max(1, min(window, len(vals) // 2))
-    return {"first": round(sum(vals[:w]) / w, 5), "last": round(sum(vals[-w:]) / w, 5), "logged_steps": len(vals)}
-
-
-def final_diagnostics(cfg, stage: str, features: str, final: Path, clips: int = 64) -> dict:
-    """How much of the final teacher's targets position alone explains, and the student's loss beside it."""
-    import numpy as np
-    import torch
-    from safetensors.torch import load_file
-
-    from sslam.features.dataset import FeatureStore
-    from sslam.models.student import Student, make_teacher
-    from sslam.pretrain.diagnostics import target_diagnostics
-    from sslam.pretrain.targets import PositionCentring
-
-    store = FeatureStore(features, cfg.pretrain.train_set)
-    x = store.batch(np.arange(min(clips, len(store))))
-    student = Student(cfg.model, x.shape[1], x.shape[2])
-    student.load_state_dict(load_file(final / "student.safetensors"))
-    teacher = make_teacher(student)
-    teacher.load_state_dict(load_file(final / "teacher.safetensors"))
-    scfg = getattr(cfg.pretrain, stage)
-    centring = PositionCentring(scfg.center_targets, scfg.center_momentum)
-    if (final / "centring.safetensors").is_file():
-        centring.load_state_dict(load_file(final / "centring.safetensors"))
-    with torch.random.fork_rng():
-        return target_diagnostics(
-            student, teacher, x, scfg.top_k_layers, cfg.mask, seed=cfg.pretrain.seed, centring=centring
-        )
-
-
 def pass_through(cfg, init: Path, ckpt: Path, metrics_file: Path, live_dir: Path) -> int:
-    """Stage 2 of a raw-patch objective (``ssast``, ``msm``): SSLAM's stage 2 builds on the bootstrap
-    objective only, so the stage-1 checkpoint goes on unchanged, and the metrics say so."""
+    """Stage 2 of a raw-patch objective: the stage-1 checkpoint goes on (sslam.pretrain.outputs.pass_through)."""
     from accelerate import PartialState
 
-    from sslam.io import write_json_atomic
-    from sslam.pretrain.checkpoint import pass_through_final
+    from sslam.pretrain.outputs import pass_through as hand_on
 
     if not PartialState().is_main_process:
         return 0
     try:
-        pass_through_final(init, ckpt, {"passed_through_from": str(init), "objective": cfg.pretrain.objective})
+        hand_on(cfg, init, ckpt, metrics_file, live_dir)
     except FileNotFoundError as err:
         print(f"pretrain: {err}", file=sys.stderr)
         return 2
-    curves = live_dir / "plots" / "metrics"  # the stage's declared output: empty, no curve of an earlier run
-    shutil.rmtree(curves, ignore_errors=True)
-    curves.mkdir(parents=True)
-    write_json_atomic(
-        metrics_file,
-        {"steps": 0, "objective": cfg.pretrain.objective, "checkpoint": "stage1", "variant": "none"},
-    )
     print(f"pretrain stage 2: objective {cfg.pretrain.objective} has no stage 2; {ckpt}/final = {init}")
     return 0
 
@@ -107,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-after", type=int, default=None, help="stop after this step (testing resume)")
     ap.add_argument("--run", default=None, help="stage 2: a key of pretrain.stage2_runs (its variant and seed)")
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.params)
+    cfg = exit_on_error(load_sections, PretrainParams, args.params)
     from sslam.launch import LaunchError, is_worker, launch
     from sslam.provenance import default_hash_cache, stage_digest
 
@@ -149,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.stage2_run(args.run)})
+        cfg = merged(cfg, {"pretrain": cfg.pretrain.stage2_run(args.run).model_dump()})
         name, metrics_file = args.run, Path(args.metrics_dir) / "stage2_runs" / f"{args.run}.json"
         live_dir = Path(args.metrics_dir) / "stage2_runs" / f"{args.run}_live"
     ckpt = Path(args.checkpoints or f"checkpoints/{name}")
@@ -178,37 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from accelerate import PartialState
 
+    from sslam.pretrain.outputs import median_throughput, stage_summary
+
     if PartialState().is_main_process and args.stop_after is None:
-        curves = live_dir / "plots" / "metrics" / args.stage
-        summary = {
-            "steps": result.steps,
-            "seed": cfg.pretrain.seed,
-            "final": {
-                t.stem: round(curve_values(t)[-1], 5)
-                for t in sorted(curves.glob("*.tsv"))
-                if t.stem not in ("lr", "ema_decay")
-            },
-            "loss_curve": curve_summary(curves / "loss.tsv"),
-            "objective": cfg.pretrain.objective,
-            "checkpoint": name,
-            "world_size": result.world_size,
-            "replicas_identical": result.replicas_identical,
-            "global_batch": result.world_size
-            * getattr(cfg.pretrain, args.stage).batch_size
-            * getattr(cfg.pretrain, args.stage).grad_accum,
-        }
-        if cfg.pretrain.objective == "bootstrap":  # what the teacher's targets hold: bootstrap only
-            summary["target_diagnostics"] = final_diagnostics(cfg, args.stage, args.features, ckpt / "final")
-        # throughput is a timing, not science: printed and in metrics/timings/ (not tracked), never in the
-        # metrics; the median over logged steps is also right when this call only resumed a finished run
-        speed = statistics.median(curve_values(timings, "samples_per_s")) if timings.is_file() else float("nan")
-        if args.stage == "stage2":
-            summary["variant"] = cfg.pretrain.stage2.variant
+        summary = stage_summary(cfg, args.stage, name, result, live_dir, args.features, ckpt / "final")
         write_json_atomic(metrics_file, summary)
-        # where this call resumed from is how it ran, not what it computed: printed, not a metric
+        # where this call resumed from and its throughput are how it ran, not what it computed: printed only
         print(
             f"pretrain {name}: {result.steps} steps (this call from step {result.resumed_from}), loss "
-            f"{summary['loss_curve']['first']:.4f} -> {summary['loss_curve']['last']:.4f}, {speed:.1f} clips/s"
+            f"{summary['loss_curve']['first']:.4f} -> {summary['loss_curve']['last']:.4f}, "
+            f"{median_throughput(timings):.1f} clips/s"
         )
     return 0
 

@@ -7,33 +7,31 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO
+from conftest import REPO, section
 
 
 def tiny_setup(root: Path, steps: int = 12, checkpoint_every: int = 4) -> tuple[Path, Path]:
     """Returns (params.yaml path, features dir) for a 2-block, 32-dim model on 64-frame clips."""
-    from sslam.config import FeaturesConfig, SyntheticConfig
     from sslam.data.synthetic import generate_corpus
     from sslam.features.store import build_features
 
     corpus, feats = root / "corpus", root / "features"
     if not (feats / "stats.json").is_file():
-        syn = SyntheticConfig.model_validate(
-            {
-                "num_classes": 8,
-                "clip_seconds": 1.0,
-                "clips": {"unbalanced": 32, "balanced": 4, "eval": 4},
-                "tasks": {
-                    "mono": {"num_classes": 2, "clips_per_class_per_fold": 1},
-                    "keywords": {"num_classes": 2, "clips_per_class": {"train": 1, "valid": 1, "test": 1}},
-                    "urban": {"clips_train": 1, "clips_eval": 1},
-                    "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
-                    "poly": {"environments": ["square"], "clips_train": 2, "clips_eval": 2},
-                },
-            }
+        syn = section(
+            "download.synthetic",
+            num_classes=8,
+            clip_seconds=1.0,
+            clips={"unbalanced": 32, "balanced": 4, "eval": 4},
+            tasks={
+                "mono": {"num_classes": 2, "clips_per_class_per_fold": 1},
+                "keywords": {"num_classes": 2, "clips_per_class": {"train": 1, "valid": 1, "test": 1}},
+                "urban": {"clips_train": 1, "clips_eval": 1},
+                "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
+                "poly": {"environments": ["square"], "clips_train": 2, "clips_eval": 2},
+            },
         )
         generate_corpus(syn, corpus, 16000)
-        build_features(corpus, feats, FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
+        build_features(corpus, feats, section("features", target_frames=64, shard_size=16, store_waveforms=True), 16000)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["corpus_dir"] = str(corpus)
     params["model"].update(embed_dim=32, depth=2, num_heads=2, decoder_layers=2, decoder_groups=4)

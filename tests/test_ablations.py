@@ -6,7 +6,8 @@ import json
 
 from conftest import dvc_project
 
-from sslam.report.ablations import main, runs_from_exp_show
+from sslam.experiments.ablations import main
+from sslam.experiments.runs import runs_from_exp_show
 
 MAKE = """import json, yaml
 p = yaml.safe_load(open("params.yaml"))

@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO
+from conftest import REPO, section
 
-from sslam.config import AudiosetConfig
+from sslam.config.data import AudiosetConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.audioset_download import (
     RateLimiter,
@@ -216,7 +216,7 @@ def config(server: MediaServer, labels: Path, ext: str = "mp4", **kw) -> Audiose
         socket_timeout_s=10.0,
     )
     base.update(kw)
-    return AudiosetConfig.model_validate(base)
+    return section("download.audioset", **base)
 
 
 def dominant(x: np.ndarray) -> float:
@@ -278,11 +278,13 @@ def test_rate_limiter_spaces_requests():
 def test_cookies_proxy_and_format_reach_yt_dlp(tmp_path):
     from sslam.data.audioset_download import SegmentDownloader
 
-    cfg = AudiosetConfig.model_validate({"cookies": "/x/cookies.txt", "proxy": "socks5://127.0.0.1:1080"})
+    cfg = section("download.audioset", cookies="/x/cookies.txt", proxy="socks5://127.0.0.1:1080")
     opts = SegmentDownloader(cfg, tmp_path, SR, RateLimiter(0)).ydl_options(tmp_path)
     assert opts["cookiefile"] == "/x/cookies.txt" and opts["proxy"] == "socks5://127.0.0.1:1080"
     assert opts["format"] == "bestaudio/best" and opts["retries"] == 0
-    assert "cookiefile" not in SegmentDownloader(AudiosetConfig(), tmp_path, SR, RateLimiter(0)).ydl_options(tmp_path)
+    assert "cookiefile" not in SegmentDownloader(
+        section("download.audioset"), tmp_path, SR, RateLimiter(0)
+    ).ydl_options(tmp_path)
 
 
 def test_bounded_pool_runs_every_item_with_at_most_workers_at_once():
@@ -306,9 +308,9 @@ def test_bounded_pool_runs_every_item_with_at_most_workers_at_once():
 
 def test_url_template_is_validated():
     with pytest.raises(ValueError, match="url_template"):
-        AudiosetConfig.model_validate({"url_template": "file:///etc/{ytid}"})
+        section("download.audioset", url_template="file:///etc/{ytid}")
     with pytest.raises(ValueError, match="url_template"):
-        AudiosetConfig.model_validate({"url_template": "https://x/{id}"})
+        section("download.audioset", url_template="https://x/{id}")
 
 
 # ----------------------------------------------------------------------------- against the server

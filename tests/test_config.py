@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Iterator
+from typing import Annotated, Any, get_args, get_origin
 
 import pytest
 import yaml
 from conftest import REPO
+from pydantic import ValidationError
 
-from sslam.config import Config, ConfigError, load_config, parse_config, set_dotted
+from sslam.config.base import ConfigError, Section, merged, set_dotted
+from sslam.config.params import Config, load_config, parse_config
 
 
 @pytest.fixture
@@ -16,7 +21,7 @@ def raw() -> dict:
 
 def test_params_file_is_valid_and_complete(raw):
     cfg = load_config(REPO / "params.yaml")
-    # every key in params.yaml is explicit: the file and the typed defaults agree on the key set
+    # every section of the schema is in the file, and nothing else
     assert set(raw) == set(Config.model_fields)
     assert cfg.mix.strategy == raw["mix"]["strategy"]
     assert cfg.download.synthetic.clips.unbalanced == raw["download"]["synthetic"]["clips"]["unbalanced"]
@@ -106,7 +111,7 @@ def test_audioset_profile_validates_and_prints_dvc_flags(capsys):
 
 def test_params_survive_the_yaml_round_trip_of_dvc_exp_run(tmp_path):
     """`dvc exp run -S` rewrites params.yaml with ruamel.yaml; YAML 1.1 readers then see bare no/yes/on
-    as booleans. Every default must still validate after that round trip."""
+    as booleans. Every value must still validate after that round trip."""
     import io
 
     from ruamel.yaml import YAML
@@ -120,17 +125,8 @@ def test_params_survive_the_yaml_round_trip_of_dvc_exp_run(tmp_path):
     assert cfg.mix.strategy == "average" and cfg.pretrain.mixed_precision == "fp32"
 
 
-def test_downstream_recipe_defaults_equal_params_yaml():
-    """params.yaml is the single source of truth: the typed defaults of the two recipes are its values."""
-    from sslam.config import FinetuneConfig, LinearEvalConfig
-
-    cfg = load_config(REPO / "params.yaml")
-    assert FinetuneConfig() == cfg.finetune
-    assert LinearEvalConfig() == cfg.linear_eval
-    assert cfg.linear_eval.protocol == "cached"
-
-
 def test_cached_linear_eval_refuses_input_augmentation(raw):
+    assert parse_config(raw).linear_eval.protocol == "cached"  # params.yaml's recipe
     with pytest.raises(ConfigError, match=r"linear_eval.*protocol 'cached'"):
         parse_config(set_dotted(copy.deepcopy(raw), "linear_eval.mixup", True), "params.yaml")
     cfg = parse_config(
@@ -169,33 +165,110 @@ def test_audioset_profile_sets_the_paper_downstream_recipes():
     )
 
 
-def _diff(a, b, prefix=""):
-    """Dotted keys where two nested mappings differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if a == b else [f"{prefix}: code {a!r} vs params.yaml {b!r}"]
+# ----------------------------------------------------------------------------- values live in params.yaml only
+
+# Entries a user adds (a task, a dataset, an import, a stage-2 run and their recipe overrides) are values of
+# mappings and state only what differs, so their schemas have defaults: the walk below does not enter them.
 
 
-def test_code_defaults_equal_params_yaml_everywhere():
-    """params.yaml is the one source of truth: a Config() built without it (a test, a notebook, a key
-    deleted from params.yaml) runs exactly the configured setup. Compared key by key, nested."""
-    from sslam.config import Config, load_config
+def _section_types(annotation: Any) -> list[type[Section]]:
+    """The sections an annotation holds itself or in a union; not the values of a mapping (user entries)."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return [annotation]
+    origin = get_origin(annotation)
+    if origin is dict:
+        return []
+    if origin is Annotated:
+        return _section_types(get_args(annotation)[0])
+    return [t for arg in get_args(annotation) for t in _section_types(arg)]
 
-    diffs = _diff(Config().model_dump(), load_config(REPO / "params.yaml").model_dump())
-    assert not diffs, "config.py defaults disagree with params.yaml:\n" + "\n".join(diffs)
+
+def _sections(model: type[Section], path: str = "") -> Iterator[tuple[str, type[Section]]]:
+    """(dotted path, schema) of ``model`` and of every section nested in it."""
+    yield path, model
+    for name, field in model.model_fields.items():
+        for sub in _section_types(field.annotation):
+            yield from _sections(sub, f"{path}.{name}" if path else name)
 
 
-def test_imports_are_encoders_and_a_file_path_is_told_where_to_go():
-    cfg = parse_config(
-        {"imports": {"sslam": {"path": "released/SSLAM_pretrain"}}, "evaluate": {"linear_encoders": ["sslam"]}}
-    )
+def test_no_value_params_yaml_carries_has_a_default_in_the_schema():
+    """A key deleted from params.yaml is an error, never a value from the code: no schema of a section
+    the file carries has a default (only the entries users add do)."""
+    visited = dict(_sections(Config))
+    assert {"model.xlstm", "pretrain.stage2", "download.synthetic.tasks.masked"} <= set(visited)  # the walk goes deep
+    defaults = [
+        f"{path}.{name}" if path else name
+        for path, model in visited.items()
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    ]
+    assert not defaults, f"schema defaults for values params.yaml holds: {defaults}"
+
+
+def _without(tree: dict, dotted: str) -> dict:
+    """A copy of ``tree`` without the key ``dotted``."""
+    out = copy.deepcopy(tree)
+    *parents, last = dotted.split(".")
+    node = out
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return out
+
+
+def test_every_key_deleted_from_params_yaml_is_named_missing(raw):
+    """Each key of each section, deleted alone, is the one error, named by its dotted key."""
+    keys = [f"{path}.{name}" if path else name for path, model in _sections(Config) for name in model.model_fields]
+    assert len(keys) > 200 and {"features.norm_mean", "pretrain.stage2.variant", "tasks"} <= set(keys)
+    for key in keys:
+        parent = functools.reduce(lambda n, k: n.get(k) if isinstance(n, dict) else None, key.split(".")[:-1], raw)
+        if not isinstance(parent, dict):  # inside a section params.yaml leaves null (stage1.clone_batch)
+            continue
+        with pytest.raises(ConfigError) as err:
+            parse_config(_without(raw, key), "params.yaml")
+        assert str(err.value) == (
+            "params.yaml: 1 invalid value(s):\n"
+            f"  - {key}: missing: params.yaml holds every value (copy the key from the repository's params.yaml)"
+        )
+
+
+@pytest.mark.parametrize("key", ["model.embed_dim", "pretrain.crop_seconds", "download.synthetic.tasks.masked.tmr_db"])
+def test_a_missing_key_says_where_its_value_comes_from(tmp_path, raw, key):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(_without(raw, key)))
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert msg.startswith(f"{p}: 1 invalid value(s):") and f"{key}: missing" in msg
+    assert "copy the key from the repository's params.yaml" in msg
+
+
+def test_merged_validates_what_model_copy_would_not():
+    """``merged`` (how code and tests change a section) checks the result as a params file would."""
+    cfg = load_config(REPO / "params.yaml")
+    stage = merged(cfg.pretrain.stage2, {"steps": 20, "warmup_steps": 5})
+    assert type(stage) is type(cfg.pretrain.stage2) and (stage.steps, stage.warmup_steps) == (20, 5)
+    assert stage.model_dump() == {**cfg.pretrain.stage2.model_dump(), "steps": 20, "warmup_steps": 5}
+    assert cfg.model.model_copy(update={"num_heads": 5}).num_heads == 5  # unchecked: what merged prevents
+    with pytest.raises(ValidationError, match=r"must be divisible by num_heads \(5\)"):
+        merged(cfg.model, {"num_heads": 5})
+    with pytest.raises(ValidationError, match="warmup_steps"):
+        merged(cfg.pretrain.stage1, {"steps": 2})  # warm-up 30 > 2 steps
+    with pytest.raises(ValidationError, match="strategy"):
+        merged(cfg.mix, {"strategy": "foo"})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        merged(cfg.mix, {"stratgy": "max"})
+    with pytest.raises(ValidationError, match="integer"):
+        merged(cfg.model, {"depth": "2"})  # strict, as a params file
+
+
+def test_imports_are_encoders_and_a_file_path_is_told_where_to_go(raw):
+    imported = set_dotted(raw, "imports", {"sslam": {"path": "released/SSLAM_pretrain"}})
+    cfg = parse_config(set_dotted(imported, "evaluate.linear_encoders", ["sslam"]))
     assert cfg.imports["sslam"].overrides() == {} and cfg.imports["sslam"].weights == "student"
     with pytest.raises(ConfigError, match=r"imports: \{released: \{path: released/SSLAM_pretrain\}\}"):
-        parse_config({"evaluate": {"linear_encoders": ["file:released/SSLAM_pretrain"]}})
+        parse_config(set_dotted(raw, "evaluate.linear_encoders", ["file:released/SSLAM_pretrain"]))
     with pytest.raises(ConfigError, match=r"imports \['stage2'\]: the name of a pretraining run"):
-        parse_config({"imports": {"stage2": {"path": "x"}}})
+        parse_config(set_dotted(raw, "imports", {"stage2": {"path": "x"}}))
     with pytest.raises(ConfigError, match=r"evaluate.finetune_encoders \['eat'\].*imports \(\[\]\)"):
-        parse_config({"evaluate": {"finetune_encoders": ["eat"]}})
+        parse_config(set_dotted(raw, "evaluate.finetune_encoders", ["eat"]))

@@ -4,6 +4,7 @@ checked against values worked out by hand."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,24 +12,40 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import REPO
 from dataset_layouts import BUILDERS
 
-from sslam.config import Config, TaskConfig
-from sslam.data.datasets import (
-    DatasetLayoutError,
-    build_dataset,
-    list_esc50,
-    list_fsd50k,
-    list_hear,
-    list_spass,
-    list_speech_commands,
-    list_strong_tsv,
-    list_urban_sed,
-)
+from sslam.config.base import merged
+from sslam.config.downstream import TaskConfig
+from sslam.config.params import Config, load_config
 from sslam.data.folder import convert_file
+from sslam.data.layouts import DatasetLayoutError
+from sslam.data.layouts.esc50 import list_esc50
+from sslam.data.layouts.fsd50k import list_fsd50k
+from sslam.data.layouts.hear import list_hear
+from sslam.data.layouts.spass import list_spass
+from sslam.data.layouts.speech_commands import list_speech_commands
+from sslam.data.layouts.strong_tsv import list_strong_tsv
+from sslam.data.layouts.urban_sed import list_urban_sed
 from sslam.data.manifest import read_manifest
 from sslam.downstream.tasks import task_event_counts
-from sslam.features.dataset import FeatureStore
+from sslam.features.reader import FeatureStore
+
+
+def _stage():
+    """``stages/dataset.py`` as a module: the stage's own ``build_dataset`` (convert, then cache)."""
+    spec = importlib.util.spec_from_file_location("dataset_stage", REPO / "stages" / "dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_dataset = _stage().build_dataset
+
+
+def with_datasets(datasets: dict) -> Config:
+    """The repository's params.yaml with these ``datasets`` entries, validated."""
+    return merged(load_config(REPO / "params.yaml"), {"datasets": datasets})
 
 
 def wav(path: Path, seconds: float = 0.5, rate: int = 44100, silent: bool = False, channels: int = 1) -> None:
@@ -216,7 +233,7 @@ def test_build_dataset_caches_the_clips_worked_out_by_hand(tmp_path, name):
     their splits and labels, failures.csv exactly the bad ones with their reasons, task.json the
     layout's kind, protocol, splits and classes, the cache one row per good clip at target_frames."""
     exp = BUILDERS[name](tmp_path / "root")
-    cfg = Config.model_validate({"datasets": {name: exp.params}})
+    cfg = with_datasets({name: exp.params})
     out = tmp_path / "out"
     summary = build_dataset(name, cfg.datasets[name], cfg.task_features(name), 16000, out)
     man = read_manifest(out / "tasks" / name / "manifest.csv", only_ok=True)
@@ -252,13 +269,24 @@ def test_build_dataset_caches_the_clips_worked_out_by_hand(tmp_path, name):
 
 def test_dataset_params_are_checked_before_any_work(tmp_path):
     exp = BUILDERS["esc50"](tmp_path / "root")
-    with pytest.raises(ValueError, match="format spass needs environment"):
-        Config.model_validate({"datasets": {"p": {"format": "spass", "root": "x"}}})
+    with pytest.raises(ValueError, match=r"format spass needs environment, one of \['Market', 'Park'"):
+        with_datasets({"p": {"format": "spass", "root": "x"}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['environment'\].*format esc50 adds none"):
+        with_datasets({"e": exp.params | {"environment": "Park"}})
+    with pytest.raises(ValueError, match=r"format 'esc_50' is not a registered layout; registered: \['esc50', "):
+        with_datasets({"e": exp.params | {"format": "esc_50"}})
     with pytest.raises(ValueError, match="name both a task and a dataset"):
-        Config.model_validate({"datasets": {"mono": exp.params}})
-    wrong = Config.model_validate({"datasets": {"e": exp.params | {"protocol": "train_eval"}}})
-    with pytest.raises(DatasetLayoutError, match="datasets.e.protocol is 'train_eval' but the esc50 layout"):
-        build_dataset("e", wrong.datasets["e"], wrong.task_features("e"), 16000, tmp_path / "out")
+        with_datasets({"mono": exp.params})
+    with pytest.raises(ValueError, match="protocol 'train_eval' does not fit format esc50"):
+        with_datasets({"e": exp.params | {"protocol": "train_eval"}})
+    spass = with_datasets({"p": {"format": "spass", "root": "x", "environment": "Park"}}).datasets["p"]
+    assert spass.options.environment == "Park" and spass.model_dump()["environment"] == "Park"
+    assert merged(spass, {"target_frames": 64}).options == spass.options  # the format's keys survive a merge
+    # a layout whose kind and protocol come from the data (HEAR) is checked on the listing, before converting
+    hear = BUILDERS["hear_fixture"](tmp_path / "hear")
+    wrong = with_datasets({"h": hear.params | {"protocol": "cross_validation"}})
+    with pytest.raises(DatasetLayoutError, match="datasets.h.protocol is 'cross_validation' but the hear layout"):
+        build_dataset("h", wrong.datasets["h"], wrong.task_features("h"), 16000, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before converting anything
 
 
@@ -287,7 +315,6 @@ def test_the_dataset_stage_converts_again_what_changed_and_drops_what_is_gone(tm
     import sys
 
     import yaml
-    from conftest import REPO
 
     exp = BUILDERS["esc50"](tmp_path / "root")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -329,3 +356,22 @@ def test_the_dataset_stage_converts_again_what_changed_and_drops_what_is_gone(tm
     assert f"audio__{gone}" in set(fails["clip_id"])
     store = FeatureStore(out / "features", "tasks/esc")
     assert f"audio__{gone}" not in set(store.index["clip_id"])
+
+
+def test_data_never_imports_features_and_the_layout_registry_stays_light():
+    """``data`` sits below ``features`` (the dataset stage caches the features, not ``data``), and the
+    registry the params check asks imports only the listing types: no circle through ``sslam.config``."""
+    from sslam.provenance import SRC, import_closure, imported_modules
+
+    data = SRC / "sslam" / "data"
+    package = lambda f: ".".join(f.relative_to(SRC).parent.parts)  # noqa: E731
+    upward = {
+        str(f.relative_to(SRC)): sorted(m for m in imported_modules(f, package(f)) if m.startswith("sslam.features"))
+        for f in data.rglob("*.py")
+    }
+    assert not {f: m for f, m in upward.items() if m}
+    registry = data / "layouts" / "__init__.py"
+    static = {m for m in imported_modules(registry, "sslam.data.layouts", discovered=False) if m != "sslam.data"}
+    assert static == {"sslam.data.listing", "sslam.data.listing.DatasetLayoutError", "sslam.data.listing.Listing"}
+    # what it finds at run time is code its users depend on (DVC reruns them when a layout changes)
+    assert {data / "layouts" / "esc50.py", data / "listing.py"} <= import_closure(registry)

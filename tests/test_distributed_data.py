@@ -7,6 +7,7 @@ import json
 import textwrap
 
 import pytest
+from conftest import section
 from pretrain_helpers import torchrun
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,7 @@ BATCH = 2
 WORKER = textwrap.dedent(f"""
     import json, sys
     from accelerate import Accelerator
-    from sslam.features.dataset import FeatureStore, ShardedSampler
+    from sslam.features.reader import FeatureStore, ShardedSampler
     acc = Accelerator(cpu=True)
     store = FeatureStore(sys.argv[1], "unbalanced")
     sampler = ShardedSampler(len(store), rank=acc.process_index, world_size=acc.num_processes, seed=5)
@@ -41,9 +42,9 @@ WORKER = textwrap.dedent(f"""
 
 def test_each_rank_reads_its_own_part(tmp_path):
     import numpy as np
-    from test_features import SR, FeaturesConfig, ManifestRow, build_features, write_flac_atomic, write_manifest
+    from test_features import SR, ManifestRow, build_features, write_flac_atomic, write_manifest
 
-    from sslam.features.dataset import FeatureStore
+    from sslam.features.reader import FeatureStore
 
     corpus = tmp_path / "corpus"
     rows = []
@@ -51,7 +52,9 @@ def test_each_rank_reads_its_own_part(tmp_path):
         write_flac_atomic(corpus / f"a/{k}.flac", 0.1 * np.sin(np.arange(SR) * (k + 1) / 50), SR)
         rows.append(ManifestRow(f"c{k}", "unbalanced", f"a/{k}.flac", 1.0, SR, (), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
-    build_features(corpus, tmp_path / "f", FeaturesConfig(target_frames=64, shard_size=4, store_waveforms=False), SR)
+    build_features(
+        corpus, tmp_path / "f", section("features", target_frames=64, shard_size=4, store_waveforms=False), SR
+    )
     (tmp_path / "worker.py").write_text(WORKER)
     proc = torchrun(tmp_path / "worker.py", 29611, tmp_path / "f", tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,12 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import section
 from pretrain_helpers import tiny_setup
+
+from sslam.config.base import merged
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from sslam.config import load_config
+    from sslam.config.params import load_config
 
     root = tmp_path_factory.mktemp("downstream")
     params, feats = tiny_setup(root)
@@ -19,7 +22,8 @@ def tiny(tmp_path_factory):
 
 
 def test_task_recipe_overrides_merge_onto_the_base_recipe():
-    from sslam.config import ConfigError, load_config
+    from sslam.config.base import ConfigError
+    from sslam.config.params import load_config
 
     cfg = load_config("params.yaml", {"tasks.keywords.recipe": {"lr": 0.5, "noise_std": 0.2}})
     r = cfg.finetune_recipe("keywords")
@@ -35,7 +39,7 @@ def test_task_recipe_overrides_merge_onto_the_base_recipe():
 
 
 def test_params_must_agree_with_the_corpus_task(tiny):
-    from sslam.config import TaskConfig
+    from sslam.config.downstream import TaskConfig
     from sslam.downstream.tasks import load_task
 
     cfg, feats = tiny
@@ -92,9 +96,9 @@ def test_strong_event_counts_count_distinct_labels_per_clip(tmp_path):
 
 
 def test_audioset_task_concatenates_balanced_and_eval(tiny):
-    from sslam.config import TaskConfig
+    from sslam.config.downstream import TaskConfig
     from sslam.downstream.tasks import folds, load_task
-    from sslam.features.dataset import FeatureStore
+    from sslam.features.reader import FeatureStore
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "as20k", TaskConfig(data="audioset"), feats)
@@ -123,10 +127,10 @@ def test_task_stats_renormalise_from_the_training_clips(tiny):
 
 def test_freq_mean_pooling_keeps_frequency_rows():
     from sslam.downstream.encoder import pool, pooled_dim
-    from sslam.models.vit import Encoder
+    from sslam.models.vit import ViTEncoder
 
     torch.manual_seed(0)
-    enc = Encoder(16, 1, 2, patch=16, frames=64, mel=48).eval()  # grid 4 x 3
+    enc = ViTEncoder(16, 1, 2, patch=16, frames=64, mel=48).eval()  # grid 4 x 3
     x = torch.randn(2, 64, 48)
     full = torch.tensor([64, 64])
     h, _ = enc(x)
@@ -145,11 +149,11 @@ def test_pooling_reads_only_the_valid_time_patches():
     3 frequency rows), by hand; a full clip pools all 12."""
     from sslam.downstream.encoder import pool
     from sslam.models.pooling import valid_time_patches
-    from sslam.models.vit import Encoder
+    from sslam.models.vit import ViTEncoder
 
     assert [valid_time_patches(f, 16, 4) for f in (1, 7, 8, 23, 24, 40, 64, 500)] == [1, 1, 1, 1, 2, 3, 4, 4]
     torch.manual_seed(0)
-    enc = Encoder(16, 1, 2, patch=16, frames=64, mel=48).eval()
+    enc = ViTEncoder(16, 1, 2, patch=16, frames=64, mel=48).eval()
     x = torch.randn(2, 64, 48)
     h, _ = enc(x)
     z = pool(enc, x, "mean", torch.tensor([20, 64]))
@@ -179,17 +183,16 @@ def test_fbank_stats_is_the_mean_and_std_over_valid_frames():
 def test_augmented_batches_pool_the_frames_the_augmentation_leaves():
     """Mixup pools over the longer clip of a mixed pair; the log-mel roll spreads padding inside the clip,
     so every frame counts; without augmentation the clips' own frames."""
-    from sslam.config import FinetuneConfig
     from sslam.downstream.training import augment_batch
 
     x, y = torch.zeros(4, 32, 8), torch.eye(4)
     frames = torch.tensor([5, 10, 20, 32])
     g = torch.Generator().manual_seed(0)
-    off = FinetuneConfig(mixup=False, roll=False, specaug_freq=0.0, specaug_time=0.0)
+    off = section("finetune", mixup=False, roll=False, specaug_freq=0.0, specaug_time=0.0)
     assert torch.equal(augment_batch(x, y, off, g, frames, 0.0, 1.0)[2], frames)
-    mixed = off.model_copy(update={"mixup": True, "mixup_prob": 1.0})
+    mixed = merged(off, {"mixup": True, "mixup_prob": 1.0})
     assert torch.equal(augment_batch(x, y, mixed, g, frames, 0.0, 1.0)[2], torch.tensor([32, 20, 20, 32]))
-    rolled = off.model_copy(update={"roll": True})
+    rolled = merged(off, {"roll": True})
     assert torch.equal(augment_batch(x, y, rolled, g, frames, 0.0, 1.0)[2], torch.full((4,), 32))
 
 
@@ -213,7 +216,7 @@ def test_validation_selection_reports_the_best_valid_epoch(tiny, monkeypatch):
 
     monkeypatch.setattr(training, "score", spy)  # valid and test scores are all taken in training
     enc = load_encoder(cfg, "random0", *store.raw(0).shape)
-    lin = cfg.linear_eval.model_copy(update={"epochs": 9, "select_every": 4})
+    lin = merged(cfg.linear_eval, {"epochs": 9, "select_every": 4})
     res = linear_eval(enc, task, store, lin, seed=0).metrics
     valid_scores, test_score = seen[:-1], seen[-1]
     assert len(valid_scores) == 3  # epochs 4, 8 and the last (9)
@@ -234,8 +237,9 @@ def test_finetune_runs_every_recipe_switch(tiny):
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "keywords", cfg.tasks["keywords"], feats)
     frames, mel = store.raw(0).shape
-    recipe = cfg.finetune_recipe("keywords").model_copy(
-        update={
+    recipe = merged(
+        cfg.finetune_recipe("keywords"),
+        {
             "epochs": 2,
             "batch_size": 2,
             "weighted_sampling": True,
@@ -243,14 +247,14 @@ def test_finetune_runs_every_recipe_switch(tiny):
             "norm_stats": "task",
             "pooling": "freq_mean",
             "mixup": True,
-        }
+        },
     )
     res = finetune(lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0).metrics
     assert 0.0 <= res["accuracy"] <= 1.0 and res["selection"]["selected_epoch"] in (1, 2)
 
 
 def test_ablation_tables_pick_runs_that_differ_only_in_their_keys():
-    from sslam.report.ablations import ABLATIONS, Run, render, rows_for
+    from sslam.experiments.ablations import ABLATIONS, Run, render, rows_for
 
     base = Run(
         "workspace", {"mix.strategy": "max", "srl.aggregation": "mean", "seed": 0}, {"square/linear/stage2": 0.5}
@@ -271,9 +275,9 @@ def test_ablation_tables_pick_runs_that_differ_only_in_their_keys():
 
 
 def test_as2m_setting_trains_on_balanced_and_unbalanced(tiny):
-    from sslam.config import TaskConfig
+    from sslam.config.downstream import TaskConfig
     from sslam.downstream.tasks import folds, load_task
-    from sslam.features.dataset import FeatureStore, class_balanced_weights
+    from sslam.features.reader import FeatureStore, class_balanced_weights
 
     cfg, feats = tiny
     task, store = load_task(
@@ -296,11 +300,11 @@ def test_linear_eval_with_task_stats_equals_a_renormalised_store(tiny):
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
-    lin = cfg.linear_eval.model_copy(update={"epochs": 3})
+    lin = merged(cfg.linear_eval, {"epochs": 3})
     (fold,) = folds(task, store)
     by_hand = store.renormalised(store.train_stats(fold.train))
     enc = load_encoder(cfg, "random0", *store.raw(0).shape)
-    a = linear_eval(enc, task, store, lin.model_copy(update={"norm_stats": "task"}), seed=0).metrics
+    a = linear_eval(enc, task, store, merged(lin, {"norm_stats": "task"}), seed=0).metrics
     b = linear_eval(enc, task, by_hand, lin, seed=0).metrics
     assert a["map"] == pytest.approx(b["map"], abs=1e-6)
     c = linear_eval(enc, task, store, lin, seed=0).metrics  # pretraining stats: a different input scale
@@ -316,12 +320,12 @@ def test_layer_decay_floor_scales_with_each_group():
     from sslam.downstream.encoder import Head
     from sslam.downstream.finetune import layer_decay_groups
     from sslam.downstream.training import apply_schedule
-    from sslam.models.vit import Encoder
+    from sslam.models.vit import ViTEncoder
     from sslam.schedule import warmup_cosine_lr
 
     lr, min_lr, decay, depth = 5e-5, 1e-6, 0.65, 12
     assert lr * decay**depth < min_lr  # block 0's peak is below min_lr: a shared floor would make its lr rise
-    enc = Encoder(16, depth, 2, patch=16, frames=32, mel=32)
+    enc = ViTEncoder(16, depth, 2, patch=16, frames=32, mel=32)
     groups = layer_decay_groups(enc, Head(16, 3), lr, decay, 0.05)
     block0 = {id(p) for p in enc.blocks[0].parameters()}
     assert [g["lr_scale"] for g in groups if block0 & {id(p) for p in g["params"]}] == [pytest.approx(0.65**12)]
@@ -345,9 +349,9 @@ def test_layer_decay_floor_scales_with_each_group():
 def test_no_weight_decay_on_biases_and_norms():
     from sslam.downstream.encoder import Head
     from sslam.downstream.finetune import layer_decay_groups
-    from sslam.models.vit import Encoder
+    from sslam.models.vit import ViTEncoder
 
-    enc, head = Encoder(16, 3, 2, patch=16, frames=32, mel=32), Head(16, 4)
+    enc, head = ViTEncoder(16, 3, 2, patch=16, frames=32, mel=32), Head(16, 4)
     named = dict(enc.named_parameters()) | {f"head.{n}": p for n, p in head.named_parameters()}
     by_name = {n for n in named if n.endswith(".bias") or "norm" in n}  # written from the names, not shapes
     groups = layer_decay_groups(enc, head, 1e-3, 0.65, 0.05, decay_norm_and_bias=False)
@@ -421,18 +425,19 @@ def test_logmel_gain_equals_the_fbank_of_the_scaled_waveform():
 def test_waveform_roll_recomputes_the_log_mel_of_the_rolled_clip(tiny):
     """roll_domain: waveform: the batch is the fbank of the stored waveform shifted and scaled, padded and
     normalised like the store; with shift 0 and gain 1 the path gives back the stored features."""
-    from sslam.config import FeaturesConfig
     from sslam.downstream.tasks import WaveFeatures, load_task
     from sslam.downstream.training import load_batch
     from sslam.features.fbank import kaldi_fbank
 
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
-    wave = WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)  # as tiny_setup
+    wave = WaveFeatures(
+        section("features", target_frames=64, shard_size=16, store_waveforms=True), 16000
+    )  # as tiny_setup
     frames, mel = store.raw(0).shape
     same = (torch.from_numpy(wave.logmel(store.waveform(0))) - store.mean) / (2 * store.std)
     torch.testing.assert_close(same, store.batch([0])[0], atol=2e-3, rtol=0)  # float16 storage
-    recipe = cfg.finetune.model_copy(update={"roll": True, "roll_gain": True, "roll_domain": "waveform"})
+    recipe = merged(cfg.finetune, {"roll": True, "roll_gain": True, "roll_domain": "waveform"})
     rows = np.array([0, 1])
     torch.manual_seed(3)
     got = load_batch(store, rows, recipe, torch.Generator().manual_seed(5), wave)
@@ -452,7 +457,6 @@ def test_waveform_roll_recomputes_the_log_mel_of_the_rolled_clip(tiny):
 def test_finetune_runs_the_paper_recipe_switches(tiny):
     """Per-positive BCE, per-batch mixup, waveform roll with gain, no decay on biases and norms: a real
     run whose result is a valid mAP."""
-    from sslam.config import FeaturesConfig
     from sslam.downstream.encoder import load_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.tasks import WaveFeatures, load_task
@@ -460,8 +464,9 @@ def test_finetune_runs_the_paper_recipe_switches(tiny):
     cfg, feats = tiny
     task, store = load_task(cfg.data.corpus_dir, "square", cfg.tasks["square"], feats)
     frames, mel = store.raw(0).shape
-    recipe = cfg.finetune.model_copy(
-        update={
+    recipe = merged(
+        cfg.finetune,
+        {
             "epochs": 2,
             "batch_size": 2,
             "bce_reduction": "per_positive",
@@ -471,9 +476,9 @@ def test_finetune_runs_the_paper_recipe_switches(tiny):
             "decay_norm_and_bias": False,
             "pooling": "cls",
             "lr": 5e-5,
-        }
+        },
     )
-    wave = WaveFeatures(FeaturesConfig(target_frames=64, shard_size=16, store_waveforms=True), 16000)
+    wave = WaveFeatures(section("features", target_frames=64, shard_size=16, store_waveforms=True), 16000)
     res = finetune(
         lambda: load_encoder(cfg, "random0", frames, mel), task, store, recipe, seed=0, wave_features=wave
     ).metrics
@@ -485,7 +490,6 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
     and the head sees different inputs every epoch (mixup and SpecAugment), unlike the cached protocol."""
     from pydantic import ValidationError
 
-    from sslam.config import LinearEvalConfig
     from sslam.downstream.encoder import Head, embed, load_encoder
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import folds, load_task
@@ -496,8 +500,9 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
     enc = load_encoder(cfg, "random0", *store.raw(0).shape)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     epochs, n = 4, len(fold.train)
-    lin = cfg.linear_eval.model_copy(
-        update={
+    lin = merged(
+        cfg.linear_eval,
+        {
             "protocol": "paper",
             "epochs": epochs,
             "batch_size": n,
@@ -508,7 +513,7 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
             "mixup_prob": 1.0,
             "specaug_freq": 0.2,
             "specaug_time": 0.2,
-        }
+        },
     )
     calls, head_inputs = [], []
     h1 = enc.register_forward_hook(lambda m, args, out: calls.append((m.training, args[0].shape[0])))
@@ -533,10 +538,10 @@ def test_paper_linear_eval_runs_the_frozen_encoder_on_every_augmented_step(tiny)
         assert torch.cdist(train_inputs[i], clean).min() > 1e-4  # augmented, never the clean embedding
         for j in range(i):
             assert torch.cdist(train_inputs[i], train_inputs[j]).min() > 1e-4  # new inputs every epoch
-    with pytest.raises(ValueError, match="cached"):
+    with pytest.raises(ValueError, match="cached"):  # model_copy skips validation: linear_eval checks again
         linear_eval(enc, task, store, cfg.linear_eval.model_copy(update={"mixup": True}), seed=0)
     with pytest.raises(ValidationError, match="cached"):
-        LinearEvalConfig(specaug_time=0.2)
+        section("linear_eval", specaug_time=0.2)
     assert "protocol" in cfg.linear_eval.model_dump()  # the metrics files record it with the recipe
 
 
@@ -547,7 +552,6 @@ def test_task_stats_equal_the_features_stage_stats(tmp_path):
     valid frames; counting the padding, as before, would not."""
     import json
 
-    from sslam.config import FeaturesConfig
     from sslam.data.manifest import ManifestRow, write_manifest
     from sslam.downstream.tasks import TaskStore
     from sslam.features.store import build_features
@@ -562,7 +566,7 @@ def test_task_stats_equal_the_features_stage_stats(tmp_path):
         write_flac_atomic(corpus / f"audio/unbalanced/c{k}.flac", x, sr)
         rows.append(ManifestRow(f"c{k}", "unbalanced", f"audio/unbalanced/c{k}.flac", seconds, sr, ("/m/0",), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
-    build_features(corpus, tmp_path / "features", FeaturesConfig(target_frames=200, shard_size=3), sr)
+    build_features(corpus, tmp_path / "features", section("features", target_frames=200, shard_size=3), sr)
     stage = json.loads((tmp_path / "features" / "stats.json").read_text())
     store = TaskStore(tmp_path / "features", {"unbalanced": ""})
     assert [store.frames(i) for i in range(4)] == [28, 98, 168, 200]  # three padded clips, one cropped

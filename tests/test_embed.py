@@ -11,32 +11,29 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, reference_kaldi_fbank
-from safetensors.torch import save_file
+from conftest import REPO, reference_kaldi_fbank, section
 
-from sslam.config import ModelConfig
+from sslam.checkpoints import own_input, write_final
 from sslam.embed import extract_folder, get_scene_embeddings, get_timestamp_embeddings, load_model
 from sslam.features.store import clip_features
-from sslam.models.student import Student
+from sslam.models.student import Student, make_teacher
 
 SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_layers": 1, "decoder_groups": 4}
 
 
 def checkpoint(tmp_path, encoder: str = "transformer"):
-    """A checkpoint folder as the pretraining stage writes it (meta.json fingerprint + student weights),
-    of a small random model, and pinned statistics."""
-    cfg = ModelConfig.model_validate(SMALL | {"encoder": encoder})
+    """A checkpoint folder as the pretraining stage writes it (:func:`sslam.checkpoints.write_final`: the
+    student, its teacher, meta.json with the model and the input), of a small random model with pinned
+    statistics (also written as the stats file the CLI is given)."""
+    cfg = section("model", **SMALL, encoder=encoder)
     torch.manual_seed(0)
     student = Student(cfg, 304, 128, "bootstrap")
-    folder = tmp_path / "ckpt" / "final"
-    folder.mkdir(parents=True)
-    save_file(student.state_dict(), folder / "student.safetensors")
-    (folder / "meta.json").write_text(
-        json.dumps({"fingerprint": {"model": cfg.model_dump(), "objective": "bootstrap"}})
-    )
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"mean": -6.0, "std": 3.0}))
-    return load_model(str(folder), str(REPO / "params.yaml"), str(stats))
+    spec = own_input(section("features", norm_mean=-6.0, norm_std=3.0), 16000, stats)
+    meta = {"fingerprint": {"model": cfg.model_dump(), "objective": "bootstrap"}, "input": spec}
+    write_final(tmp_path / "ckpt", student, make_teacher(student), meta)
+    return load_model(str(tmp_path / "ckpt" / "final"), str(REPO / "params.yaml"), str(stats))
 
 
 def noise(n: int, seconds: float, seed: int = 0) -> torch.Tensor:
@@ -136,7 +133,6 @@ def test_evaluation_and_the_embedding_api_pool_a_clip_the_same_way(tmp_path, poo
     (TaskStore -> downstream.encoder.embed), against the embedding API on the same samples: the same
     vector (up to the store's float16 log-mel). The padding of a short clip never enters (except for cls,
     whose token attends to the whole window in both)."""
-    from sslam.config import FeaturesConfig
     from sslam.data.manifest import ManifestRow, write_manifest
     from sslam.downstream.encoder import embed
     from sslam.downstream.tasks import TaskStore
@@ -153,7 +149,7 @@ def test_evaluation_and_the_embedding_api_pool_a_clip_the_same_way(tmp_path, poo
         write_flac_atomic(corpus / f"audio/c{k}.flac", np.clip(wave, -1, 1), 16000)
         rows.append(ManifestRow(f"c{k}", "eval", f"audio/c{k}.flac", seconds, 16000, ("a",), "ok", ""))
     write_manifest(corpus / "manifests" / "eval.csv", rows)
-    feats = FeaturesConfig(norm_mean=-6.0, norm_std=3.0, store_waveforms=True)  # 304 frames, the model's window
+    feats = section("features", norm_mean=-6.0, norm_std=3.0, store_waveforms=True)  # 304 frames, the model's window
     build_features(corpus, tmp_path / "features", feats, 16000)
     store = TaskStore(tmp_path / "features", {"eval": ""})
     assert (store.mean, store.std) == (-6.0, 3.0)

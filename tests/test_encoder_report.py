@@ -7,7 +7,7 @@ import json
 
 from conftest import dvc_project
 
-from sslam.report.encoders import main
+from sslam.experiments.encoders import main
 
 MAKE = """import json, yaml
 p = yaml.safe_load(open("params.yaml"))

@@ -16,13 +16,12 @@ import soundfile as sf
 import torch
 import torchaudio
 import yaml
-from conftest import REPO
+from conftest import REPO, section
 
-from sslam.config import FeaturesConfig, SyntheticConfig
 from sslam.data.manifest import ManifestRow, write_manifest
 from sslam.data.synthetic import generate_corpus
 from sslam.features import augment as A
-from sslam.features.dataset import FeatureStore, ShardedSampler, class_balanced_weights
+from sslam.features.reader import FeatureStore, ShardedSampler, class_balanced_weights
 from sslam.features.stats import RunningStats
 from sslam.features.store import build_features, num_samples_for
 from sslam.io import write_flac_atomic
@@ -64,7 +63,7 @@ def small_cache(tmp_path_factory):
     (corpus / "audio/unbalanced/bad.flac").write_bytes(b"fLaC" + bytes(300))
     rows.insert(2, ManifestRow("bad", "unbalanced", "audio/unbalanced/bad.flac", 1.0, SR, ("/m/0",), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
-    cfg = FeaturesConfig(target_frames=304, shard_size=2)
+    cfg = section("features", target_frames=304, shard_size=2)
     summary = build_features(corpus, root / "features", cfg, SR, workers=1)
     return corpus, root / "features", cfg, summary
 
@@ -111,7 +110,7 @@ def test_statistics_over_valid_frames(small_cache):
 
 def test_pinned_statistics_and_waveforms(small_cache, tmp_path):
     corpus, _, _, _ = small_cache
-    cfg = FeaturesConfig(target_frames=304, shard_size=4, norm_mean=-4.268, norm_std=4.569)
+    cfg = section("features", target_frames=304, shard_size=4, norm_mean=-4.268, norm_std=4.569)
     build_features(corpus, tmp_path / "f", cfg, SR)
     store = FeatureStore(tmp_path / "f", "unbalanced")
     assert (store.mean, store.std) == (-4.268, 4.569)
@@ -122,7 +121,7 @@ def test_pinned_statistics_and_waveforms(small_cache, tmp_path):
     assert w.shape == (n,) and not w[len(pcm) :].any()
     assert np.array_equal(np.round(w[: len(pcm)] * 32768).astype(np.int16), pcm)
     with pytest.raises(ValueError, match="both be set"):
-        FeaturesConfig(norm_mean=1.0)
+        section("features", norm_mean=1.0)
 
 
 def test_rerun_reuses_finished_shards(small_cache):
@@ -141,8 +140,12 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
         "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
         "poly": {"environments": ["square"], "clips_train": 4, "clips_eval": 2},
     }
-    syn = SyntheticConfig.model_validate(
-        {"num_classes": 8, "clip_seconds": 2.0, "tasks": tasks, "clips": {"unbalanced": 160, "balanced": 8, "eval": 8}}
+    syn = section(
+        "download.synthetic",
+        num_classes=8,
+        clip_seconds=2.0,
+        tasks=tasks,
+        clips={"unbalanced": 160, "balanced": 8, "eval": 8},
     )
     generate_corpus(syn, corpus, SR)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -257,7 +260,7 @@ def test_a_shard_is_reused_only_from_the_same_inputs(tmp_path):
         write_flac_atomic(corpus / f"audio/unbalanced/c{k}.flac", x, SR)
         rows.append(ManifestRow(f"c{k}", "unbalanced", f"audio/unbalanced/c{k}.flac", 1.0, SR, ("/m/0",), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
-    cfg, feats = FeaturesConfig(target_frames=100, shard_size=2), tmp_path / "features"
+    cfg, feats = section("features", target_frames=100, shard_size=2), tmp_path / "features"
     shards = lambda: {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (feats / "unbalanced").glob("*.npy")}  # noqa: E731
     build_features(corpus, feats, cfg, SR, inputs="code-a:params-a")
     first = shards()

@@ -8,24 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, section
 
-from sslam.config import (
-    FeaturesConfig,
-    MaskConfig,
-    MixConfig,
-    ModelConfig,
-    SrlConfig,
-    Stage2Config,
-    StageConfig,
-    load_config,
-)
+from sslam.config.params import load_config
+from sslam.config.pretrain import Stage2Config, StageConfig
 from sslam.data.manifest import ManifestRow, write_manifest
-from sslam.features.dataset import FeatureStore
+from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features
 from sslam.io import write_flac_atomic
 from sslam.models.student import Student, make_teacher
-from sslam.models.vit import Encoder
+from sslam.models.vit import ViTEncoder
 from sslam.pretrain.masking import visible_indices
 from sslam.pretrain.mixing import mix_waveforms
 from sslam.pretrain.objectives import srl_cls_target, stage2_losses
@@ -41,15 +33,15 @@ SR = 16000
 def test_patch_init_xavier_has_xavier_bounds_and_pytorch_keeps_the_conv_default():
     torch.manual_seed(0)
     dim, patch = 128, 16
-    w = Encoder(dim, 1, 4, patch=patch, frames=64, mel=64, patch_init="xavier").patch_embed.proj.weight
+    w = ViTEncoder(dim, 1, 4, patch=patch, frames=64, mel=64, patch_init="xavier").patch_embed.proj.weight
     bound = math.sqrt(6.0 / (patch * patch + dim))  # xavier-uniform of a (dim, 256) matrix
     assert w.abs().max() <= bound and w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
     torch.manual_seed(0)
-    w0 = Encoder(dim, 1, 4, patch=patch, frames=64, mel=64, patch_init="pytorch").patch_embed.proj.weight
+    w0 = ViTEncoder(dim, 1, 4, patch=patch, frames=64, mel=64, patch_init="pytorch").patch_embed.proj.weight
     default_bound = 1.0 / math.sqrt(patch * patch)  # kaiming-uniform(a=sqrt(5)) of Conv2d: 1/sqrt(fan_in)
     assert w0.abs().max() <= default_bound and w0.std().item() == pytest.approx(default_bound / math.sqrt(3), rel=0.03)
     with pytest.raises(ValueError, match="patch_init"):
-        Encoder(dim, 1, 4, patch=patch, frames=64, mel=64, patch_init="he")
+        ViTEncoder(dim, 1, 4, patch=patch, frames=64, mel=64, patch_init="he")
 
 
 # ----------------------------------------------------------------------------- point 2: centring
@@ -171,7 +163,7 @@ def wave_store(tmp_path_factory):
         write_flac_atomic(corpus / f"audio/unbalanced/c{k}.flac", x, SR)
         rows.append(ManifestRow(f"c{k}", "unbalanced", f"audio/unbalanced/c{k}.flac", seconds, SR, ("/m/0",), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
-    cfg = FeaturesConfig(target_frames=150, shard_size=8, store_waveforms=True)
+    cfg = section("features", target_frames=150, shard_size=8, store_waveforms=True)
     build_features(corpus, root / "features", cfg, SR)
     return FeatureStore(root / "features", "unbalanced")
 
@@ -183,7 +175,7 @@ def test_waveform_mixture_without_mixed_frames_is_the_stored_clip(wave_store):
     assert lengths.tolist() == [int(1.2 * SR), int(0.7 * SR), SR]
     none_mixed = torch.zeros(3, stored.shape[1], dtype=torch.bool)
     got = mix_waveforms(
-        waves, lengths, none_mixed, wave_store.mean, wave_store.std, SR, FeaturesConfig(), stored.shape[1]
+        waves, lengths, none_mixed, wave_store.mean, wave_store.std, SR, section("features"), stored.shape[1]
     )
     # equal up to the float16 rounding of the store, padded frames included (exactly the padding value)
     assert torch.allclose(got, stored, atol=2e-3 * (1 + stored.abs().max()))
@@ -201,7 +193,7 @@ def test_waveform_mixture_with_a_silent_partner_is_the_clip_at_half_amplitude(wa
     # roll: the partner of clip 0 is clip 1 (silence)
     all_mixed = torch.ones(2, stored.shape[1], dtype=torch.bool)
     got = mix_waveforms(
-        waves, lengths, all_mixed, wave_store.mean, wave_store.std, SR, FeaturesConfig(), stored.shape[1]
+        waves, lengths, all_mixed, wave_store.mean, wave_store.std, SR, section("features"), stored.shape[1]
     )[0]
     valid = wave_store.frames(0)
     shift = math.log(0.25) / (2 * wave_store.std)
@@ -225,10 +217,11 @@ def test_global_srl_term_adds_exactly_its_weighted_loss():
     from sslam.pretrain.losses import cls_loss
 
     torch.manual_seed(0)
-    student = Student(ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4), 64, 32)
+    student = Student(section("model", embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4), 64, 32)
     teacher = make_teacher(student)
-    mask = MaskConfig(ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2)
-    stage = Stage2Config(
+    mask = section("mask", ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2)
+    stage = section(
+        "pretrain.stage2",
         variant="sslam",
         top_k_layers=2,
         global_top_k_layers=1,
@@ -237,8 +230,11 @@ def test_global_srl_term_adds_exactly_its_weighted_loss():
         center_targets="none",
         clone_batch=None,
     )
-    mix = MixConfig(strategy="max", partial=True, partial_mode="reference", mixed_fraction=0.5)
-    off, on = SrlConfig(weight=2.0, aggregation="mean"), SrlConfig(weight=2.0, aggregation="mean", global_loss=True)
+    mix = section("mix", strategy="max", partial=True, partial_mode="reference", mixed_fraction=0.5)
+    off, on = (
+        section("srl", weight=2.0, aggregation="mean"),
+        section("srl", weight=2.0, aggregation="mean", global_loss=True),
+    )
     x = torch.randn(3, 64, 32)
     a = stage2_losses(student, teacher, x, mask, stage, mix, off, seed=3)
     b = stage2_losses(student, teacher, x, mask, stage, mix, on, seed=3)
@@ -279,7 +275,8 @@ def test_visible_indices_refuses_rows_with_unequal_counts():
 def test_config_rejects_old_boolean_centring():
     import yaml
 
-    from sslam.config import ConfigError, parse_config
+    from sslam.config.base import ConfigError
+    from sslam.config.params import parse_config
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["pretrain"]["stage1"]["center_targets"] = True

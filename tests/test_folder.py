@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import section
 
-from sslam.config import FolderConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.folder import FolderSourceError, ingest_folder
 from sslam.data.manifest import read_manifest
@@ -85,7 +85,8 @@ def lab(tmp_path: Path) -> tuple[Path, Path]:
 
 def run(tmp_path: Path, audio: Path, labels: Path, **kw) -> tuple[Path, dict]:
     out = tmp_path / "corpus"
-    cfg = FolderConfig(audio_dir=str(audio), labels_csv=str(labels), max_seconds=5.0, silence_dbfs=-70.0, **kw)
+    update = dict(audio_dir=str(audio), labels_csv=str(labels), max_seconds=5.0, silence_dbfs=-70.0)
+    cfg = section("download.folder", **update, **kw)
     summary = ingest_folder(cfg, out, SR, tmp_path / "failures.csv", workers=1)
     return out, summary
 

@@ -1,12 +1,16 @@
-"""The encoder x objective table: which runs are rows, seeds averaged, the overall score by hand."""
+"""The encoder x objective table: which runs are rows, seeds averaged, the overall score by hand; its cost
+columns from the benchmark's output."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO
 
-from sslam.report.ablations import Run
-from sslam.report.grid import grid_rows, measure_cost, render
+from sslam.experiments.grid import grid_rows, read_cost, render
+from sslam.experiments.runs import Run
 
 BASE = {"model.encoder": "transformer", "pretrain.objective": "bootstrap", "pretrain.seed": 0, "mix.strategy": "max"}
 
@@ -60,7 +64,7 @@ def test_rows_seeds_and_overall_by_hand():
     md = render(rows, {("mamba", "msm"): {"clips_per_s": 12.34, "peak_mb": 456.0}})
     assert "| mamba | msm | stage2 | 0, 1 | 60.0 | 50.0 | +15.0 ± 0.0 | 12.3 | 456 |" in md
     assert "| transformer | bootstrap + SSLAM stage 2 | stage2 | 0 | 60.0 | 50.0 | +10.0 | - | - |" in md
-    from sslam.report.ablations import floor_scores
+    from sslam.experiments.runs import floor_scores
 
     base_floor = Run("floor", {}, {"a/linear/fbank_stats": 0.55, "a/linear/stage2": 0.6})
     floor = floor_scores([base_floor, *runs])
@@ -68,22 +72,33 @@ def test_rows_seeds_and_overall_by_hand():
     assert "| fbank_stats (floor, no network) | 55.0 | - |" in render(rows, None, floor)
 
 
-def test_cost_is_measured_on_the_rows_setting_in_its_own_process():
-    """The row's settings reach the measured configuration (objective, encoder, batch, crop frames)."""
-    over = {
+def test_cost_columns_are_what_the_benchmark_measured(tmp_path):
+    """bench/objectives.py measures a configuration (its objective, encoder, batch and crop frames reach the
+    measured model) and writes what ``sslam-grid --cost`` renders; the tool itself trains nothing."""
+    cost_file = tmp_path / "cost.json"
+    sets = {
+        "model.encoder": "mamba",  # the reference, and the only pair: one measurement
         "pretrain.objective": "msm",
-        "model.encoder": "mamba",
         "pretrain.stage1.batch_size": 3,
         "pretrain.crop_seconds": 0.64,
     }
-    c = measure_cost(over, 1, str(REPO / "params.yaml"))
+    cmd = [sys.executable, str(REPO / "bench" / "objectives.py"), "--encoders", "mamba", "--objectives", "msm"]
+    cmd += ["--steps", "1", "--out", str(cost_file)] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "1.00x the reference's throughput" in out.stdout
+    cost = read_cost(cost_file)
+    c = cost[("mamba", "msm")]
     assert c["setting"] == {"objective": "msm", "encoder": "mamba", "batch": 3, "frames": 64}
     assert 0 < c["clips_per_s"] < 1e4 and c["peak_mb"] >= 0
+    base = Run("main", BASE | {"model.encoder": "mamba", "pretrain.objective": "msm"}, scores({"a": (0.6, 0.4)}))
+    md = render(grid_rows([], base), cost)
+    assert f"| +20.0 | {c['clips_per_s']:.1f} | {c['peak_mb']:.0f} |" in md
 
 
 def test_running_experiments_are_not_rows():
     """A running `dvc exp` shows the baseline's metrics files until it finishes: it must not become a row."""
-    from sslam.report.ablations import runs_from_exp_show
+    from sslam.experiments.runs import runs_from_exp_show
 
     def rev(name, enc):
         return {

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import yaml
+from test_interop import hub_weights, write_hub
 from test_pipeline_e2e import commit, copy_repo, sh, tiny_pipeline
-from test_released import hub_weights, write_hub
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_released_weights_are_an_encoder_like_any_other(tmp_path):
     assert set(lin["encoders"]) == {"stage2", "eat", "random0"} and set(ft["encoders"]) == {"eat"}
 
     # the stage's score is the imported encoder's on the clips normalised with the checkpoint's statistics
-    from sslam.config import load_config
+    from sslam.config.params import load_config
     from sslam.downstream.encoder import load_encoder, store_for_encoder
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import load_task

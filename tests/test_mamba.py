@@ -9,11 +9,10 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import section
 from torch import nn
 
-from sslam.config import ModelConfig
 from sslam.models import mamba
-from sslam.models.contract import build_encoder
 from sslam.models.mamba import (
     HAS_MAMBA_KERNEL,
     Mamba,
@@ -24,6 +23,7 @@ from sslam.models.mamba import (
     selective_scan_sequential,
     selective_scan_torch,
 )
+from sslam.models.registry import build_encoder
 
 SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -333,8 +333,8 @@ def test_drop_path_off_in_eval_on_in_train():
 
 
 def test_from_config_layer_groups_gradients_and_init():
-    cfg = ModelConfig(
-        encoder="mamba", embed_dim=32, depth=3, patch_size=4,
+    cfg = section(
+        "model", encoder="mamba", embed_dim=32, depth=3, patch_size=4,
         mamba={"bidirectional": False, "norm": "rmsnorm", "cls_position": "middle", "d_state": 5, "expand": 3},
     )  # fmt: skip
     enc = build_encoder(cfg, FRAMES, MEL)
@@ -365,7 +365,8 @@ def test_from_config_layer_groups_gradients_and_init():
         "norm": "layernorm",
         "cls_position": "start",
     }
-    bi = build_encoder(ModelConfig(encoder="mamba", embed_dim=32, depth=1, patch_size=4, mamba=ssamba), FRAMES, MEL)
+    bi_cfg = section("model", encoder="mamba", embed_dim=32, depth=1, patch_size=4, mamba=ssamba)
+    bi = build_encoder(bi_cfg, FRAMES, MEL)
     assert bi.blocks[0].mixer.bidirectional and isinstance(bi.norm_f, nn.LayerNorm)
     assert bi.cls_position == "start"
     h, _ = bi(torch.randn(2, FRAMES, MEL), keep=random_keep(2, 8, 3))

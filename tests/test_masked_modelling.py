@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import section
 
 from sslam.pretrain.masking import visible_indices
 from sslam.pretrain.raw_patch import cluster_mask, info_nce, patch_mse, random_mask, raw_patches
@@ -98,13 +99,8 @@ def test_raw_patches_follow_the_patch_conv_token_order():
 
 # ----------------------------------------------------------------------------- the objectives on every encoder
 
-from sslam.config import (  # noqa: E402
-    ModelConfig,  # noqa: E402
-    MsmConfig,
-    SsastConfig,
-)
-from sslam.models.contract import build_encoder  # noqa: E402
 from sslam.models.heads import RawPatchHead  # noqa: E402
+from sslam.models.registry import build_encoder  # noqa: E402
 from sslam.pretrain.raw_patch import msm_losses, ssast_losses  # noqa: E402
 
 FRAMES, MEL = 96, 32  # grid 6 x 2 with 16 x 16 patches
@@ -112,7 +108,8 @@ FRAMES, MEL = 96, 32  # grid 6 x 2 with 16 x 16 patches
 
 def _encoder(name: str, masked: str = "mask_token"):
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = section(
+        "model",
         encoder=name,
         masked_tokens=masked,
         embed_dim=32,
@@ -129,7 +126,7 @@ def test_ssast_losses_compose_and_train_every_encoder(name, two_passes):
     enc = _encoder(name)
     heads = torch.nn.ModuleDict({k: RawPatchHead(32, 256) for k in ("discriminative", "generative")})
     x = torch.randn(3, FRAMES, MEL)
-    cfg = SsastConfig(mask_count=8, mse_weight=10.0, two_passes=two_passes)
+    cfg = section("pretrain.ssast", mask_count=8, mse_weight=10.0, two_passes=two_passes)
     out = ssast_losses(enc, heads, x, cfg, seed=0)
     assert out["loss"].item() == pytest.approx(out["nce"].item() + 10.0 * out["mse"].item(), rel=1e-6)
     # InfoNCE over 8 masked patches starts near log(8); the accuracy is a share
@@ -152,7 +149,7 @@ def test_ssast_generative_loss_by_hand_and_visible_patches_do_not_count():
         torch.nn.init.zeros_(p)
     heads = torch.nn.ModuleDict({"discriminative": RawPatchHead(32, 256), "generative": zero})
     x = torch.randn(2, FRAMES, MEL)
-    cfg = SsastConfig(mask_count=1, cluster_sizes=[1], two_passes=False)
+    cfg = section("pretrain.ssast", mask_count=1, cluster_sizes=[1], two_passes=False)
     g = torch.Generator().manual_seed(5)
     masked = cluster_mask(2, enc.grid, 1, (1,), g)
     out = ssast_losses(enc, heads, x, cfg, seed=5)
@@ -166,7 +163,7 @@ def test_msm_loss_by_hand_on_every_encoder(name, loss_on):
     enc = _encoder(name)
     head = RawPatchHead(32, 256, "gelu")
     x = torch.randn(2, FRAMES, MEL)
-    out = msm_losses(enc, head, x, MsmConfig(mask_ratio=0.5, loss_on=loss_on), seed=3)
+    out = msm_losses(enc, head, x, section("pretrain.msm", mask_ratio=0.5, loss_on=loss_on), seed=3)
     # recompute: the same mask from the same seed, the encoder's prediction, MSE on the chosen patches
     masked = random_mask(2, 12, 0.5, torch.Generator().manual_seed(3))
     h, _ = enc(x, keep=visible_indices(masked))
@@ -181,4 +178,4 @@ def test_msm_loss_by_hand_on_every_encoder(name, loss_on):
 def test_raw_patch_objectives_need_mask_tokens():
     enc = _encoder("transformer", masked="drop")
     with pytest.raises(ValueError, match="needs model.masked_tokens mask_token"):
-        msm_losses(enc, RawPatchHead(32, 256), torch.randn(1, FRAMES, MEL), MsmConfig(), seed=0)
+        msm_losses(enc, RawPatchHead(32, 256), torch.randn(1, FRAMES, MEL), section("pretrain.msm"), seed=0)

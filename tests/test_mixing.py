@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import reference_kaldi_fbank
+from conftest import reference_kaldi_fbank, section
 
-from sslam.config import FeaturesConfig, MaskConfig, MixConfig, SrlConfig, Stage2Config
 from sslam.models.student import Student, make_teacher
-from sslam.models.vit import Encoder
+from sslam.models.vit import ViTEncoder
 from sslam.pretrain import mixing as M
 from sslam.pretrain.objectives import srl_target, stage2_losses
 
@@ -76,13 +75,13 @@ def test_waveform_mixing_equals_fbank_of_the_averaged_waveform():
     n = 400 + 63 * 160
     waves = torch.randn(2, n) * 0.1
     fm = torch.ones(2, 64, dtype=torch.bool)
-    got = M.mix_waveforms(waves, torch.tensor([n, n]), fm, -5.0, 3.0, 16000, FeaturesConfig(), 64)
+    got = M.mix_waveforms(waves, torch.tensor([n, n]), fm, -5.0, 3.0, 16000, section("features"), 64)
     for i in range(2):
         avg = 0.5 * (waves[i] + waves[1 - i])
         fb = reference_kaldi_fbank(avg)
         assert torch.allclose(got[i], (fb - -5.0) / 6.0, atol=1e-4)
     none = M.mix_waveforms(
-        waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 0.0, 1.0, 16000, FeaturesConfig(), 64
+        waves, torch.tensor([n, n]), torch.zeros(2, 64, dtype=torch.bool), 0.0, 1.0, 16000, section("features"), 64
     )
     assert not torch.allclose(none, got)
 
@@ -106,7 +105,7 @@ class StubTeacher(torch.nn.Module):
     """A teacher whose per-layer outputs are a fixed function of the tokens it is given, so the SRL
     target through stage2_losses can be computed directly."""
 
-    def __init__(self, enc: Encoder):
+    def __init__(self, enc: ViTEncoder):
         super().__init__()
         self.enc = enc
         self.grid = enc.grid
@@ -117,10 +116,8 @@ class StubTeacher(torch.nn.Module):
 
 
 def tiny(variant: str, strategy: str = "max"):
-    from sslam.config import ModelConfig
-
     torch.manual_seed(0)
-    cfg = ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4)
+    cfg = section("model", embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4)
     student = Student(cfg, 64, 32)
     teacher = make_teacher(student)
     return student, teacher, tiny_settings(variant, strategy)
@@ -129,8 +126,9 @@ def tiny(variant: str, strategy: str = "max"):
 def tiny_settings(variant: str, strategy: str = "max", **stage) -> dict:
     """The params sections stage2_losses takes: 2 clones, top-2 layers, half the time patches mixed."""
     return {
-        "mask": MaskConfig(ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2),
-        "stage": Stage2Config(
+        "mask": section("mask", ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2),
+        "stage": section(
+            "pretrain.stage2",
             variant=variant,
             top_k_layers=2,
             global_top_k_layers=1,
@@ -140,8 +138,8 @@ def tiny_settings(variant: str, strategy: str = "max", **stage) -> dict:
             clone_batch=None,
             **stage,
         ),
-        "mix": MixConfig(strategy=strategy, partial=True, partial_mode="reference", mixed_fraction=0.5),
-        "srl": SrlConfig(weight=1.0, aggregation="mean"),
+        "mix": section("mix", strategy=strategy, partial=True, partial_mode="reference", mixed_fraction=0.5),
+        "srl": section("srl", weight=1.0, aggregation="mean"),
     }
 
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
-from conftest import REPO
+from conftest import REPO, section
 from pretrain_helpers import tiny_setup
 from safetensors.torch import load_file
 
-from sslam.config import ConfigError, FeaturesConfig, MaskConfig, ModelConfig, StageConfig, load_config
+from sslam.config.base import ConfigError
+from sslam.config.params import load_config
 from sslam.features.fbank import kaldi_fbank, overview_logmel
-from sslam.models.contract import build_encoder, resolved_masked_tokens
+from sslam.models.registry import build_encoder, resolved_masked_tokens
 from sslam.pretrain.loop import random_crops
 from sslam.pretrain.objectives import clones_per_clip
 from sslam.pretrain.raw_patch import raw_patches
@@ -50,17 +51,17 @@ def test_features_stage_uses_the_front_end_param():
     from sslam.features.store import clip_features
 
     wave = (np.random.default_rng(1).standard_normal(8000) * 0.1).astype(np.float32)
-    cfg = FeaturesConfig(front_end="logmel", num_mel_bins=80, target_frames=64)
+    cfg = section("features", front_end="logmel", num_mel_bins=80, target_frames=64)
     fb, valid = clip_features(wave, 16000, cfg)
     assert fb.shape == (64, 80) and valid == 48  # 1 + (8000 - 400) // 160
     assert abs(fb[:valid].mean()) < 1e-4 and (fb[valid:] == 0).all()
-    kaldi, _ = clip_features(wave, 16000, FeaturesConfig(num_mel_bins=80, target_frames=64))
+    kaldi, _ = clip_features(wave, 16000, section("features", num_mel_bins=80, target_frames=64))
     assert not np.allclose(kaldi, fb)
 
 
 @pytest.mark.parametrize("name", ["transformer", "mamba", "xlstm"])
 def test_non_square_patches_on_every_encoder(name):
-    cfg = ModelConfig(encoder=name, embed_dim=32, depth=1, num_heads=2, patch_size=[4, 16], decoder_groups=4)
+    cfg = section("model", encoder=name, embed_dim=32, depth=1, num_heads=2, patch_size=[4, 16], decoder_groups=4)
     assert cfg.patch == (4, 16)
     enc = build_encoder(cfg, 200, 80)  # the overview: 2 s crops, 80 bins -> 50 x 5 = 250 patches
     assert enc.grid == (50, 5) and enc.patch_size == (4, 16)
@@ -77,10 +78,10 @@ def test_raw_patches_match_an_identity_patch_conv_for_non_square_patches():
 
 
 def test_objective_decides_masked_tokens_and_rejects_drop():
-    cfg = ModelConfig()
+    cfg = section("model")
     assert resolved_masked_tokens(cfg) == "drop"
     assert resolved_masked_tokens(cfg, "ssast") == resolved_masked_tokens(cfg, "msm") == "mask_token"
-    assert resolved_masked_tokens(ModelConfig(encoder="mamba"), "bootstrap") == "mask_token"
+    assert resolved_masked_tokens(section("model", encoder="mamba"), "bootstrap") == "mask_token"
     params = REPO / "params.yaml"
     with pytest.raises(ConfigError, match="masked_tokens must be mask_token or auto, not drop"):
         load_config(params, {"pretrain.objective": "msm", "model.masked_tokens": "drop"})
@@ -90,12 +91,12 @@ def test_objective_decides_masked_tokens_and_rejects_drop():
 
 
 def test_clone_batch_follows_the_masked_token_mode():
-    per_mode = MaskConfig()
-    assert clones_per_clip(per_mode, StageConfig(), "drop") == 4
-    assert clones_per_clip(per_mode, StageConfig(), "mask_token") == 1
-    same = MaskConfig(clone_batch=3)
-    assert clones_per_clip(same, StageConfig(), "mask_token") == 3
-    assert clones_per_clip(same, StageConfig(clone_batch={"drop": 8, "mask_token": 2}), "drop") == 8
+    per_mode, stage = section("mask"), section("pretrain.stage1")
+    assert clones_per_clip(per_mode, stage, "drop") == 4
+    assert clones_per_clip(per_mode, stage, "mask_token") == 1
+    same = section("mask", clone_batch=3)
+    assert clones_per_clip(same, stage, "mask_token") == 3
+    assert clones_per_clip(same, section("pretrain.stage1", clone_batch={"drop": 8, "mask_token": 2}), "drop") == 8
 
 
 def test_random_crops_stay_in_the_valid_frames_and_repeat_with_the_seed():

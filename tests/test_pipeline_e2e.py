@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -115,8 +116,20 @@ def test_small_pipeline_end_to_end(tmp_path):
     params["linear_eval"].update(epochs=5)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    out = sh(["dvc", "repro"], repo)
-    assert "Running stage 'download'" in out.stdout
+    # the README's first command as a user types it, from a shell whose PATH lacks the project's
+    # environment: make puts .venv/bin first. The copy shares the environment `make test` just used
+    # (`-o .venv/.installed` only tells make not to reinstall it into the copy)
+    (repo / ".venv").symlink_to(REPO / ".venv")
+    bare = dict(os.environ, PATH="/usr/local/bin:/usr/bin:/bin", DVC_NO_ANALYTICS="1")
+    bare.pop("VIRTUAL_ENV", None)
+
+    def make(command: str) -> subprocess.CompletedProcess:
+        make_args = ["make", "-o", ".venv/.installed", *shlex.split(command)[1:]]
+        return subprocess.run(make_args, cwd=repo, env=bare, capture_output=True, text=True)
+
+    out = make("make repro")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Running stage 'download'" in out.stdout and "Running stage 'code'" in out.stdout
     assert "up to date" in sh(["dvc", "status"], repo).stdout.lower()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["download"]["params"]["params.yaml"]["download"]["synthetic"]["num_classes"] == 10
@@ -191,29 +204,21 @@ def test_small_pipeline_end_to_end(tmp_path):
     # checkpoint changes; nothing upstream of stage 2
     assert changed == {"pretrain_stage2", "pretrain_stage2_run@mb_ua_s0", "report"}, changed
     sh(["git", "checkout", "params.yaml"], repo)
-    # the README's experiment command as a user types it, from a shell whose PATH lacks the project's
-    # environment: make puts .venv/bin first. The copy shares the environment `make test` just used
-    # (`-o` only tells make not to reinstall it into the copy; the command is otherwise the README's)
-    (repo / ".venv").symlink_to(REPO / ".venv")
-    bare = dict(os.environ, PATH="/usr/local/bin:/usr/bin:/bin", DVC_NO_ANALYTICS="1")
-    bare.pop("VIRTUAL_ENV", None)
-    exp = subprocess.run(
-        ["make", "-o", ".venv/.installed", "exp", "ARGS=-S mix.strategy=average"],
-        cwd=repo,
-        env=bare,
-        capture_output=True,
-        text=True,
-    )
-    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    # the README's experiment commands, in the project's environment
+    exp = sh(shlex.split("dvc exp run -S mix.strategy=average"), repo)
     assert "Running stage 'pretrain_stage2'" in exp.stdout and "Running stage 'download'" not in exp.stdout
     assert yaml.safe_load((repo / "params.yaml").read_text())["mix"]["strategy"] == "average"
     moved = json.loads(sh(["dvc", "metrics", "diff", "--json"], repo).stdout)
     assert "metrics/pretrain_stage2.json" in moved and "metrics/pretrain_stage1.json" not in moved
+    shown = sh(shlex.split("dvc metrics diff"), repo).stdout
+    assert "metrics/pretrain_stage2.json" in shown and "metrics/pretrain_stage1.json" not in shown
+    table = sh(shlex.split("dvc exp show --only-changed --md"), repo).stdout
+    assert table.lstrip().startswith("|") and "mix.strategy" in table and "average" in table
     # a bad param stops the stage at start-up, naming the key
     params["mix"]["strategy"] = "foo"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run(
-        ["python", "stages/download.py"],
+        ["python", "stages/pretrain.py", "--stage", "stage1"],  # a stage that reads mix
         cwd=repo,
         capture_output=True,
         text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import section
 
 from sslam.data.audioset_format import OntologyNode, read_ontology, read_segments_csv
 from sslam.data.polyphony import RULES, OntologyGraph, RelationIndex, analyse, analyse_folder, distinct_events
@@ -204,20 +205,18 @@ def test_real_audioset_figures(audioset_labels):
 def test_synthetic_truth_is_recovered_by_keep_specific(tmp_path):
     """On the synthetic corpus, facet labels are ancestors of present events, so keep_specific at a
     deep enough level counts exactly the distinct sources the strong labels hold."""
-    from sslam.config import SyntheticConfig
     from sslam.data.synthetic import generate_corpus
 
-    cfg = SyntheticConfig.model_validate(
-        {
-            "clips": {"unbalanced": 60, "balanced": 30, "eval": 30},
-            "tasks": {
-                "mono": {"clips_per_class_per_fold": 1},
-                "urban": {"clips_train": 1, "clips_eval": 1},
-                "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
-                "keywords": {"clips_per_class": {"train": 1, "valid": 1, "test": 1}},
-                "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1},
-            },
-        }
+    cfg = section(
+        "download.synthetic",
+        clips={"unbalanced": 60, "balanced": 30, "eval": 30},
+        tasks={
+            "mono": {"clips_per_class_per_fold": 1},
+            "urban": {"clips_train": 1, "clips_eval": 1},
+            "desed": {"num_classes": 2, "clips_train": 2, "clips_eval": 2},
+            "keywords": {"clips_per_class": {"train": 1, "valid": 1, "test": 1}},
+            "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1},
+        },
     )
     generate_corpus(cfg, tmp_path, 16000)
     res = analyse_folder(tmp_path, [1, 4])

@@ -45,7 +45,7 @@ def run_stage(
 WORKER = """
 import sys, torch
 from accelerate import PartialState
-from sslam.config import load_config
+from sslam.config.params import load_config
 from sslam.pretrain.loop import train_stage
 cfg = load_config(sys.argv[1])
 losses = {}
@@ -80,7 +80,7 @@ def test_two_processes_ddp_keep_identical_weights(tmp_path):
 
 
 def tiny_initial_student(params: Path) -> dict:
-    from sslam.config import load_config
+    from sslam.config.params import load_config
     from sslam.models.student import Student
 
     cfg = load_config(params)
@@ -123,7 +123,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_non_finite_loss_names_step_term_and_checkpoint(tmp_path, monkeypatch):
     import sslam.pretrain.loop as L
-    from sslam.config import load_config
+    from sslam.config.params import load_config
 
     params, feats = tiny_setup(tmp_path, steps=8, checkpoint_every=2)
     real = L.stage1_losses
@@ -144,7 +144,7 @@ def test_non_finite_loss_names_step_term_and_checkpoint(tmp_path, monkeypatch):
 
 
 def test_loss_falls_on_the_tiny_corpus(tmp_path):
-    from sslam.config import load_config
+    from sslam.config.params import load_config
     from sslam.pretrain.loop import train_stage
 
     params, feats = tiny_setup(tmp_path, steps=40, checkpoint_every=100)
@@ -165,7 +165,7 @@ def test_loss_falls_on_the_tiny_corpus(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["max", "average", "waveform"])
 def test_stage2_runs_with_every_mixing_strategy(tmp_path, strategy):
-    from sslam.config import load_config
+    from sslam.config.params import load_config
     from sslam.pretrain.loop import train_stage
 
     params, feats = tiny_setup(tmp_path, steps=2, checkpoint_every=100)
@@ -197,7 +197,7 @@ def test_prefetched_micro_batches_are_the_ones_read_in_the_loop(tmp_path):
     epoch boundaries, with random crops, and from a resumed step (what was read ahead is dropped)."""
     from accelerate import Accelerator
 
-    from sslam.features.dataset import FeatureStore
+    from sslam.features.reader import FeatureStore
     from sslam.pretrain.loop import MicroBatches
 
     _, feats = tiny_setup(tmp_path)

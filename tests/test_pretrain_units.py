@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslam.config import MaskConfig
+from sslam.config.pretrain import MaskConfig
 from sslam.models.contract import sincos_2d
 from sslam.models.decoder import CnnDecoder
-from sslam.models.vit import Encoder
+from sslam.models.vit import ViTEncoder
 from sslam.pretrain.ema import ema_decay, ema_update
 from sslam.pretrain.loop import param_groups, step_seed
 from sslam.pretrain.losses import cls_loss, patch_loss, token_loss
@@ -101,14 +101,14 @@ def test_losses_by_hand():
 def test_step_seeds_are_distinct_and_param_groups():
     seeds = {step_seed(s, t, j, r) for s in range(3) for t in range(50) for j in range(4) for r in range(8)}
     assert len(seeds) == 3 * 50 * 4 * 8  # no two micro-batches on any rank share masks or noise
-    enc = Encoder(32, 1, 2, frames=32, mel=32)
+    enc = ViTEncoder(32, 1, 2, frames=32, mel=32)
     assert len(param_groups(enc, 0.05, True)) == 1
     decay, no_decay = param_groups(enc, 0.05, False)
     assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
 def test_encoder_shapes_positions_and_targets():
-    enc = Encoder(32, 2, 2, frames=64, mel=32)
+    enc = ViTEncoder(32, 2, 2, frames=64, mel=32)
     assert enc.grid == (4, 2) and enc.num_patches == 8
     pos = sincos_2d(32, 4, 2)
     assert torch.allclose(pos[3, :16], pos[1, :16])  # same frequency index 1 -> same first half

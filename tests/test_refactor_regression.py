@@ -10,21 +10,20 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, section
 from pretrain_helpers import tiny_setup
 
-from sslam.config import MaskConfig, MixConfig, ModelConfig, SrlConfig, Stage2Config, StageConfig
 from sslam.models.student import Student, make_teacher
 from sslam.pretrain.objectives import stage1_losses, stage2_losses
 from sslam.pretrain.targets import PositionCentring
 
 DATA = REPO / "tests" / "data"
-MASK = MaskConfig(ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2)
+MASK = section("mask", ratio=0.8, block_size=2, prob_adjust=0.07, clone_batch=2)
 
 
 def build() -> tuple[Student, torch.nn.Module]:
     torch.manual_seed(0)
-    student = Student(ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4), 64, 32)
+    student = Student(section("model", embed_dim=32, depth=2, num_heads=2, decoder_layers=1, decoder_groups=4), 64, 32)
     return student, make_teacher(student)
 
 
@@ -49,7 +48,9 @@ def assert_close(got: dict, want: dict, rel: float = 1e-4) -> None:
 @pytest.mark.parametrize("center", ["none", "batch"])
 def test_stage1_objective_unchanged(center):
     student, teacher = build()
-    stage = StageConfig(top_k_layers=2, cls_loss_weight=1.0, cls_loss_reduction="sum", center_targets=center)
+    stage = section(
+        "pretrain.stage1", top_k_layers=2, cls_loss_weight=1.0, cls_loss_reduction="sum", center_targets=center
+    )
     out = stage1_losses(student, teacher, clips(), MASK, stage, seed=11, centring=PositionCentring(center))
     out["loss"].backward()
     got = {k: float(v.detach()) for k, v in out.items()} | {"grad_norm": grad_norm(student)}
@@ -60,7 +61,8 @@ def test_stage1_objective_unchanged(center):
 @pytest.mark.parametrize("variant", ["mb_ua", "mb_pma", "mb_ua_pma", "sslam"])
 def test_stage2_objectives_unchanged(variant, strategy):
     student, teacher = build()
-    stage = Stage2Config(
+    stage = section(
+        "pretrain.stage2",
         variant=variant,
         top_k_layers=2,
         global_top_k_layers=1,
@@ -69,8 +71,8 @@ def test_stage2_objectives_unchanged(variant, strategy):
         center_targets="batch",
         clone_batch=None,
     )
-    mix = MixConfig(strategy=strategy, partial=True, partial_mode="reference", mixed_fraction=0.5)
-    srl = SrlConfig(weight=1.0, aggregation="mean", global_loss=variant == "sslam")
+    mix = section("mix", strategy=strategy, partial=True, partial_mode="reference", mixed_fraction=0.5)
+    srl = section("srl", weight=1.0, aggregation="mean", global_loss=variant == "sslam")
     out = stage2_losses(student, teacher, clips(), MASK, stage, mix, srl, seed=13, centring=PositionCentring("batch"))
     out["loss"].backward()
     got = {k: float(v.detach()) for k, v in out.items()} | {"grad_norm": grad_norm(student)}
@@ -79,7 +81,7 @@ def test_stage2_objectives_unchanged(variant, strategy):
 
 def test_training_steps_of_both_stages_unchanged(tmp_path):
     """Four stage-1 and three stage-2 steps through train_stage: data order, masks, schedule, EMA."""
-    from sslam.config import load_config
+    from sslam.config.params import load_config
     from sslam.pretrain.loop import train_stage
 
     params, feats = tiny_setup(tmp_path, steps=4, checkpoint_every=100)

@@ -141,3 +141,29 @@ def test_two_discordant_clips_resolve_no_difference():
     assert c.verdict.startswith("no difference")
     classic = compare(p, ["a"], ["b"], ("a", "b"), Settings(samples=2000, method="percentile"))
     assert classic.verdict.startswith("no difference") and c.b.high < 1.0  # Dirichlet: a score interval is open
+
+
+def test_the_report_stage_leaves_the_experiment_tools_out():
+    """The `report` stage renders this run's metrics; the tables over `dvc exp` runs (sslam.experiments) are
+    run by hand and never become its dependencies."""
+    from conftest import REPO
+
+    from sslam.provenance import import_closure
+
+    closure = {f.relative_to(REPO).as_posix() for f in import_closure(REPO / "stages" / "report.py")}
+    assert "src/sslam/report/tables.py" in closure
+    assert not [f for f in closure if f.startswith("src/sslam/experiments/")]
+
+
+def test_loss_curves_come_from_the_dvclive_folder(tmp_path):
+    """One reader for dvclive's TSVs: the pretraining summary and the report's plot see the same curve."""
+    from sslam.pretrain.curves import curve_summary, curves_folder, read_curves
+
+    folder = curves_folder(tmp_path / "live", "stage1")
+    folder.mkdir(parents=True)
+    (folder / "loss.tsv").write_text("timestamp\tstep\tloss\n1\t0\t4.0\n2\t5\t2.0\n3\t10\t1.0\n")
+    (folder / "lr.tsv").write_text("timestamp\tstep\tlr\n")
+    curves = read_curves(folder)
+    assert list(curves) == ["loss", "lr"] and curves["lr"].values == []
+    assert curves["loss"].steps == [0, 5, 10] and curves["loss"].values == [4.0, 2.0, 1.0]
+    assert curve_summary(curves["loss"].values, window=1) == {"first": 4.0, "last": 1.0, "logged_steps": 3}

@@ -13,16 +13,16 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, section
 from dataset_layouts import BUILDERS
 from safetensors.torch import save_file
 
-from sslam.config import FeaturesConfig, FolderConfig, ModelConfig
+from sslam.data.clip_length import ClipTooShortError, min_samples
 from sslam.data.folder import ingest_folder
 from sslam.data.manifest import ManifestRow, read_manifest, write_manifest
 from sslam.embed import get_scene_embeddings, load_model, main
-from sslam.features.dataset import FeatureStore
-from sslam.features.fbank import ClipTooShortError, log_mel, min_samples
+from sslam.features.fbank import log_mel
+from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features, clip_features, pad_or_crop
 from sslam.io import write_flac_atomic
 from sslam.models.student import Student
@@ -38,7 +38,7 @@ def noise(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("front_end", ["kaldi", "logmel"])
 def test_log_mel_refuses_less_than_one_window_under_both_front_ends(front_end):
-    cfg = FeaturesConfig(front_end=front_end, num_mel_bins=64, target_frames=16)
+    cfg = section("features", front_end=front_end, num_mel_bins=64, target_frames=16)
     assert min_samples(SR, 25.0) == 400
     assert min_samples(11025, 25.0) == 276  # Kaldi truncates 275.625, the log-mel rounds: the larger counts
     assert log_mel(torch.from_numpy(noise(400)).float(), SR, cfg).shape == (1, 64)  # one window: one frame
@@ -57,7 +57,7 @@ def test_folder_source_fails_a_clip_shorter_than_one_window_after_resampling(tmp
     sf.write(audio / "short44k.wav", noise(1000), 44100)  # 1000 samples at 44.1 kHz: 363 at 16 kHz
     labels = tmp_path / "labels.csv"
     labels.write_text("filename,labels\ngood.wav,dog\nshort.wav,dog\nshort44k.wav,cat\n")
-    cfg = FolderConfig(audio_dir=str(audio), labels_csv=str(labels), max_seconds=5.0, silence_dbfs=-70.0)
+    cfg = section("download.folder", audio_dir=str(audio), labels_csv=str(labels), max_seconds=5.0, silence_dbfs=-70.0)
     out = tmp_path / "corpus"
     summary = ingest_folder(cfg, out, SR, tmp_path / "failures.csv", workers=1)
     rows = read_manifest(out / "manifests" / "unbalanced.csv").set_index("clip_id")
@@ -98,7 +98,7 @@ def test_features_stage_fails_a_stored_clip_shorter_than_one_window(tmp_path):
         write_flac_atomic(corpus / f"audio/unbalanced/{cid}.flac", noise(n), SR)
         rows.append(ManifestRow(cid, "unbalanced", f"audio/unbalanced/{cid}.flac", n / SR, SR, ("/m/0",), "ok", ""))
     write_manifest(corpus / "manifests" / "unbalanced.csv", rows)
-    cfg = FeaturesConfig(target_frames=16, num_mel_bins=64, shard_size=8)
+    cfg = section("features", target_frames=16, num_mel_bins=64, shard_size=8)
     summary = build_features(corpus, tmp_path / "features", cfg, SR, workers=1)
     assert summary["sets"]["unbalanced"] == {"clips": 2, "failed": 1, "shards": 1}
     fails = pd.read_csv(tmp_path / "features" / "unbalanced" / "failures.csv", dtype=str)
@@ -109,7 +109,7 @@ def test_features_stage_fails_a_stored_clip_shorter_than_one_window(tmp_path):
 
 def small_checkpoint(tmp_path) -> tuple[list[str], object]:
     """A small random run's checkpoint folder and pinned statistics: the CLI's arguments and the model."""
-    cfg = ModelConfig.model_validate({"embed_dim": 32, "depth": 1, "num_heads": 2, "decoder_layers": 1})
+    cfg = section("model", embed_dim=32, depth=1, num_heads=2, decoder_layers=1)
     torch.manual_seed(0)
     folder = tmp_path / "ckpt" / "final"
     folder.mkdir(parents=True)
@@ -139,7 +139,7 @@ def test_embedding_cli_records_a_short_file_and_the_api_raises_the_reason(tmp_pa
 
 
 def test_waveform_mixing_takes_a_clip_of_exactly_one_window():
-    cfg = FeaturesConfig(target_frames=16, num_mel_bins=64)
+    cfg = section("features", target_frames=16, num_mel_bins=64)
     waves = torch.from_numpy(np.stack([noise(800, 1), noise(800, 2)])).float()
     frames_mixed = torch.zeros(2, 16, dtype=torch.bool)  # nothing mixed: each clip as the store holds it
     got = mix_waveforms(waves, torch.tensor([400, 800]), frames_mixed, -6.0, 3.0, SR, cfg, 16)

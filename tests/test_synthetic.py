@@ -11,9 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
+from conftest import section
 from test_audioset_format import independent_class_index, independent_ontology, independent_segments
 
-from sslam.config import SyntheticConfig
+from sslam.config.data import SyntheticConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.catalogue import LEAVES, build_catalogue
 from sslam.data.manifest import read_manifest
@@ -42,8 +43,7 @@ def small_config(**overrides) -> SyntheticConfig:
             "masked": {"clips_per_class_per_ratio": {"train": 1, "eval": 2}, "tmr_db": [-20.0, 0.0]},
         },
     )
-    base.update(overrides)
-    return SyntheticConfig.model_validate(base)
+    return section("download.synthetic", **{**base, **overrides})
 
 
 def tree_digest(root: Path) -> dict[str, str]:

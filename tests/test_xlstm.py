@@ -7,10 +7,10 @@ import time
 
 import pytest
 import torch
+from conftest import section
 
-from sslam.config import ModelConfig
 from sslam.models import xlstm
-from sslam.models.contract import build_encoder
+from sslam.models.registry import build_encoder
 from sslam.models.xlstm import XlstmEncoder, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent
 
 FRAMES, MEL, PATCH = 32, 16, 4  # grid (8, 4): 32 patches
@@ -216,7 +216,8 @@ def test_drop_path_only_in_training_and_layer_groups() -> None:
 
 
 def test_init_and_from_config() -> None:
-    cfg = ModelConfig(
+    cfg = section(
+        "model",
         encoder="xlstm",
         embed_dim=32,
         depth=2,

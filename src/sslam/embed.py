@@ -31,12 +31,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslam.config import Config, FeaturesConfig, load_config
+from sslam.config.features import FeaturesConfig
+from sslam.config.params import load_config
 from sslam.features.fbank import log_mel
 from sslam.models.contract import PatchEncoder
 from sslam.models.pooling import POOLINGS, pool_patches, pooled_width, valid_time_patches
 
 MAX_HOP_MS = 50.0  # the HEAR API's limit for timestamp embeddings
+# An input spec holds the front end, the window and the normalisation; the features section's other keys
+# (the feature cache's, and f_min / f_max, which only the logmel front end reads) take these inert values.
+NOT_IN_AN_INPUT_SPEC = {
+    "f_min": 50.0,
+    "f_max": 8000.0,
+    "stats_split": "unbalanced",
+    "shard_size": 128,
+    "store_waveforms": False,
+}
 
 
 class EmbeddingModel(nn.Module):
@@ -143,36 +153,35 @@ def load_model(
     device: str = "cpu",
     pooling: str | None = None,
 ) -> EmbeddingModel:
-    """Any encoder checkpoint: a run of this project (``checkpoints/<name>/final``: the encoder its
-    ``meta.json`` built, the front end of ``params``, the normalisation it was pretrained with from
-    ``stats`` or ``features.norm_*``), an import (``checkpoints/<name>/final`` of an ``import_weights``
-    stage), or straight from the file: the released EAT / SSLAM weights (hub folder or fairseq ``.pt``)
-    or an export of this project (``python -m sslam.export``). Imports and files bring their own input
-    settings; ``params`` and ``stats`` are read for this project's runs only. ``pooling`` (None:
-    ``linear_eval.pooling`` of ``params``, else ``mean``): the scene embedding is then the vector linear
-    evaluation trains its head on."""
-    from sslam.released import imported_input, load_folder_encoder, load_weights, own_input
+    """Any encoder checkpoint: a checkpoint folder of this project (``checkpoints/<name>/final``, a run or
+    an import: the encoder its ``meta.json`` builds, with the input settings it records), or straight
+    from the file: the released EAT / SSLAM weights (hub folder or fairseq ``.pt``) or an export of this
+    project (``python -m sslam.export``). ``params`` and ``stats`` are read only for a run written before
+    its ``meta.json`` recorded its input: the front end of ``params``, the normalisation it was pretrained
+    with from ``stats`` or ``features.norm_*``. ``pooling`` (None: ``linear_eval.pooling`` of
+    ``params``, else ``mean``): the scene embedding is then the vector linear evaluation trains its head
+    on."""
+    from sslam.checkpoints import META, folder_input, own_input, read_encoder
+    from sslam.interop import load_weights
 
     if pooling is None:
         pooling = load_config(params).linear_eval.pooling if Path(params).is_file() else "mean"
     folder = Path(model_file_path)
-    if not (folder / "meta.json").is_file():  # a released or exported checkpoint
+    if not (folder / META).is_file():  # a released or exported checkpoint
         encoder, info = load_weights(folder)
         return _embedding_model(encoder, info["input"], device, pooling)
-    if not (folder / "student.safetensors").is_file():
-        raise FileNotFoundError(f"{folder}/student.safetensors: missing (load_model takes checkpoints/<name>/final)")
-    spec = imported_input(folder)
-    if spec is None:  # a run of this project: the front end of params, the statistics it was pretrained with
-        cfg: Config = load_config(params)
+    spec = folder_input(folder)
+    if spec is None:  # a run from before meta.json recorded its input
+        cfg = load_config(params)
         spec = own_input(cfg.features, cfg.data.sample_rate, stats)
     f = spec["features"]
-    encoder = load_folder_encoder(folder, f["target_frames"], f["num_mel_bins"])
+    encoder = read_encoder(folder, f["target_frames"], f["num_mel_bins"])
     return _embedding_model(encoder, spec, device, pooling)
 
 
 def _embedding_model(encoder: PatchEncoder, spec: dict, device: str, pooling: str) -> EmbeddingModel:
-    """The encoder with the front end and normalisation of its input settings (``released.py``)."""
-    features = FeaturesConfig.model_validate(spec["features"])
+    """The encoder with the front end and normalisation of its input settings (:mod:`sslam.checkpoints`)."""
+    features = FeaturesConfig.model_validate(NOT_IN_AN_INPUT_SPEC | spec["features"])
     return EmbeddingModel(
         encoder.to(device), features, spec["sample_rate"], features.norm_mean, features.norm_std, pooling
     )

@@ -5,8 +5,9 @@ with the keys under ``model.``, ``config.json`` with the EAT config fields), so 
 weights reads it; this project's input settings ride along in ``config.json``'s ``sslam`` entry. Mamba
 and xLSTM encoders have no published layout: they go out in this project's own (``encoder.safetensors``
 with the encoder's state-dict names, ``config.json`` with ``format: sslam-encoder``, the ``model``
-section and the input). Both read back with ``sslam.released.load_weights``, the ``imports`` params
-section and ``sslam.embed.load_model``.
+section and the input). Both read back with ``sslam.interop.load_weights``, the ``imports`` params
+section and ``sslam.embed.load_model``. The input settings written are the ones the checkpoint's
+``meta.json`` records; ``--params`` and ``--stats`` only stand in for a run written before it recorded them.
 """
 
 from __future__ import annotations
@@ -15,20 +16,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from sslam.config import load_config
-from sslam.released import CheckpointError, export_encoder, imported_input, own_input
+from sslam.checkpoints import folder_input, own_input
+from sslam.config.params import load_config
+from sslam.interop import CheckpointError, export_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/stage2/final")
     ap.add_argument("out", help="the folder to write")
-    ap.add_argument("--params", default="params.yaml", help="the front end of this project's own runs")
-    ap.add_argument("--stats", default="data/features/stats.json", help="their normalisation statistics")
+    ap.add_argument(
+        "--params", default="params.yaml", help="the front end of a run whose meta.json does not record its input"
+    )
+    ap.add_argument("--stats", default="data/features/stats.json", help="the normalisation statistics of such a run")
     args = ap.parse_args(argv)
     try:
-        spec = imported_input(args.checkpoint)
-        if spec is None:
+        spec = folder_input(args.checkpoint)
+        if spec is None:  # a run from before meta.json recorded its input
             cfg = load_config(args.params)
             spec = own_input(cfg.features, cfg.data.sample_rate, args.stats)
         layout = export_encoder(args.checkpoint, args.out, spec)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from sslam.config import ConfigError, load_config
+from sslam.config.base import ConfigError
+from sslam.config.params import load_config
+from sslam.models.registry import ENCODERS
 
 PROFILES = Path(__file__).parent / "profiles"
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "names", nargs="+", metavar="name", help=f"profiles: {sorted(p.stem for p in PROFILES.glob('*.yaml'))}"
     )
-    ap.add_argument("--encoder", choices=["transformer", "mamba", "xlstm"], help="model.encoder, set last")
+    ap.add_argument("--encoder", choices=list(ENCODERS), help="model.encoder, set last")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     try:

@@ -7,7 +7,8 @@ unchanged, or the rerun hands back the old result as the new code's. Everything 
 way ``dvc.yaml`` declares them, and ``tests/test_dvc_deps.py`` checks ``dvc.yaml`` against the same
 :func:`import_closure`, so the two can never drift apart:
 
-- code: the stage script and every ``sslam`` file it imports, transitively (function-level imports too);
+- code: the stage script and every ``sslam`` file it imports, transitively (function-level imports too, and
+  every module of a package a registry discovers: ``DISCOVERS = "<package>"``);
 - params: the values of exactly the keys the stage lists under ``params:`` in ``dvc.yaml``;
 - data: file contents (SHA-256). Hashes are kept in a small SQLite table keyed by the file's path, size,
   mtime and inode (what DVC's own state database does), so an unchanged multi-GB input is not read again.
@@ -51,7 +52,7 @@ def module_file(name: str, src: Path = SRC) -> Path | None:
     return None
 
 
-def imported_modules(path: Path, package: str | None) -> set[str]:
+def imported_modules(path: Path, package: str | None, discovered: bool = True) -> set[str]:
     """Every ``sslam`` module a file imports, anywhere in it (function-level and relative imports too)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -64,21 +65,38 @@ def imported_modules(path: Path, package: str | None) -> set[str]:
                 base = ".".join(parts + ([base] if base else []))
             out.add(base)
             out |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
+        elif (
+            discovered
+            and isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "DISCOVERS" for t in node.targets)
+        ):
+            out |= discovered_modules(node.value.value) if isinstance(node.value, ast.Constant) else set()
     return {m for m in out if m == "sslam" or m.startswith("sslam.")}
 
 
+def discovered_modules(package: str, src: Path = SRC) -> set[str]:
+    """The modules a registry finds at run time (``DISCOVERS = "<package>"`` beside its ``pkgutil`` walk):
+    every module of the package, so a plug-in added as one new file is code its users depend on."""
+    folder = src / Path(*package.split("."))
+    return {f"{package}.{f.stem}" for f in folder.glob("*.py") if not f.name.startswith("_")}
+
+
 def import_closure(script: str | Path, src: Path = SRC) -> set[Path]:
-    """The library files a script pulls in, transitively (empty package ``__init__`` files left out)."""
+    """The library files a script pulls in, transitively, with the ``__init__`` of every package on the way
+    (Python runs them; empty ones are left out)."""
     seen: set[Path] = set()
     todo: list[tuple[Path, str | None]] = [(Path(script), None)]
     while todo:
         path, package = todo.pop()
         for mod in imported_modules(path, package):
-            f = module_file(mod, src)
-            if f is None or f in seen:
-                continue
-            seen.add(f)
-            todo.append((f, mod if f.name == "__init__.py" else mod.rpartition(".")[0]))
+            # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            parents = [".".join(mod.split(".")[:i]) for i in range(1, mod.count(".") + 1)]
+            for name in [*parents, mod]:
+                f = module_file(name, src)
+                if f is None or f in seen:
+                    continue
+                seen.add(f)
+                todo.append((f, name if f.name == "__init__.py" else name.rpartition(".")[0]))
     return {f for f in seen if not (f.name == "__init__.py" and not f.read_text().strip())}
 
 
@@ -91,6 +109,51 @@ def code_digest(script: str | Path, src: Path = SRC) -> str:
         script.read_bytes(),
         *(b for f in files for b in (str(f.relative_to(src)).encode(), f.read_bytes())),
     )
+
+
+def code_manifest(script: str | Path, src: Path = SRC) -> dict[str, Any]:
+    """What a stage's code is: its script and every library file it imports, each with its SHA-256, by
+    path from the repository root. The pipeline's stages depend on this file instead of a list of paths
+    kept by hand: it changes exactly when the code the stage runs does."""
+    script = Path(script).resolve()
+    name = f"{script.parent.name}/{script.name}"  # stages/<script>.py
+    code = {name: hashlib.sha256(script.read_bytes()).hexdigest()}
+    for f in sorted(import_closure(script, src)):
+        code[str(f.relative_to(src.parent))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return {"script": name, "code": code}
+
+
+def write_code_manifests(out: str | Path, stages: str | Path, src: Path = SRC) -> list[str]:
+    """``out/<script>.json`` for every stage script in ``stages`` (the ``code`` stage); a manifest whose
+    content is unchanged is not rewritten, and one without a script is removed. Returns what changed."""
+    from sslam.io import write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    changed = []
+    scripts = sorted(Path(stages).glob("*.py"))
+    for script in scripts:
+        path = out / f"{script.stem}.json"
+        text = json.dumps(code_manifest(script, src), indent=2) + "\n"
+        if not path.is_file() or path.read_text() != text:
+            write_text_atomic(path, text)
+            changed.append(path.name)
+    for stale in set(out.glob("*.json")) - {out / f"{s.stem}.json" for s in scripts}:
+        stale.unlink()
+        changed.append(stale.name)
+    return changed
+
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """Module -> the ``sslam`` modules it imports (function-level imports too), over the whole package."""
+    graph: dict[str, set[str]] = {}
+    for f in sorted((src / "sslam").rglob("*.py")):
+        rel = f.relative_to(src).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else name.rpartition(".")[0]
+        found = imported_modules(f, package, discovered=False)  # a registry's discovery is no import
+        graph[name] = {m for m in found if module_file(m, src) is not None} - {name}
+    return graph
 
 
 # ----------------------------------------------------------------------------- params
@@ -254,3 +317,20 @@ def stage_digest(
     if data:
         out["data"] = data_digest(data, cache)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sslam.provenance <stages folder> <out folder>``: the ``code`` stage."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write each stage script's code manifest (its import closure).")
+    ap.add_argument("stages", help="the folder of stage scripts")
+    ap.add_argument("out", help="where <script>.json goes")
+    args = ap.parse_args(argv)
+    changed = write_code_manifests(args.out, args.stages)
+    print(f"code: {len(changed)} manifest(s) changed: {', '.join(changed) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

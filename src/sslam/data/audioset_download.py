@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import soundfile as sf
 from tqdm import tqdm
 
-from sslam.config import AudiosetConfig
+from sslam.config.data import AudiosetConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.manifest import ManifestRow, write_manifest
 from sslam.io import TMP_PREFIX, atomic_path

@@ -22,32 +22,23 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from sslam.config import FeaturesConfig, FolderConfig
+from sslam.config.data import FolderConfig
 from sslam.data import audioset_format as fmt
+from sslam.data.clip_length import ClipTooShortError, check_clip_length
+from sslam.data.listing import FolderItem, clip_id_of
 from sslam.data.manifest import ManifestRow, write_failures, write_manifest
-from sslam.features.fbank import ClipTooShortError, check_clip_length
 from sslam.io import atomic_path, write_flac_atomic
 
 LABEL_COLUMNS = ("filename", "labels")
 DEFAULT_SPLIT = "unbalanced"
 SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-# the download stage reads no features params: its clips must fill one window of the default front end
-DEFAULT_FRAME_LENGTH_MS = FeaturesConfig.model_fields["frame_length_ms"].default
+# the download stage reads no features params: its clips must fill one window of the reference front end
+# (the Kaldi fbank's 25 ms, params.yaml's features.frame_length_ms); the dataset stage passes its own
+DEFAULT_FRAME_LENGTH_MS = 25.0
 
 
 class FolderSourceError(ValueError):
     """The folder source's inputs cannot be used at all (not one bad file: that is recorded, not raised)."""
-
-
-@dataclass(frozen=True)
-class FolderItem:
-    clip_id: str
-    split: str
-    source: str  # as written in the labels CSV
-    labels: tuple[str, ...]
-    problem: str  # non-empty: fails before decoding
-    start_seconds: float = 0.0  # a window of the file (Speech Commands' silence cut from background noise)
-    duration_seconds: float = 0.0  # 0: the whole file
 
 
 @dataclass(frozen=True)
@@ -103,7 +94,9 @@ def resample(audio: np.ndarray, orig: int, target: int) -> np.ndarray:
     return AF.resample(torch.from_numpy(audio), orig, target).numpy()
 
 
-def to_mono(data: np.ndarray, rate: int, sample_rate: int, max_seconds: float | None = None) -> tuple[np.ndarray, list[str]]:
+def to_mono(
+    data: np.ndarray, rate: int, sample_rate: int, max_seconds: float | None = None
+) -> tuple[np.ndarray, list[str]]:
     """(frames x channels) at ``rate`` -> mono at ``sample_rate``, cut to ``max_seconds``, and the
     conversions applied (downmixed, truncated, resampled)."""
     notes = []
@@ -137,7 +130,9 @@ def convert_file(
     ``frame_length_ms`` analysis window at ``sample_rate`` has no log-mel frame: it fails here, unwritten."""
 
     def failed(reason: str) -> IngestResult:
-        return IngestResult(ManifestRow(item.clip_id, item.split, "", 0.0, sample_rate, item.labels, "failed", reason), ())
+        return IngestResult(
+            ManifestRow(item.clip_id, item.split, "", 0.0, sample_rate, item.labels, "failed", reason), ()
+        )
 
     if item.problem:
         return failed(item.problem)
@@ -199,7 +194,7 @@ def read_labels_csv(path: Path, audio_dir: Path, known: dict[str, str] | None) -
     for lineno, rec in enumerate(df.to_dict("records"), start=2):
         name = rec["filename"].strip()
         split = (rec.get("split") or DEFAULT_SPLIT).strip()
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", str(Path(name).with_suffix("")).replace("/", "__")).strip("._-") or "clip"
+        stem = clip_id_of(name)
         seen[stem] += 1
         clip_id = stem if seen[stem] == 1 else f"{stem}__{seen[stem]}"
         raw_labels = [x.strip() for x in rec["labels"].split(",") if x.strip()]
@@ -271,7 +266,10 @@ def ingest_folder(
     for split in splits:
         write_manifest(out_dir / "manifests" / f"{split}.csv", [r.row for r in results if r.row.split == split])
     failures = [r.row for r in results if r.row.status == "failed"]
-    write_failures(failures_csv, [(f.clip_id, it.source, f.reason, 1) for f, it in zip((r.row for r in results), items) if f.status == "failed"])
+    write_failures(
+        failures_csv,
+        [(f.clip_id, it.source, f.reason, 1) for f, it in zip((r.row for r in results), items) if f.status == "failed"],
+    )
 
     reasons = Counter(f.reason.split(":")[0] for f in failures)
     notes = Counter(n for r in results for n in r.notes)

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sslam.config import SyntheticConfig
+from sslam.config.data import SyntheticConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.catalogue import MAX_CLASSES, Catalogue, build_catalogue
 from sslam.data.manifest import ManifestRow, write_manifest

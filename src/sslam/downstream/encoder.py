@@ -11,23 +11,21 @@ valid frames of the same normalised log-mel (:class:`FbankStats`), through the s
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from sslam.config import Config
+from sslam.checkpoints import folder_input, read_encoder, resolve
+from sslam.config.params import Config
 from sslam.downstream.tasks import TaskStore
+from sslam.interop import check_input
 from sslam.models.contract import PatchEncoder
 from sslam.models.pooling import pool_tokens, pooled_width, time_patch_mask
 from sslam.models.student import Student
-from sslam.released import check_input, imported_input, load_folder_encoder
 
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
-FBANK_STATS = "fbank_stats"
 
 
 class FbankStats(nn.Module):
@@ -50,25 +48,18 @@ Encoder = PatchEncoder | FbankStats
 
 
 def load_encoder(cfg: Config, name: str, frames: int, mel: int, checkpoints: str | Path = "checkpoints") -> Encoder:
-    """``fbank_stats``: the non-learned floor (:class:`FbankStats`); ``randomN``: a fresh encoder from seed
-    N (random0 is exactly pretraining's starting point); otherwise the student encoder of
-    ``checkpoints/<name>/final`` (built for ``pretrain.objective``, whose student it is; the encoder's
-    positions follow ``frames``, so a model pretrained on crops reads whole clips), or the encoder an
-    ``import_weights`` stage wrote there (built as its ``meta.json`` says)."""
-    if name == FBANK_STATS:
+    """The encoder ``name`` names (:func:`sslam.checkpoints.resolve`): ``fbank_stats``, the non-learned
+    floor (:class:`FbankStats`); ``randomN``, a fresh encoder of params' model section from seed N (random0
+    is exactly pretraining's starting point); otherwise the encoder of ``checkpoints/<name>/final``, a run
+    or an import, built as its own ``meta.json`` says (never from params.yaml). The positions follow
+    ``frames``, so a model pretrained on crops reads whole clips."""
+    source = resolve(name, cfg, checkpoints)
+    if source.kind == "fbank_stats":
         return FbankStats(mel)
-    m = re.fullmatch(r"random(\d+)", name)
-    torch.manual_seed(int(m.group(1)) if m else 0)
-    folder = Path(checkpoints) / name / "final"
-    if not m and imported_input(folder) is not None:  # an import: its own model, not params' model section
-        return load_folder_encoder(folder, frames, mel)
-    student = Student(cfg.model, frames, mel, cfg.pretrain.objective)
-    if not m:
-        path = folder / "student.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no final checkpoint for encoder {name!r}")
-        student.load_state_dict(load_file(path))
-    return student.encoder
+    if source.kind == "random":
+        torch.manual_seed(source.seed)  # the whole student, so the draws stay those of pretraining's start
+        return Student(cfg.model, frames, mel, cfg.pretrain.objective).encoder
+    return read_encoder(source.folder, frames, mel)
 
 
 def store_for_encoder(
@@ -77,10 +68,12 @@ def store_for_encoder(
     """The task's clips as encoder ``name`` must read them. An imported encoder (``imports``) brings its
     input: the task's log-mel must be the one it was trained on (else a clear error) and, under
     ``norm_stats: pretrain``, its own statistics (the released weights': AudioSet's) replace the
-    features stage's. The clip length stays the task's (the positions follow it, as in the reference)."""
-    spec = imported_input(Path(checkpoints) / name / "final")
-    if spec is None:
+    features stage's. The clip length stays the task's (the positions follow it, as in the reference).
+    This project's own encoders read the task as it is."""
+    source = resolve(name, cfg, checkpoints)
+    if source.kind != "import":
         return store
+    spec = folder_input(source.folder)
     section = f"datasets.{task}" if task in cfg.datasets else "features"
     check_input(spec, cfg.data.sample_rate, cfg.task_features(task), f"encoder {name} on task {task} ({section})")
     if norm_stats == "task":

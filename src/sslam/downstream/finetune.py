@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import torch
 
-from sslam.config import FinetuneConfig
+from sslam.config.downstream import FinetuneConfig
 from sslam.downstream.encoder import Head, pooled_dim, predict
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, folds, normalised_for_fold
 from sslam.downstream.training import Evaluation, FoldResult, evaluate_folds, fit_augmented, score_fold
-from sslam.features.dataset import class_balanced_weights
+from sslam.features.reader import class_balanced_weights
 from sslam.models.contract import PatchEncoder
 from sslam.schedule import warmup_cosine_lr
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from sslam.config import LinearEvalConfig
+from sslam.config.downstream import LinearEvalConfig
 from sslam.downstream.encoder import Encoder, Head, embed, pooled_dim, predict
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, folds, normalised_for_fold, targets
 from sslam.downstream.training import (

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sslam.config import DatasetConfig, FeaturesConfig, TaskConfig, metric_of
-from sslam.features.dataset import FeatureStore
+from sslam.config.downstream import DatasetConfig, TaskConfig, metric_of
+from sslam.config.features import FeaturesConfig
+from sslam.features.reader import FeatureStore
 from sslam.features.stats import valid_frame_stats
 from sslam.features.store import clip_features
 

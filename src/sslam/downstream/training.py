@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslam.config import FinetuneConfig, LinearEvalConfig
+from sslam.config.downstream import FinetuneConfig, LinearEvalConfig
 from sslam.downstream.encoder import Encoder, Head, pool, predict, valid_frames
 from sslam.downstream.metrics import accuracy, mean_average_precision, polyphony_breakdown, sorted_conditions
 from sslam.downstream.tasks import Fold, Task, TaskStore, WaveFeatures, kept_rows, targets

@@ -40,7 +40,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from sslam.config import FeaturesConfig
+from sslam.config.features import FeaturesConfig
 from sslam.data.manifest import read_manifest
 from sslam.features.fbank import ClipTooShortError, log_mel
 from sslam.features.stats import RunningStats, clip_stats

@@ -18,17 +18,38 @@ patch, time-major order ``t * F' + f``, fixed 2-D sin-cos positions) and promise
   patch embedding, positions still added, so a recurrent encoder reads the whole sequence in order:
   SSAST / SSAMBA / the overview; M = N, the decoder gets every position);
 - ``layer_groups()``: the parameters outside the blocks first, then each block's (lr decay);
-- ``set_drop_path(rate)``: stochastic depth rising linearly over the blocks to ``rate``.
+- ``set_drop_path(rate)``: stochastic depth rising linearly over the blocks to ``rate``;
+- ``from_config(cfg, options, frames, mel, masked_tokens)``: how ``model`` (and the encoder's own section
+  ``model.<name>``, ``options``) sizes it, and ``check_config`` for the checks across those keys. An encoder
+  joins ``model.encoder``'s choices by registering (``sslam.models.registry.register_encoder``).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
-from sslam.config import ModelConfig, as_patch
+from sslam.config.base import Section, as_patch
 
 MASKED_TOKENS = ("drop", "mask_token")
+
+
+class ModelSettings(Protocol):
+    """What an encoder reads of params.yaml's ``model`` section (``sslam.config.model.ModelConfig``): named
+    here so the encoders need only the config's base module, never the section built from their registry."""
+
+    encoder: str
+    masked_tokens: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    patch_init: str
+
+    @property
+    def patch(self) -> tuple[int, int]: ...
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -174,6 +195,19 @@ class PatchEncoder(nn.Module):
         for i, blk in enumerate(self.blocks):
             blk.drop_path = rate * i / max(1, n - 1)
 
+    @classmethod
+    def from_config(
+        cls, cfg: ModelSettings, options: Section | None, frames: int, mel: int, masked_tokens: str
+    ) -> PatchEncoder:
+        """The encoder ``model`` sizes; ``options``: its own section ``model.<name>`` (None if it has none);
+        ``masked_tokens`` already resolved (never ``auto``)."""
+        raise NotImplementedError(f"{cls.__name__} does not say how params.yaml's model section builds it")
+
+    @classmethod
+    def check_config(cls, cfg: ModelSettings, options: Section | None) -> None:
+        """Raise ValueError where ``model``'s keys do not fit together for this encoder (run when params are
+        validated, so a bad combination stops a stage at start-up)."""
+
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -238,33 +272,3 @@ def split_summary(h: torch.Tensor, position: str, length: int) -> tuple[torch.Te
         return h.mean(dim=1), h
     at = 0 if position == "start" else length // 2
     return h[:, at], torch.cat([h[:, :at], h[:, at + 1 :]], dim=1)
-
-
-def resolved_masked_tokens(cfg: ModelConfig, objective: str = "bootstrap") -> str:
-    """``model.masked_tokens``; ``auto``: ``drop`` for the Transformer under masked latent bootstrapping (the
-    clone batch of EAT / SSLAM), ``mask_token`` for the recurrent encoders (SSAMBA, the overview) and for
-    every encoder under the raw-patch objectives (``ssast``, ``msm``: they predict at the masked positions)."""
-    if cfg.masked_tokens != "auto":
-        return cfg.masked_tokens
-    return "drop" if cfg.encoder == "transformer" and objective == "bootstrap" else "mask_token"
-
-
-def build_encoder(cfg: ModelConfig, frames: int, mel: int, objective: str = "bootstrap") -> PatchEncoder:
-    """The encoder ``model.encoder`` names, sized by ``model`` (``objective``: ``pretrain.objective``, which
-    decides ``masked_tokens: auto``)."""
-    masked = resolved_masked_tokens(cfg, objective)
-    if cfg.encoder == "transformer":
-        from sslam.models.vit import Encoder
-
-        return Encoder(
-            cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch, frames, mel, cfg.patch_init, masked
-        )
-    if cfg.encoder == "mamba":
-        from sslam.models.mamba import MambaEncoder
-
-        return MambaEncoder.from_config(cfg, frames, mel, masked)
-    if cfg.encoder == "xlstm":
-        from sslam.models.xlstm import XlstmEncoder
-
-        return XlstmEncoder.from_config(cfg, frames, mel, masked)
-    raise ValueError(f"model.encoder must be transformer, mamba or xlstm, got {cfg.encoder!r}")

@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslam.config import ModelConfig
-from sslam.models.contract import SequenceEncoder, drop_path
+from sslam.config.base import Positive, Section
+from sslam.models.contract import ModelSettings, SequenceEncoder, drop_path
+from sslam.models.registry import register_encoder
 
 try:  # CUDA-only package, never a dependency: used when importable and the tensors are on the GPU
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
@@ -326,6 +328,19 @@ class MambaBlock(nn.Module):
 # ----------------------------------------------------------------------------- the encoder
 
 
+class MambaConfig(Section):
+    """``model.mamba`` (``model.encoder: mamba``): SSAMBA's bidirectional Vim block (a forward and a backward
+    selective scan, shared in/out projections, outputs averaged) or the overview's unidirectional one."""
+
+    d_state: Positive
+    d_conv: Positive
+    expand: Positive
+    bidirectional: bool  # true: SSAMBA / Vim; false: the overview's unidirectional Mamba (d_state 24, expand 3)
+    norm: Literal["layernorm", "rmsnorm"]  # pre-norm of every residual block (SSAMBA: LayerNorm)
+    cls_position: Literal["start", "middle", "none"]  # none: the summary is the mean of the tokens
+
+
+@register_encoder("mamba", options=MambaConfig, masked_tokens="mask_token")
 class MambaEncoder(SequenceEncoder):
     """Patch embedding, positions, CLS at ``cls_position`` (start, middle as SSAMBA, none: mean pooling),
     Mamba blocks, final norm. ``masked_tokens: mask_token`` (the default for this encoder) reads the whole
@@ -368,8 +383,10 @@ class MambaEncoder(SequenceEncoder):
         return self.norm_f
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, frames: int, mel: int, masked_tokens: str) -> MambaEncoder:
-        m = cfg.mamba
+    def from_config(
+        cls, cfg: ModelSettings, options: MambaConfig, frames: int, mel: int, masked_tokens: str
+    ) -> MambaEncoder:
+        m = options
         return cls(
             cfg.embed_dim,
             cfg.depth,

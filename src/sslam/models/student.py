@@ -6,14 +6,18 @@ run unchanged on every encoder ``model.encoder`` names."""
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from sslam.config import ModelConfig
-from sslam.models.contract import PatchEncoder, build_encoder
+from sslam.models.contract import PatchEncoder
 from sslam.models.decoder import CnnDecoder
 from sslam.models.heads import RawPatchHead
+from sslam.models.registry import build_encoder
+
+if TYPE_CHECKING:  # an annotation only: the model section is built from the registry this package fills
+    from sslam.config.model import ModelConfig
 
 
 class Student(nn.Module):

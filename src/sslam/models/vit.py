@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslam.models.contract import PatchEncoder, drop_path
+from sslam.models.contract import ModelSettings, PatchEncoder, drop_path
+from sslam.models.registry import register_encoder
 
 
 class Attention(nn.Module):
@@ -55,8 +56,10 @@ class Block(nn.Module):
         return self.norm2(r + drop_path(t, self.drop_path, self.training)), t
 
 
-class Encoder(PatchEncoder):
-    """Patch embedding, positions, CLS, pre-norm and post-LN blocks.
+@register_encoder("transformer", masked_tokens="drop")
+class ViTEncoder(PatchEncoder):
+    """Patch embedding, positions, CLS, pre-norm and post-LN blocks (``model.encoder: transformer``, sized
+    by ``model.embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``: no section of its own).
 
     ``masked_tokens: drop`` (the default here): the patch conv runs once per clip and the tokens are
     repeated per clone before gathering the visible ones (the reference's clone batch), so masked tokens
@@ -81,6 +84,25 @@ class Encoder(PatchEncoder):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.apply(_bert_init)
         self.init_front_end(patch_init)
+
+    @classmethod
+    def from_config(cls, cfg: ModelSettings, options: None, frames: int, mel: int, masked_tokens: str) -> ViTEncoder:
+        return cls(
+            cfg.embed_dim,
+            cfg.depth,
+            cfg.num_heads,
+            cfg.mlp_ratio,
+            cfg.patch,
+            frames,
+            mel,
+            cfg.patch_init,
+            masked_tokens,
+        )
+
+    @classmethod
+    def check_config(cls, cfg: ModelSettings, options: None) -> None:
+        if cfg.embed_dim % cfg.num_heads:
+            raise ValueError(f"embed_dim ({cfg.embed_dim}) must be divisible by num_heads ({cfg.num_heads})")
 
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor | None = None, clones: int = 1, return_layers: bool = False

@@ -35,13 +35,15 @@ equations, runs on the CPU and the GPU alike, and is tested against the step-by-
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslam.config import ModelConfig
-from sslam.models.contract import SequenceEncoder, drop_path
+from sslam.config.base import Positive, Section
+from sslam.models.contract import ModelSettings, SequenceEncoder, drop_path
+from sslam.models.registry import register_encoder
 
 MLSTM_CHUNK = 256  # steps: the parallel form up to this length, the chunkwise form beyond
 
@@ -224,6 +226,17 @@ class MlstmBlock(nn.Module):
         return x + drop_path(t, self.drop_path, self.training), t
 
 
+class XlstmConfig(Section):
+    """``model.xlstm`` (``model.encoder: xlstm``): mLSTM blocks, direction alternating from block to block
+    (the overview)."""
+
+    num_heads: Positive
+    expand: Positive
+    conv_kernel: Positive
+    cls_position: Literal["start", "middle", "none"]
+
+
+@register_encoder("xlstm", options=XlstmConfig, masked_tokens="mask_token")
 class XlstmEncoder(SequenceEncoder):
     """Patch embedding, positions, an optional CLS token (``cls_position``), alternating-direction mLSTM
     blocks, a final LayerNorm. ``masked_tokens: mask_token`` (the default here) keeps the whole sequence in
@@ -251,9 +264,11 @@ class XlstmEncoder(SequenceEncoder):
         self._init_weights(patch_init)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, frames: int, mel: int, masked_tokens: str) -> XlstmEncoder:
+    def from_config(
+        cls, cfg: ModelSettings, options: XlstmConfig, frames: int, mel: int, masked_tokens: str
+    ) -> XlstmEncoder:
         """The encoder ``model`` (``embed_dim``, ``depth``, ``patch_size``, ``patch_init``, ``xlstm.*``) sizes."""
-        x = cfg.xlstm
+        x = options
         return cls(
             cfg.embed_dim,
             cfg.depth,
@@ -267,6 +282,14 @@ class XlstmEncoder(SequenceEncoder):
             cfg.patch_init,
             masked_tokens,
         )
+
+    @classmethod
+    def check_config(cls, cfg: ModelSettings, options: XlstmConfig) -> None:
+        if (cfg.embed_dim * options.expand) % options.num_heads:
+            raise ValueError(
+                f"embed_dim x xlstm.expand ({cfg.embed_dim * options.expand}) must be divisible by "
+                f"xlstm.num_heads ({options.num_heads})"
+            )
 
     def _init_weights(self, patch_init: str) -> None:
         """Linears trunc-normal(0.02) with zero bias; gates as the xLSTM code: zero weights, the forget bias

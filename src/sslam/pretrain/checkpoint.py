@@ -1,9 +1,9 @@
 """Pretraining checkpoints: written atomically, resumed only by the same params and code.
 
 A checkpoint is a folder ``step-NNNNNNN/`` (student and teacher weights as safetensors, optimizer, RNG
-and running-centring state as a torch pickle, ``meta.json`` last); ``final/`` holds the weights later
-stages load. A fingerprint of what DVC tracks for the stage (its code, params and data) guards every
-resume.
+and running-centring state as a torch pickle, ``meta.json`` last): the training loop's own, for resuming.
+``final/``, the weights later stages load, is the checkpoint folder format of :mod:`sslam.checkpoints`.
+A fingerprint of what DVC tracks for the stage (its code, params and data) guards every resume.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from sslam.config import Config
+from sslam.checkpoints import CENTRING, META, STUDENT, TEACHER, pass_through, save_weights, write_final
+from sslam.config.pretrain import PretrainParams
 from sslam.io import write_json_atomic
 from sslam.pretrain.targets import PositionCentring
 
 
-def fingerprint(cfg: Config, stage: str, inputs: dict[str, str], world_size: int) -> dict:
+def fingerprint(cfg: PretrainParams, stage: str, inputs: dict[str, str], world_size: int) -> dict:
     """What decides a run, so a checkpoint made by another is never resumed: ``inputs``, the stage's code,
     params and data as DVC tracks them (:func:`sslam.provenance.stage_digest`), and the world size (the
-    global batch and each rank's share of the data). The model description is what loaders read."""
+    global batch and each rank's share of the data). Its model, objective and stage are also what
+    :func:`sslam.checkpoints.read_encoder` builds the encoder of ``final/`` from."""
     return {
         "stage": stage,
         "model": cfg.model.model_dump(),
@@ -35,15 +37,8 @@ def fingerprint(cfg: Config, stage: str, inputs: dict[str, str], world_size: int
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "meta.json").is_file())
+    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / META).is_file())
     return done[-1] if done else None
-
-
-def _save_weights(folder: Path, student: torch.nn.Module, teacher: torch.nn.Module) -> None:
-    for name, module in (("student", student), ("teacher", teacher)):
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, folder / f"{name}.safetensors"
-        )
 
 
 def save_checkpoint(
@@ -62,7 +57,7 @@ def save_checkpoint(
     tmp = ckpt_dir / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _save_weights(tmp, student, teacher)
+    save_weights(tmp, student, teacher)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -71,7 +66,7 @@ def save_checkpoint(
         },
         tmp / "train_state.pt",
     )
-    write_json_atomic(tmp / "meta.json", meta | {"step": step})
+    write_json_atomic(tmp / META, meta | {"step": step})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     older = sorted(p for p in ckpt_dir.glob("step-*") if p != final)
@@ -88,12 +83,12 @@ def load_checkpoint(
     centring: PositionCentring,
 ) -> int:
     """Restore a ``step-*`` checkpoint in place; returns its step."""
-    student.load_state_dict(load_file(folder / "student.safetensors"))
-    teacher.load_state_dict(load_file(folder / "teacher.safetensors"))
+    student.load_state_dict(load_file(folder / STUDENT))
+    teacher.load_state_dict(load_file(folder / TEACHER))
     state = torch.load(folder / "train_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     centring.load_state_dict(state.get("centring", {}))
-    return json.loads((folder / "meta.json").read_text())["step"]
+    return json.loads((folder / META).read_text())["step"]
 
 
 def export_final(
@@ -102,31 +97,22 @@ def export_final(
     teacher: torch.nn.Module,
     meta: dict,
     centring: PositionCentring | None = None,
-) -> None:
-    """``final/``: the weights later stages load (student encoder + decoder, and the EMA teacher; with
-    ``center_targets: running`` also the running target means, for the diagnostics)."""
-    tmp = ckpt_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _save_weights(tmp, student, teacher)
-    if centring is not None and centring.means:
-        save_file(centring.state_dict(), tmp / "centring.safetensors")
-    write_json_atomic(tmp / "meta.json", meta)
-    shutil.rmtree(ckpt_dir / "final", ignore_errors=True)
-    os.replace(tmp, ckpt_dir / "final")
+    *,
+    input_spec: dict,
+) -> Path:
+    """``final/`` (:func:`sslam.checkpoints.write_final`): the student encoder + decoder, the EMA teacher
+    and, with ``center_targets: running``, the running target means (for the diagnostics); ``meta``
+    (the fingerprint, the step) gains ``input_spec``, the input the encoder was trained on."""
+    extra = {CENTRING: centring.state_dict()} if centring is not None and centring.means else {}
+    return write_final(ckpt_dir, student, teacher, meta | {"input": input_spec}, extra)
 
 
-def pass_through_final(init_from: Path, ckpt_dir: Path, meta: dict) -> None:
-    """``ckpt_dir/final`` = a copy of ``init_from`` (another stage's ``final/``) with ``meta``: how stage 2
-    hands the stage-1 checkpoint on when the objective has no stage 2, so the DVC graph stays one graph."""
-    if not (init_from / "student.safetensors").is_file():
-        raise FileNotFoundError(f"{init_from}/student.safetensors is missing: nothing to pass through")
-    tmp = ckpt_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(init_from, tmp)
-    write_json_atomic(tmp / "meta.json", meta)
-    for old in ckpt_dir.glob("step-*"):  # a bootstrap run's checkpoints would otherwise be resumed later
+def pass_through_final(init_from: Path, ckpt_dir: Path, meta: dict) -> Path:
+    """``ckpt_dir/final`` = a copy of ``init_from`` (another stage's ``final/``), its meta with ``meta``
+    added: how stage 2 hands the stage-1 checkpoint on when the objective has no stage 2, so the DVC graph
+    stays one graph. The stage's step checkpoints go: a bootstrap run's would otherwise be resumed later."""
+    if not (init_from / STUDENT).is_file():
+        raise FileNotFoundError(f"{init_from}/{STUDENT} is missing: nothing to pass through")
+    for old in ckpt_dir.glob("step-*"):
         shutil.rmtree(old)
-    shutil.rmtree(ckpt_dir / "final", ignore_errors=True)
-    os.replace(tmp, ckpt_dir / "final")
+    return pass_through(init_from, ckpt_dir, meta)

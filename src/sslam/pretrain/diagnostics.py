@@ -13,13 +13,21 @@ losses per masked token on the same clips and masks:
 - on the targets the student was trained on (centred or not): ``student_loss``, beside
   ``trained_position_only_loss`` and ``trained_zero_loss`` computed the same way. A student that
   learned content scores below the position-only predictor of its own targets.
+
+:func:`checkpoint_diagnostics` computes them for a finished stage from its ``final/`` weights.
 """
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-from sslam.config import MaskConfig
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from sslam.config.pretrain import MaskConfig, PretrainParams
+from sslam.features.reader import FeatureStore
+from sslam.models.student import Student, make_teacher
 from sslam.pretrain.losses import token_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
 from sslam.pretrain.targets import PositionCentring, average_top_layers, final_target
@@ -70,3 +78,23 @@ def target_diagnostics(
         "trained_position_only_loss": round(t_pos, 4),
         "trained_zero_loss": round(t_zero, 4),
     }
+
+
+def checkpoint_diagnostics(cfg: PretrainParams, stage: str, features: str | Path, final: Path, clips: int = 64) -> dict:
+    """:func:`target_diagnostics` of a stage's ``final/`` checkpoint (student, teacher and, where the run
+    kept running means, its centring), on the first ``clips`` clips of ``pretrain.train_set``; the global
+    RNG is left as it was."""
+    store = FeatureStore(features, cfg.pretrain.train_set)
+    x = store.batch(np.arange(min(clips, len(store))))
+    student = Student(cfg.model, x.shape[1], x.shape[2])
+    student.load_state_dict(load_file(final / "student.safetensors"))
+    teacher = make_teacher(student)
+    teacher.load_state_dict(load_file(final / "teacher.safetensors"))
+    scfg = getattr(cfg.pretrain, stage)
+    centring = PositionCentring(scfg.center_targets, scfg.center_momentum)
+    if (final / "centring.safetensors").is_file():
+        centring.load_state_dict(load_file(final / "centring.safetensors"))
+    with torch.random.fork_rng():
+        return target_diagnostics(
+            student, teacher, x, scfg.top_k_layers, cfg.mask, seed=cfg.pretrain.seed, centring=centring
+        )

@@ -29,8 +29,9 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file
 
-from sslam.config import Config, StageConfig
-from sslam.features.dataset import FeatureStore, ShardedSampler
+from sslam.checkpoints import own_input
+from sslam.config.pretrain import PretrainParams, StageConfig
+from sslam.features.reader import FeatureStore, ShardedSampler
 from sslam.models.student import Student, make_teacher
 from sslam.pretrain.checkpoint import export_final, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
 from sslam.pretrain.ema import ema_decay, ema_update
@@ -75,7 +76,7 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 # ----------------------------------------------------------------------------- setup
 
 
-def make_accelerator(cfg: Config, cpu: bool) -> Accelerator:
+def make_accelerator(cfg: PretrainParams, cpu: bool) -> Accelerator:
     acc = Accelerator(
         cpu=cpu or not torch.cuda.is_available(),  # without cpu=True accelerate runs each CPU worker alone
         mixed_precision={"fp32": "no"}.get(cfg.pretrain.mixed_precision, cfg.pretrain.mixed_precision),
@@ -126,7 +127,7 @@ def resume_or_init(
 
 
 def make_objective(
-    cfg: Config,
+    cfg: PretrainParams,
     stage: str,
     store: FeatureStore | None,  # stage 2's waveform mixing reads the waveforms; nothing else needs it
     device: torch.device,
@@ -356,7 +357,7 @@ def check_finite(acc: Accelerator, losses: dict[str, torch.Tensor], where: str, 
 
 
 def train_stage(
-    cfg: Config,
+    cfg: PretrainParams,
     stage: str,
     features_dir: str | Path,
     ckpt_dir: str | Path,
@@ -455,7 +456,9 @@ def train_stage(
     if end == scfg.steps:
         acc.wait_for_everyone()
         if acc.is_main_process:
-            export_final(ckpt_dir, acc.unwrap_model(student), teacher, {"fingerprint": fp, "step": end}, centring)
+            trained_on = own_input(cfg.features, cfg.data.sample_rate, Path(features_dir) / "stats.json")
+            meta = {"fingerprint": fp, "step": end}
+            export_final(ckpt_dir, acc.unwrap_model(student), teacher, meta, centring, input_spec=trained_on)
     replicas_identical = _replicas_identical(acc, acc.unwrap_model(student), teacher)
     if end_hook is not None:  # on every rank: (student, teacher), e.g. to compare ranks in a test
         end_hook(acc.unwrap_model(student), teacher)

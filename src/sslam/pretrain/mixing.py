@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from sslam.config import FeaturesConfig
+from sslam.config.features import FeaturesConfig
 from sslam.features.fbank import log_mel
 from sslam.features.store import pad_or_crop
 

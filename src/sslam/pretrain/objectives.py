@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslam.config import FeaturesConfig, MaskConfig, MixConfig, SrlConfig, Stage2Config, StageConfig
+from sslam.config.features import FeaturesConfig
+from sslam.config.pretrain import MaskConfig, MixConfig, SrlConfig, Stage2Config, StageConfig
 from sslam.pretrain.losses import cls_loss, patch_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
 from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mix_waveforms, mixed_time_patches, partner

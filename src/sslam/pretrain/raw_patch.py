@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sslam.config import MsmConfig, SsastConfig
+from sslam.config.pretrain import MsmConfig, SsastConfig
 from sslam.models.contract import PatchEncoder, gather_tokens
 from sslam.pretrain.masking import visible_indices
 

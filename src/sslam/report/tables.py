@@ -7,7 +7,6 @@ of ESC-50 and SPASS, not the same data, so the numbers are context, not a target
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch  # noqa: E402
 
 from sslam.downstream.bootstrap import Interval  # noqa: E402
 from sslam.io import atomic_path  # noqa: E402
+from sslam.pretrain.curves import curves_folder, read_curves  # noqa: E402
 from sslam.report.intervals import (  # noqa: E402
     FLOOR,
     Predictions,
@@ -416,21 +416,14 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _curve(tsv: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(tsv) as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    name = [c for c in rows[0] if c not in ("timestamp", "step")][0]
-    return np.array([int(r["step"]) for r in rows]), np.array([float(r[name]) for r in rows])
-
-
 def plot_loss_curves(live_dirs: dict[str, Path], path: Path) -> None:
-    stages = {s: d / "plots" / "metrics" / s for s, d in live_dirs.items() if (d / "plots" / "metrics" / s).is_dir()}
+    """Each stage's per-token loss curves (the dvclive folders of ``live_dirs``, by stage)."""
+    stages = {s: curves_folder(d, s) for s, d in live_dirs.items() if curves_folder(d, s).is_dir()}
     fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(6 * max(1, len(stages)), 3.6), dpi=90, squeeze=False)
     for ax, (stage, d) in zip(axes[0], stages.items()):
-        for tsv in sorted(d.glob("*.tsv")):
-            if tsv.stem.startswith(("local", "srl", "nce", "mse")):  # bootstrap / SSLAM; SSAST and MSM
-                x, y = _curve(tsv)
-                ax.plot(x, y, label=tsv.stem, lw=1.2)
+        for name, curve in read_curves(d).items():
+            if name.startswith(("local", "srl", "nce", "mse")):  # bootstrap / SSLAM; SSAST and MSM
+                ax.plot(np.array(curve.steps), np.array(curve.values), label=name, lw=1.2)
         ax.set_title(f"{stage}: per-token losses" if ax.lines else f"{stage}: no training (passed through)")
         ax.set_xlabel("step")
         if ax.lines:

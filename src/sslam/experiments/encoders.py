@@ -2,12 +2,12 @@
 checkpoint beside its own random-init control, in one table.
 
 A run is a row when its params differ from the baseline's only in the encoder keys (``model.encoder``,
-``model.masked_tokens``, ``model.mamba.*``, ``model.xlstm.*`` and the clone batches); the baseline (the
+``model.masked_tokens``, each encoder's own section ``model.<encoder>.*`` and the clone batches); the baseline (the
 commit the experiments start from) is a row too. The latest run of each encoder wins. Run them with
 
     make exp ARGS="-n mamba -S model.encoder=mamba"
     make exp ARGS="-n xlstm -S model.encoder=xlstm"
-    .venv/bin/python -m sslam.report.encoders      # -> metrics/encoders.md and metrics/encoders.json
+    sslam-encoders      # (or python -m sslam.experiments.encoders) -> metrics/encoders.md, metrics/encoders.json
 
 Each cell is ``pretrained / control`` in %: ``evaluate.linear_encoders``' first entry (the SSLAM stage-2
 checkpoint, ``stage2``) against ``random0`` (the same encoder, untrained, seed 0), both frozen under linear
@@ -21,7 +21,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from sslam.report.ablations import (
+from sslam.experiments.runs import (
     FLOOR,
     Run,
     add_run_arguments,
@@ -30,10 +30,18 @@ from sslam.report.ablations import (
     floor_scores,
     write_table,
 )
+from sslam.models.registry import ENCODERS
 
-ENCODER_PREFIXES = ("model.encoder", "model.masked_tokens", "model.mamba.", "model.xlstm.")
-ENCODER_KEYS = ("mask.clone_batch", "pretrain.stage2.clone_batch")
+# the encoder, its own section (model.<name>.*, for the registered encoders that have one) and how masked
+# tokens reach it
+ENCODER_PREFIXES = (
+    "model.encoder",
+    "model.masked_tokens",
+    *(f"model.{name}." for name, entry in ENCODERS.items() if entry.options is not None),
+)
+ENCODER_KEYS = ("mask.clone_batch", "pretrain.stage2.clone_batch")  # the batch an encoder's memory allows
 PRETRAINED, CONTROL = "stage2", "random0"
+OLDEST_ENCODER = "transformer"  # what a run from before ``model.encoder`` existed trained
 
 
 def is_encoder_key(key: str) -> bool:
@@ -60,7 +68,7 @@ def encoder_rows(runs: list[Run], baseline: Run) -> list[EncoderRow]:
         differs = changed_params(r, baseline)
         if r is not baseline and (not differs or not all(is_encoder_key(k) for k in differs)):
             continue
-        enc = str(r.params.get("model.encoder", "transformer"))
+        enc = str(r.params.get("model.encoder", OLDEST_ENCODER))
         if enc not in chosen:
             chosen[enc] = (r, differs)
     rows = []

@@ -1,17 +1,8 @@
-"""Ablation tables (the paper's Tables 4-6 and 9-11) from whichever `dvc exp` runs exist.
+"""The runs of `dvc exp`, read back for the experiment tables: each run's params (flat dotted keys) and
+its evaluation scores, the baseline the others are compared with, and the options every table shares.
 
-Each table is defined by the params it varies. A run enters a table when its params differ from the
-baseline's only in that table's keys; every run,
-the baseline included, is a row labelled by its values of those keys. Run the ablations with, e.g.,
-
-    dvc exp run --queue -S mix.strategy=average
-    dvc exp run --queue -S mix.strategy=waveform
-    dvc exp run --run-all
-    python -m sslam.report.ablations            # -> metrics/ablations.md
-
-The baseline is the commit the experiments start from. The numbers are read from each run's
-``metrics/eval/<task>_<regime>.json``; the paper's
-values (AS-2M pretraining, AS-20K fine-tuning) stand beside ours as context.
+The runs come from ``dvc exp show --json`` (run here, or a saved copy with ``--json``); the numbers from
+each run's ``metrics/eval/<task>_<regime>.json``.
 """
 
 from __future__ import annotations
@@ -25,60 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sslam.io import write_text_atomic
-
-
-@dataclass(frozen=True)
-class Ablation:
-    table: str
-    title: str
-    keys: tuple[str, ...]
-    paper: dict[str, float]  # row label of the paper -> its AS-20K fine-tuning mAP (or the table's metric)
-
-
-ABLATIONS = (
-    Ablation(
-        "Table 4",
-        "partial vs full mixing",
-        ("mix.partial", "mix.partial_mode", "mix.mixed_fraction"),
-        {"Stage 2 with partial mixed audio": 40.6, "Stage 2 with mixed audio 75% of updates": 40.4},
-    ),
-    Ablation(
-        "Table 5",
-        "global loss on unmixed / mixed data / SRL",
-        ("pretrain.stage2.global_unmixed", "pretrain.stage2.global_mixed", "srl.global_loss"),
-        {
-            "UM + PM global loss": 40.9,
-            "UM global loss only": 40.7,
-            "no global loss": 40.4,
-            "UM + PM + SRL global loss": 40.6,
-        },
-    ),
-    Ablation(
-        "Table 6",
-        "top-k teacher layers (global, local)",
-        ("pretrain.stage2.global_top_k_layers", "pretrain.stage2.top_k_layers"),
-        {
-            "Global 12, Local 12": 40.5,
-            "Global 1, Local 12": 40.6,
-            "Global 3, Local 3": 39.3,
-            "Global 1, Local 3": 39.4,
-            "Global 1, Local 1": 38.8,
-        },
-    ),
-    Ablation(
-        "Table 9",
-        "MB-PMA vs MB-UA-PMA (and the other variants)",
-        ("pretrain.stage2.variant",),
-        {"MB-PMA": 40.6, "MB-UA-PMA": 40.7, "SSLAM": 40.9},
-    ),
-    Ablation(
-        "Table 10",
-        "input mixing strategy",
-        ("mix.strategy",),
-        {"log-mel max": 40.9, "log-mel average": 40.8, "waveform average": 40.4},
-    ),
-    Ablation("Table 11", "SRL feature aggregation", ("srl.aggregation",), {"feature averaging": 40.9}),
-)
+from sslam.report.intervals import FLOOR  # the non-learned floor of linear evaluation (downstream/encoder.py)
 
 
 @dataclass(frozen=True)
@@ -138,9 +76,6 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[Run]:
     return runs
 
 
-FLOOR = "fbank_stats"  # the non-learned floor of linear evaluation (downstream/encoder.py)
-
-
 def floor_scores(runs: list[Run]) -> dict[str, float]:
     """``task/linear`` -> the ``fbank_stats`` floor's score, from the first run holding it (no network: the
     same for every run on the same features)."""
@@ -157,53 +92,6 @@ def changed_params(run: Run, baseline: Run) -> dict[str, Any]:
     """The params ``run`` set differently from ``baseline``. A key the run lacks was added to params.yaml
     after it ran: the run had the behaviour the key's default keeps, so that is no change."""
     return {k: v for k, v in run.params.items() if k not in baseline.params or v != baseline.params[k]}
-
-
-def rows_for(ablation: Ablation, runs: list[Run], baseline: Run) -> list[Run]:
-    """The baseline, then each run that differs from it only in the ablation's keys (one row per setting)."""
-    keys = set(ablation.keys)
-    chosen = [baseline]
-    for r in runs:
-        differs = set(changed_params(r, baseline))
-        if differs and differs <= keys and all(r.params != c.params for c in chosen):
-            chosen.append(r)
-    return chosen
-
-
-def render(runs: list[Run], baseline: Run, columns: list[str] | None = None) -> str:
-    columns = columns or sorted({k for r in runs for k in r.metrics if "/random" not in k})
-    lines = [
-        "# Ablations (paper Tables 4-6, 9-11) from `dvc exp` runs",
-        "",
-        f"Baseline: `{baseline.name}`. A run is a row of a table when its params differ from the baseline's only "
-        "in that table's keys. Metric columns: `task/regime/encoder`, in %.",
-        "",
-    ]
-    for ab in ABLATIONS:
-        rows = rows_for(ab, runs, baseline)
-        lines += [f"## {ab.table}: {ab.title}", ""]
-        if len(rows) < 2:
-            lines += [f"Only the baseline has these settings; to fill it: `dvc exp run -S {ab.keys[0]}=<value>`.", ""]
-        else:
-            lines += [
-                "| run | " + " | ".join(ab.keys) + " | " + " | ".join(columns) + " |",
-                "|" + " --- |" * (1 + len(ab.keys) + len(columns)),
-            ]
-            for r in rows:
-                vals = [f"{100 * r.metrics[c]:.1f}" if c in r.metrics else "-" for c in columns]
-                lines.append(
-                    f"| {r.name} | "
-                    + " | ".join(str(r.params.get(k, "-")) for k in ab.keys)
-                    + " | "
-                    + " | ".join(vals)
-                    + " |"
-                )
-            lines.append("")
-        lines += [
-            "Paper (AS-2M pretraining, AS-20K fine-tuning mAP): " + "; ".join(f"{k} {v}" for k, v in ab.paper.items()),
-            "",
-        ]
-    return "\n".join(lines)
 
 
 def exp_show(repo: str | Path = ".", all_commits: bool = False) -> list[dict]:
@@ -251,17 +139,3 @@ def write_table(out: str | Path, md: str, summary: Any = None) -> None:
     if summary is not None:
         write_text_atomic(out.with_suffix(".json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     print(md)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(ap)
-    ap.add_argument("--out", default="metrics/ablations.md")
-    args = ap.parse_args(argv)
-    runs, base = experiment_runs(args)
-    write_table(args.out, render(runs, base))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

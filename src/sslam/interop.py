@@ -1,5 +1,6 @@
-"""Encoder checkpoints in and out: the released EAT / SSLAM weights into this project's Transformer
-encoder, and this project's encoders out for other programs.
+"""The published encoder layouts: the released EAT / SSLAM weights into this project's Transformer
+encoder (:func:`import_checkpoint`), and this project's encoders out for other programs
+(:func:`export_encoder`). This project's own checkpoint folder format lives in :mod:`sslam.checkpoints`.
 
 Layouts read (``read_weights``) and written (``export_encoder``):
 
@@ -15,7 +16,7 @@ Layouts read (``read_weights``) and written (``export_encoder``):
       fc_norm, head                          fine-tuned: the AudioSet classifier (read, not the encoder's)
 
   Forward: patch conv -> + positions[:, :N] -> prepend CLS -> pre_norm -> post-LN blocks, no final norm:
-  exactly ``models/vit.py``'s Encoder.
+  exactly ``models/vit.py``'s ViTEncoder.
 - ``fairseq``: a ``.pt`` training checkpoint, weights under ``state["model"]``: ``modality_encoders.IMAGE.
   {local_encoder.proj, extra_tokens, fixed_positional_encoder.positions, context_encoder.norm (the
   pre-norm), decoder.* (pretraining's decoder, skipped)}``, ``blocks.N.*``, the EMA teacher's copy under
@@ -36,9 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from sslam.config import ModelConfig, as_patch
-from sslam.io import TMP_PREFIX, write_json_atomic
-from sslam.models.contract import PatchEncoder, build_encoder, resolved_masked_tokens, sincos_2d
+from sslam.checkpoints import (
+    FRONT_END_KEYS,
+    LOGMEL_KEYS,
+    STUDENT,
+    encoder_description,
+    read_encoder,
+    read_meta,
+    staged_folder,
+    write_encoder_folder,
+)
+from sslam.config.base import as_patch, merged
+from sslam.config.model import ModelConfig
+from sslam.io import write_json_atomic
+from sslam.models.contract import PatchEncoder, sincos_2d
+from sslam.models.registry import build_encoder, resolved_masked_tokens
 
 # The input the released EAT / SSLAM models were trained on (their fbank, window and AudioSet statistics).
 RELEASED_INPUT: dict[str, Any] = {
@@ -63,12 +74,27 @@ RELEASED_INPUT: dict[str, Any] = {
         "norm_std": 4.569,
     },
 }
+# The model fields the released weights do not decide (the student's decoder, the recurrent encoders'
+# blocks): fixed, so an import's meta.json never depends on params.yaml.
+IMPORTED_MODEL_REST: dict[str, Any] = {
+    "decoder_layers": 4,
+    "decoder_kernel": 3,
+    "decoder_groups": 16,
+    "decoder_fill": "noise",
+    "patch_init": "pytorch",
+    "mamba": {
+        "d_state": 8,
+        "d_conv": 4,
+        "expand": 1,
+        "bidirectional": False,
+        "norm": "layernorm",
+        "cls_position": "none",
+    },
+    "xlstm": {"num_heads": 4, "expand": 1, "conv_kernel": 4, "cls_position": "none"},
+}
 HUB_MAX_LENGTH = 768  # time patches in the released positions table (768 x 16 frames)
 OWN_FORMAT = "sslam-encoder"
 LAYOUTS = ("hub", "fairseq", "sslam")
-# the settings of the log-mel that must equal the checkpoint's for a task or a caller to feed it
-FRONT_END_KEYS = ("front_end", "num_mel_bins", "frame_shift_ms", "frame_length_ms")
-LOGMEL_KEYS = ("f_min", "f_max")  # front_end: logmel only
 
 
 class CheckpointError(ValueError):
@@ -117,9 +143,9 @@ def detect_layout(path: Path) -> tuple[str, Path]:
             return "sslam", path / "encoder.safetensors"
         if (path / "model.safetensors").is_file():
             return "hub", path / "model.safetensors"
-        if (path / "student.safetensors").is_file():
+        if (path / STUDENT).is_file():
             raise CheckpointError(
-                f"{path}: a pretraining checkpoint of this project (student.safetensors): name its run in "
+                f"{path}: a checkpoint folder of this project ({STUDENT}): name its run in "
                 "evaluate.*_encoders, or write it out with python -m sslam.export"
             )
         raise CheckpointError(f"{path}: neither model.safetensors (hub layout) nor encoder.safetensors (sslam layout)")
@@ -268,14 +294,17 @@ def hub_model_config(tensors: dict[str, torch.Tensor], config: dict, file: Path,
         raise CheckpointError(
             f"{file}: the checkpoint does not say its number of attention heads: set num_heads in its imports entry"
         )
-    return ModelConfig(
-        encoder="transformer",
-        masked_tokens="drop",
-        embed_dim=dim,
-        depth=depth,
-        num_heads=int(heads),
-        mlp_ratio=fc1.shape[0] / dim,
-        patch_size=patch[0] if patch[0] == patch[1] else patch,
+    return ModelConfig.model_validate(
+        IMPORTED_MODEL_REST
+        | {
+            "encoder": "transformer",
+            "masked_tokens": "drop",
+            "embed_dim": dim,
+            "depth": depth,
+            "num_heads": int(heads),
+            "mlp_ratio": fc1.shape[0] / dim,
+            "patch_size": patch[0] if patch[0] == patch[1] else patch,
+        }
     )
 
 
@@ -384,18 +413,6 @@ def load_weights(
     return encoder.eval(), info
 
 
-@contextmanager
-def _staged_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``, renamed onto it when the block succeeds: a killed import or
-    export never leaves a half-written checkpoint that a later run would take for whole."""
-    tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-
-
 def import_checkpoint(
     path: str | Path,
     out: str | Path,
@@ -403,9 +420,9 @@ def import_checkpoint(
     num_heads: int | None = None,
     overrides: dict | None = None,
 ) -> dict:
-    """Convert a checkpoint into this project's checkpoint folder ``out`` (``checkpoints/<name>/final``:
-    ``student.safetensors`` with the encoder under ``encoder.``, ``meta.json`` with the model and the
-    input), written to a temporary folder renamed into place."""
+    """Convert a checkpoint into this project's checkpoint folder ``out`` (``checkpoints/<name>/final``,
+    :func:`sslam.checkpoints.write_encoder_folder`: the encoder's weights, ``meta.json`` with its model,
+    its input and where it came from)."""
     encoder, info = load_weights(path, weights, num_heads, overrides)
     with open(info["file"], "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
@@ -420,45 +437,8 @@ def import_checkpoint(
             "classifier": sorted(info["classifier"]),
         },
     }
-    with _staged_folder(Path(out)) as tmp:
-        state = {f"encoder.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
-        save_file(state, tmp / "student.safetensors")
-        write_json_atomic(tmp / "meta.json", meta)
+    write_encoder_folder(out, encoder, meta)
     return meta
-
-
-def imported_input(folder: str | Path) -> dict | None:
-    """The input an imported checkpoint folder expects (its ``meta.json``), None for this project's own runs."""
-    meta = Path(folder) / "meta.json"
-    return json.loads(meta.read_text()).get("input") if meta.is_file() else None
-
-
-def load_folder_encoder(folder: str | Path, frames: int, mel: int) -> PatchEncoder:
-    """The encoder of a checkpoint folder as its ``meta.json`` built it (an import, or a run of this
-    project: its student's ``encoder.*`` weights), positions built for ``frames`` x ``mel``."""
-    folder = Path(folder)
-    fp = json.loads((folder / "meta.json").read_text())["fingerprint"]
-    encoder = build_encoder(ModelConfig.model_validate(fp["model"]), frames, mel, fp.get("objective", "bootstrap"))
-    state = load_file(folder / "student.safetensors")
-    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")})
-    return encoder
-
-
-def own_input(features: Any, sample_rate: int, stats: str | Path) -> dict:
-    """The input an encoder of this project's pipeline expects: the features section's log-mel and
-    window, normalised with the pinned ``features.norm_*`` or the features stage's ``stats.json``."""
-    if features.norm_mean is not None:
-        mean, std = features.norm_mean, features.norm_std
-    elif Path(stats).is_file():
-        st = json.loads(Path(stats).read_text())
-        mean, std = st["mean"], st["std"]
-    else:
-        raise FileNotFoundError(f"{stats}: no normalisation statistics (run the features stage or pin features.norm_*)")
-    keys = (*FRONT_END_KEYS, *(LOGMEL_KEYS if features.front_end == "logmel" else ()), "target_frames")
-    return {
-        "sample_rate": sample_rate,
-        "features": {k: getattr(features, k) for k in keys} | {"norm_mean": float(mean), "norm_std": float(std)},
-    }
 
 
 def check_input(spec: dict, sample_rate: int, features: Any, where: str) -> None:
@@ -494,13 +474,9 @@ def export_encoder(folder: str | Path, out: str | Path, input_spec: dict) -> str
     """Write the encoder of a checkpoint folder of this project to ``out``: the hub layout for a
     Transformer, this project's own layout for Mamba and xLSTM. Returns the layout written."""
     folder, out = Path(folder), Path(out)
-    meta_file = folder / "meta.json"
-    if not meta_file.is_file() or not (folder / "student.safetensors").is_file():
-        raise FileNotFoundError(f"{folder}: expected a checkpoint folder with meta.json and student.safetensors")
-    fp = json.loads(meta_file.read_text())["fingerprint"]
-    model_cfg = ModelConfig.model_validate(fp["model"])
+    model_cfg, objective = encoder_description(read_meta(folder), folder)
     feats = input_spec["features"]
-    encoder = load_folder_encoder(folder, feats["target_frames"], feats["num_mel_bins"])
+    encoder = read_encoder(folder, feats["target_frames"], feats["num_mel_bins"])
     if model_cfg.encoder == "transformer":
         layout, weights = "hub", {"model.safetensors": hub_state_from_encoder(encoder)}
         patch = as_patch(model_cfg.patch_size)
@@ -527,10 +503,10 @@ def export_encoder(folder: str | Path, out: str | Path, input_spec: dict) -> str
     else:
         layout = "sslam"
         weights = {"encoder.safetensors": {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}}
-        masked = resolved_masked_tokens(model_cfg, fp.get("objective", "bootstrap"))
-        own = model_cfg.model_copy(update={"masked_tokens": masked})
+        masked = resolved_masked_tokens(model_cfg, objective)
+        own = merged(model_cfg, {"masked_tokens": masked})
         config = {"format": OWN_FORMAT, "version": 1, "model": own.model_dump()} | input_spec
-    with _staged_folder(out) as tmp:
+    with staged_folder(out) as tmp:
         for name, tensors in weights.items():
             save_file(tensors, tmp / name)
         write_json_atomic(tmp / "config.json", config)

@@ -12,15 +12,17 @@ averaged, with their spread. Queue the grid with, e.g.,
         -S 'pretrain.stage2_runs={}'
     done; done
     dvc exp run --run-all
-    python -m sslam.report.grid            # -> metrics/grid.md, metrics/grid.json
+    python bench/objectives.py --out metrics/grid_cost.json   # optional: the cost columns
+    sslam-grid --cost metrics/grid_cost.json   # (or python -m sslam.experiments.grid) -> metrics/grid.{md,json}
 
 Each cell is the linear-evaluation score (accuracy or mAP, %) of the row's pretrained encoder: ``stage2``,
 which is SSLAM's stage 2 for ``bootstrap`` and the stage-1 checkpoint passed through for ``ssast`` and
 ``msm`` (the ``checkpoint`` column says which; ``bootstrap`` also gets a row for its stage-1 checkpoint, the
 same steps as the others). The overall score normalises each task by the random-init control of the same
 encoder (``random0``): the mean over the tasks of pretrained minus control, in points, so an encoder is
-credited only for what pretraining added. The cost columns are measured here, on this machine, in one run
-(``--cost-steps``): stage-1 clips/s and peak memory of each row's objective, the same batch for all.
+credited only for what pretraining added. The cost columns (``--cost``) are what ``bench/objectives.py``
+measured on one machine in one run: stage-1 clips/s and peak memory of each (encoder, objective), the same
+batch for all; this tool trains nothing.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sslam.report.ablations import (
+from sslam.config.pretrain import OBJECTIVES, PretrainConfig
+from sslam.experiments.encoders import CONTROL, ENCODER_KEYS, ENCODER_PREFIXES, OLDEST_ENCODER
+from sslam.experiments.runs import (
     FLOOR,
     Run,
     add_run_arguments,
@@ -41,21 +45,17 @@ from sslam.report.ablations import (
     floor_scores,
     write_table,
 )
+from sslam.models.registry import ENCODERS
 
-GRID_PREFIXES = (
-    "model.encoder",
-    "model.masked_tokens",
-    "model.mamba.",
-    "model.xlstm.",
-    "mask.clone_batch",
-    "pretrain.stage2.clone_batch",
+# the objective and its own section (pretrain.<objective>.*, for the objectives that have one)
+OBJECTIVE_PREFIXES = (
     "pretrain.objective",
-    "pretrain.ssast.",
-    "pretrain.msm.",
-    "pretrain.seed",
+    *(f"pretrain.{name}." for name in OBJECTIVES if name in PretrainConfig.model_fields),
 )
+GRID_PREFIXES = (*ENCODER_PREFIXES, *ENCODER_KEYS, *OBJECTIVE_PREFIXES, "pretrain.seed")
 EVALUATION_PREFIXES = ("evaluate.", "pretrain.stage2_runs")
-CONTROL = "random0"
+TWO_STAGE = "bootstrap"  # the objective SSLAM's stage 2 builds on; the others pass stage 1 through
+OLDEST_OBJECTIVE = "bootstrap"  # what a run from before ``pretrain.objective`` existed trained
 
 
 def is_grid_key(key: str) -> bool:
@@ -75,7 +75,7 @@ class GridRow:
 
     @property
     def label(self) -> str:
-        if self.objective == "bootstrap":
+        if self.objective == TWO_STAGE:
             return "bootstrap + SSLAM stage 2" if self.checkpoint == "stage2" else "bootstrap (stage 1)"
         return self.objective
 
@@ -105,11 +105,11 @@ def grid_rows(runs: list[Run], baseline: Run) -> list[GridRow]:
         differs = changed_params(r, baseline)
         if r is not baseline and not all(is_grid_key(k) for k in differs):
             continue
-        enc = str(r.params.get("model.encoder", "transformer"))
-        obj = str(r.params.get("pretrain.objective", "bootstrap"))
+        enc = str(r.params.get("model.encoder", OLDEST_ENCODER))
+        obj = str(r.params.get("pretrain.objective", OLDEST_OBJECTIVE))
         seed = int(r.params.get("pretrain.seed", 0))
         training = {k: v for k, v in differs.items() if k.startswith(GRID_PREFIXES) and k != "pretrain.seed"}
-        checkpoints = ["stage2", "stage1"] if obj == "bootstrap" else ["stage2"]
+        checkpoints = ["stage2", "stage1"] if obj == TWO_STAGE else ["stage2"]
         for ck in checkpoints:
             per_task = {
                 key.split("/")[0]: v
@@ -126,69 +126,16 @@ def grid_rows(runs: list[Run], baseline: Run) -> list[GridRow]:
             for task, v in per_task.items():
                 row.scores.setdefault(task, []).append(v)
                 row.controls.setdefault(task, []).append(r.metrics[f"{task}/linear/{CONTROL}"])
-    order = {"transformer": 0, "mamba": 1, "xlstm": 2}
-    return sorted(rows.values(), key=lambda g: (order.get(g.encoder, 9), g.objective, g.checkpoint != "stage2"))
-
-
-# ----------------------------------------------------------------------------- pretraining cost
-
-
-def measure_cost(overrides: dict, steps: int, params: str = "params.yaml") -> dict:
-    """Stage-1 clips/s and peak memory of a configuration, in its own process (so the peak is its own)."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sslam.report.grid",
-            "--measure",
-            json.dumps(overrides),
-            "--cost-steps",
-            str(steps),
-            "--params",
-            params,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    first = str(baseline.params.get("model.encoder", OLDEST_ENCODER))  # the baseline's encoder, then by name
+    order = {name: i for i, name in enumerate([first, *(e for e in ENCODERS if e != first)])}
+    return sorted(
+        rows.values(), key=lambda g: (order.get(g.encoder, len(order)), g.objective, g.checkpoint != "stage2")
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _measure_here(overrides: dict, steps: int, params: str) -> dict:
-    import resource
-    import time
-
-    import torch
-
-    from sslam.config import load_config
-    from sslam.models.student import Student, make_teacher
-    from sslam.pretrain.loop import make_objective
-    from sslam.pretrain.targets import PositionCentring
-
-    cfg = load_config(params, overrides)
-    torch.manual_seed(0)
-    frames = cfg.pretrain.crop_frames(cfg.features.frame_shift_ms) or cfg.features.target_frames
-    batch, obj = cfg.pretrain.stage1.batch_size, cfg.pretrain.objective
-    student = Student(cfg.model, frames, cfg.features.num_mel_bins, obj)
-    teacher = make_teacher(student)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    stage = cfg.pretrain.stage1
-    centring = PositionCentring(stage.center_targets, stage.center_momentum)
-    step_losses = make_objective(cfg, "stage1", None, torch.device("cpu"), student, teacher, centring)  # the loop's
-    x = torch.randn(batch, frames, cfg.features.num_mel_bins) * 0.5
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
-    base, times = rss(), []
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
-        step_losses(x, [], step)["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    return {
-        "clips_per_s": batch / statistics.median(times[1:]),
-        "peak_mb": rss() - base,
-        "setting": {"objective": obj, "encoder": cfg.model.encoder, "batch": batch, "frames": frames},
-    }
+def read_cost(path: str | Path) -> dict[tuple[str, str], dict]:
+    """(encoder, objective) -> {clips_per_s, peak_mb, ...}: what ``bench/objectives.py --out`` measured."""
+    return {tuple(k.split("/")): v for k, v in json.loads(Path(path).read_text()).items()}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -207,8 +154,8 @@ def render(
         "Cells: linear-evaluation score in % (accuracy or mAP, each task's metric) of the row's pretrained "
         "encoder, the mean over its seeds. Overall: the mean over the tasks of pretrained minus the same "
         "encoder's random-init control (`random0`), in points (± the spread between seeds, where there are two "
-        "or more). Cost: stage-1 clips/s and peak memory above the process baseline, measured in one run on "
-        "the machine that rendered this table (the same batch for every row).",
+        "or more). Cost: stage-1 clips/s and peak memory above the process baseline, measured by "
+        "`bench/objectives.py` in one run on one machine (the same batch for every row).",
         "",
         "| encoder | objective | checkpoint | seeds | " + " | ".join(tasks) + " | overall | clips/s | peak MB |",
         "|" + " --- |" * (len(tasks) + 7),
@@ -246,22 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(ap)
     ap.add_argument("--out", default="metrics/grid.md")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--cost-steps", type=int, default=5, help="timed stage-1 steps per row (0: no cost columns)")
-    ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one configuration's cost, as JSON
+    ap.add_argument("--cost", help="the cost columns: the JSON `python bench/objectives.py --out` wrote")
     args = ap.parse_args(argv)
-    if args.measure is not None:
-        print(json.dumps(_measure_here(json.loads(args.measure), args.cost_steps, args.params)))
-        return 0
     runs, baseline = experiment_runs(args)
     rows = grid_rows(runs, baseline)
     floor = floor_scores([baseline, *runs])
-    cost = {}
-    if args.cost_steps > 0:
-        for r in rows:
-            if (r.encoder, r.objective) not in cost:
-                settings = {k: v for k, v in r.settings.items() if k.startswith(GRID_PREFIXES)}
-                cost[(r.encoder, r.objective)] = measure_cost(settings, args.cost_steps, args.params)
+    cost = read_cost(args.cost) if args.cost else {}
     summary = [
         {
             "encoder": r.encoder,

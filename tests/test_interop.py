@@ -13,13 +13,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, section
 from safetensors.torch import save_file
 
-from sslam.released import (
+from sslam.checkpoints import read_encoder
+from sslam.interop import (
     CheckpointError,
     export_encoder,
     import_checkpoint,
-    load_folder_encoder,
     load_weights,
     safe_torch_load,
 )
@@ -295,7 +296,8 @@ def test_import_writes_a_checkpoint_folder_the_evaluation_reads(tmp_path):
     meta = import_checkpoint(src, tmp_path / "checkpoints" / "eat" / "final", overrides={"target_frames": 64})
     assert meta["imported"]["layout"] == "hub" and len(meta["imported"]["sha256"]) == 64
     assert meta["input"]["features"]["target_frames"] == 64
-    encoder = load_folder_encoder(tmp_path / "checkpoints" / "eat" / "final", 128, MEL)
+    assert meta["fingerprint"]["model"]["decoder_groups"] == 16  # not the weights': fixed, never params'
+    encoder = read_encoder(tmp_path / "checkpoints" / "eat" / "final", 128, MEL)
     assert_matches_published(encoder, weights, 128)
 
 
@@ -303,10 +305,9 @@ def test_import_writes_a_checkpoint_folder_the_evaluation_reads(tmp_path):
 def test_export_round_trip(tmp_path, kind):
     """Every encoder of this project out and back in, identically: the hub layout for the Transformer
     (checked by the published forward too), this project's own layout for Mamba and xLSTM."""
-    from sslam.config import ModelConfig
     from sslam.models.student import Student
 
-    model = ModelConfig(encoder=kind, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0)
+    model = section("model", encoder=kind, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0)
     torch.manual_seed(0)
     student = Student(model, 64, MEL, "bootstrap")
     folder = tmp_path / "run" / "final"
@@ -370,21 +371,23 @@ def test_an_imported_encoder_reads_the_task_with_its_own_normalisation(tmp_path)
     the clips reach the encoder normalised with the checkpoint's statistics, not the features stage's."""
     from types import SimpleNamespace
 
-    from sslam.config import Config
+    from sslam.config.base import merged
+    from sslam.config.params import load_config
     from sslam.downstream.encoder import store_for_encoder
 
-    import_checkpoint(write_hub(tmp_path / "released", hub_weights()), tmp_path / "ck" / "eat" / "final")
-    cfg = Config()
+    released = write_hub(tmp_path / "released", hub_weights())
+    import_checkpoint(released, tmp_path / "ck" / "eat" / "final")
+    cfg = merged(load_config(REPO / "params.yaml"), {"imports": {"eat": {"path": str(released)}}})
     renormalised = []
     store = SimpleNamespace(renormalised=lambda stats: renormalised.append(stats) or "renormalised")
     with pytest.raises(ValueError, match=r"encoder eat on task mono \(features\).*num_mel_bins 128 \(needs 32\)"):
         store_for_encoder(cfg, "eat", "mono", store, "pretrain", tmp_path / "ck")
-    cfg = cfg.model_copy(update={"features": cfg.features.model_copy(update={"num_mel_bins": MEL})})
+    cfg = merged(cfg, {"features": merged(cfg.features, {"num_mel_bins": MEL})})
     assert store_for_encoder(cfg, "eat", "mono", store, "pretrain", tmp_path / "ck") == "renormalised"
     assert renormalised == [{"mean": -4.268, "std": 4.569}]
     assert store_for_encoder(cfg, "eat", "mono", store, "task", tmp_path / "ck") is store  # the task's own stats
     with pytest.raises(ValueError, match=r"data.sample_rate 22050 \(needs 16000\)"):
-        cfg22 = cfg.model_copy(update={"data": cfg.data.model_copy(update={"sample_rate": 22050})})
+        cfg22 = merged(cfg, {"data": merged(cfg.data, {"sample_rate": 22050})})
         store_for_encoder(cfg22, "eat", "mono", store, "pretrain", tmp_path / "ck")
     (tmp_path / "ck" / "stage2" / "final").mkdir(parents=True)
     assert store_for_encoder(cfg, "stage2", "mono", store, "pretrain", tmp_path / "ck") is store  # own runs: as is
@@ -395,13 +398,13 @@ def test_the_export_command_writes_what_the_embedding_api_reads(tmp_path, capsys
     the run itself does (same front end, statistics and weights); a missing folder is a clear error."""
     import yaml
 
-    from sslam.config import Config, ModelConfig
+    from sslam.config.params import load_config
     from sslam.embed import get_scene_embeddings, load_model
     from sslam.export import main
     from sslam.models.student import Student
 
-    cfg = Config()
-    model = ModelConfig(embed_dim=DIM, depth=DEPTH, num_heads=HEADS)
+    cfg = load_config(REPO / "params.yaml")
+    model = section("model", embed_dim=DIM, depth=DEPTH, num_heads=HEADS)
     params = cfg.model_dump(mode="json") | {"model": model.model_dump(mode="json")}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "stats.json").write_text(json.dumps({"mean": -5.5, "std": 3.25}))
