@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from sslam.config.model import ModelConfig
 from sslam.config.params import load_config
 from sslam.embed import load_model
-from sslam.models.student import Student
+from sslam.pretrain.student import Student
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {

@@ -28,9 +28,9 @@ import torch
 import yaml
 
 from sslam.config.params import load_config
-from sslam.config.pretrain import OBJECTIVES
 from sslam.io import write_json_atomic
 from sslam.models.registry import ENCODERS
+from sslam.pretrain.objectives import objective_names
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -41,8 +41,8 @@ def peak_rss_mb() -> float:
 
 def measure(overrides: dict, steps: int, params: str) -> dict:
     """Stage-1 clips/s and peak memory of one configuration, in this process."""
-    from sslam.models.student import Student, make_teacher
     from sslam.pretrain.loop import make_objective
+    from sslam.pretrain.student import Student, make_teacher
     from sslam.pretrain.targets import PositionCentring
 
     cfg = load_config(params, overrides)
@@ -91,7 +91,7 @@ def parse_sets(pairs: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoders", nargs="+", default=list(ENCODERS))
-    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES))
+    ap.add_argument("--objectives", nargs="+", default=list(objective_names()))
     ap.add_argument("--steps", type=int, default=3, help="timed stage-1 steps per pair (after one warm-up step)")
     ap.add_argument("--params", default=str(PARAMS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override, for all")

@@ -31,9 +31,9 @@ from accelerate import Accelerator
 from sslam.config.params import load_config
 from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features
-from sslam.models.student import Student, make_teacher
 from sslam.pretrain.loop import MicroBatches
-from sslam.pretrain.objectives import stage1_losses
+from sslam.pretrain.objectives.bootstrap import stage1_losses
+from sslam.pretrain.student import Student, make_teacher
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -34,10 +34,10 @@ from sslam.config.params import Config, load_config
 from sslam.config.pretrain import MaskConfig, StageConfig
 from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features
-from sslam.models.student import Student, make_teacher
 from sslam.pretrain.losses import cls_loss, patch_loss
 from sslam.pretrain.masking import inverse_block_mask
-from sslam.pretrain.objectives import clones_per_clip, stage1_losses
+from sslam.pretrain.objectives.bootstrap import clones_per_clip, stage1_losses
+from sslam.pretrain.student import Student, make_teacher
 from sslam.pretrain.targets import cls_target, layer_averaged_targets
 
 

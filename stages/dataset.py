@@ -88,18 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataset: {args.name!r} is not in params.yaml datasets ({sorted(cfg.datasets)})", file=sys.stderr)
         return 2
     from sslam.data.layouts import DatasetLayoutError
+    from sslam.downstream.tasks import task_features, task_location
     from sslam.io import write_json_atomic
     from sslam.provenance import default_hash_cache, stage_digest
 
     dataset = cfg.datasets[args.name]
-    corpus, _ = cfg.task_location(args.name)
+    corpus, _ = task_location(cfg, args.name)
     t0 = time.perf_counter()
     digest = stage_digest(__file__, f"dataset@{args.name}", args.params)
     try:
         summary = build_dataset(
             args.name,
             dataset,
-            cfg.task_features(args.name),
+            task_features(cfg, args.name),
             cfg.data.sample_rate,
             corpus,
             workers=args.workers,

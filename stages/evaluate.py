@@ -40,12 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     from sslam.downstream.encoder import load_encoder, store_for_encoder
     from sslam.downstream.finetune import finetune
     from sslam.downstream.linear import linear_eval
-    from sslam.downstream.tasks import WaveFeatures, load_task, task_conditions, task_event_counts
+    from sslam.downstream.tasks import (
+        WaveFeatures,
+        load_task,
+        task_conditions,
+        task_event_counts,
+        task_features,
+        task_location,
+    )
     from sslam.downstream.training import condition_breakdown
     from sslam.io import write_json_atomic, write_npz_atomic
 
     task_cfg = cfg.task(args.task)
-    corpus, features = cfg.task_location(args.task, args.features)
+    corpus, features = task_location(cfg, args.task, args.features)
     try:
         task, store = load_task(corpus, args.task, task_cfg, features)
     except (FileNotFoundError, ValueError) as err:
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = cfg.linear_recipe(args.task) if linear else cfg.finetune_recipe(args.task)
     encoders = cfg.evaluate.linear_encoders if linear else cfg.evaluate.finetune_encoders
     # roll_domain: waveform recomputes the log-mel with the task's own settings
-    wave = WaveFeatures(cfg.task_features(args.task), cfg.data.sample_rate)
+    wave = WaveFeatures(task_features(cfg, args.task), cfg.data.sample_rate)
     out = {
         "task": args.task,
         "regime": args.regime,

@@ -24,7 +24,8 @@ INPUTS_ENV = "SSLAM_STAGE_INPUTS"  # the stage's code/params/data digests, compu
 
 
 def pass_through(cfg, init: Path, ckpt: Path, metrics_file: Path, live_dir: Path) -> int:
-    """Stage 2 of a raw-patch objective: the stage-1 checkpoint goes on (sslam.pretrain.outputs.pass_through)."""
+    """Stage 2 of an objective without one (the raw-patch objectives): the stage-1 checkpoint goes on
+    (sslam.pretrain.outputs.pass_through)."""
     from accelerate import PartialState
 
     from sslam.pretrain.outputs import pass_through as hand_on
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     from sslam.io import write_json_atomic
     from sslam.pretrain.loop import NonFiniteLoss, train_stage
+    from sslam.pretrain.objectives import get_objective
 
     name, metrics_file = args.stage, Path(args.metrics_dir) / f"pretrain_{args.stage}.json"
     live_dir = Path(args.metrics_dir) / f"{args.stage}_live"
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         name, metrics_file = args.run, Path(args.metrics_dir) / "stage2_runs" / f"{args.run}.json"
         live_dir = Path(args.metrics_dir) / "stage2_runs" / f"{args.run}_live"
     ckpt = Path(args.checkpoints or f"checkpoints/{name}")
-    if args.stage == "stage2" and cfg.pretrain.objective != "bootstrap":
+    if args.stage == "stage2" and not get_objective(cfg.pretrain.objective).trains_stage2:
         return pass_through(cfg, Path(args.init), ckpt, metrics_file, live_dir)
     timings = Path(args.metrics_dir) / "timings" / f"{name}.tsv"  # not a DVC output: machine-dependent
     try:

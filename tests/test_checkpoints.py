@@ -40,8 +40,8 @@ def params(**model) -> Config:
 def pretrain_run(tmp_path: Path, cfg: Config, name: str = "stage2", seed: int = 0):
     """``checkpoints/<name>/final`` as pretraining writes it (the stage's own export path); returns the
     trained student and teacher it holds."""
-    from sslam.models.student import Student, make_teacher
     from sslam.pretrain.checkpoint import export_final, fingerprint
+    from sslam.pretrain.student import Student, make_teacher
     from sslam.pretrain.targets import PositionCentring
 
     torch.manual_seed(seed)
@@ -91,7 +91,7 @@ def test_an_edited_params_cannot_mis_build_an_existing_checkpoint(tmp_path):
 def test_the_meta_path_builds_the_student_encoder_exactly(tmp_path, kind):
     """What the evaluation built before (a whole Student from params, its state loaded, the decoder
     dropped) and the meta path give the same keys, tensors and embeddings; the teacher reads back too."""
-    from sslam.models.student import Student
+    from sslam.pretrain.student import Student
 
     cfg = params(encoder=kind)
     trained, teacher = pretrain_run(tmp_path, cfg)

@@ -28,7 +28,7 @@ from sslam.data.layouts.speech_commands import list_speech_commands
 from sslam.data.layouts.strong_tsv import list_strong_tsv
 from sslam.data.layouts.urban_sed import list_urban_sed
 from sslam.data.manifest import read_manifest
-from sslam.downstream.tasks import task_event_counts
+from sslam.downstream.tasks import task_event_counts, task_features
 from sslam.features.reader import FeatureStore
 
 
@@ -235,7 +235,7 @@ def test_build_dataset_caches_the_clips_worked_out_by_hand(tmp_path, name):
     exp = BUILDERS[name](tmp_path / "root")
     cfg = with_datasets({name: exp.params})
     out = tmp_path / "out"
-    summary = build_dataset(name, cfg.datasets[name], cfg.task_features(name), 16000, out)
+    summary = build_dataset(name, cfg.datasets[name], task_features(cfg, name), 16000, out)
     man = read_manifest(out / "tasks" / name / "manifest.csv", only_ok=True)
     assert {r.clip_id: (r.split, tuple(r.labels)) for r in man.itertuples()} == exp.ok
     fails = pd.read_csv(out / "failures.csv", dtype=str)
@@ -286,7 +286,7 @@ def test_dataset_params_are_checked_before_any_work(tmp_path):
     hear = BUILDERS["hear_fixture"](tmp_path / "hear")
     wrong = with_datasets({"h": hear.params | {"protocol": "cross_validation"}})
     with pytest.raises(DatasetLayoutError, match="datasets.h.protocol is 'cross_validation' but the hear layout"):
-        build_dataset("h", wrong.datasets["h"], wrong.task_features("h"), 16000, tmp_path / "out")
+        build_dataset("h", wrong.datasets["h"], task_features(wrong, "h"), 16000, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before converting anything
 
 

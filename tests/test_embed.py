@@ -16,7 +16,7 @@ from conftest import REPO, reference_kaldi_fbank, section
 from sslam.checkpoints import own_input, write_final
 from sslam.embed import extract_folder, get_scene_embeddings, get_timestamp_embeddings, load_model
 from sslam.features.store import clip_features
-from sslam.models.student import Student, make_teacher
+from sslam.pretrain.student import Student, make_teacher
 
 SMALL = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_layers": 1, "decoder_groups": 4}
 

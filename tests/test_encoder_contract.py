@@ -20,9 +20,9 @@ from pretrain_helpers import tiny_setup
 from sslam.config.base import merged
 from sslam.config.model import ModelConfig
 from sslam.models.registry import ENCODERS, build_encoder, resolved_masked_tokens
-from sslam.models.student import Student, make_teacher
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
-from sslam.pretrain.objectives import stage1_losses, stage2_losses
+from sslam.pretrain.objectives.bootstrap import stage1_losses, stage2_losses
+from sslam.pretrain.student import Student, make_teacher
 from sslam.provenance import import_closure
 
 FRAMES, MEL = 64, 32  # grid 4 x 2 with 16 x 16 patches

@@ -16,11 +16,11 @@ from sslam.data.manifest import ManifestRow, write_manifest
 from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features
 from sslam.io import write_flac_atomic
-from sslam.models.student import Student, make_teacher
 from sslam.models.vit import ViTEncoder
 from sslam.pretrain.masking import visible_indices
 from sslam.pretrain.mixing import mix_waveforms
-from sslam.pretrain.objectives import srl_cls_target, stage2_losses
+from sslam.pretrain.objectives.bootstrap import srl_cls_target, stage2_losses
+from sslam.pretrain.student import Student, make_teacher
 from sslam.pretrain.targets import PositionCentring, running_mean_update
 from sslam.profile import profile_overrides
 

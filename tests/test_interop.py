@@ -305,7 +305,7 @@ def test_import_writes_a_checkpoint_folder_the_evaluation_reads(tmp_path):
 def test_export_round_trip(tmp_path, kind):
     """Every encoder of this project out and back in, identically: the hub layout for the Transformer
     (checked by the published forward too), this project's own layout for Mamba and xLSTM."""
-    from sslam.models.student import Student
+    from sslam.pretrain.student import Student
 
     model = section("model", encoder=kind, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0)
     torch.manual_seed(0)
@@ -401,7 +401,7 @@ def test_the_export_command_writes_what_the_embedding_api_reads(tmp_path, capsys
     from sslam.config.params import load_config
     from sslam.embed import get_scene_embeddings, load_model
     from sslam.export import main
-    from sslam.models.student import Student
+    from sslam.pretrain.student import Student
 
     cfg = load_config(REPO / "params.yaml")
     model = section("model", embed_dim=DIM, depth=DEPTH, num_heads=HEADS)

@@ -101,7 +101,8 @@ def test_raw_patches_follow_the_patch_conv_token_order():
 
 from sslam.models.heads import RawPatchHead  # noqa: E402
 from sslam.models.registry import build_encoder  # noqa: E402
-from sslam.pretrain.raw_patch import msm_losses, ssast_losses  # noqa: E402
+from sslam.pretrain.objectives.msm import msm_losses  # noqa: E402
+from sslam.pretrain.objectives.ssast import ssast_losses  # noqa: E402
 
 FRAMES, MEL = 96, 32  # grid 6 x 2 with 16 x 16 patches
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import reference_kaldi_fbank, section
 
-from sslam.models.student import Student, make_teacher
 from sslam.models.vit import ViTEncoder
 from sslam.pretrain import mixing as M
-from sslam.pretrain.objectives import srl_target, stage2_losses
+from sslam.pretrain.objectives.bootstrap import srl_target, stage2_losses
+from sslam.pretrain.student import Student, make_teacher
 
 
 def runs(flags: torch.Tensor) -> list[tuple[int, int]]:

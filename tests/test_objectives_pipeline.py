@@ -20,7 +20,8 @@ from sslam.config.params import load_config
 from sslam.features.fbank import kaldi_fbank, overview_logmel
 from sslam.models.registry import build_encoder, resolved_masked_tokens
 from sslam.pretrain.loop import random_crops
-from sslam.pretrain.objectives import clones_per_clip
+from sslam.pretrain.objectives import get_objective
+from sslam.pretrain.objectives.bootstrap import clones_per_clip
 from sslam.pretrain.raw_patch import raw_patches
 
 
@@ -79,9 +80,11 @@ def test_raw_patches_match_an_identity_patch_conv_for_non_square_patches():
 
 def test_objective_decides_masked_tokens_and_rejects_drop():
     cfg = section("model")
-    assert resolved_masked_tokens(cfg) == "drop"
-    assert resolved_masked_tokens(cfg, "ssast") == resolved_masked_tokens(cfg, "msm") == "mask_token"
-    assert resolved_masked_tokens(section("model", encoder="mamba"), "bootstrap") == "mask_token"
+    masked = {name: get_objective(name).predicts_masked for name in ("bootstrap", "ssast", "msm")}
+    assert masked == {"bootstrap": False, "ssast": True, "msm": True}
+    assert resolved_masked_tokens(cfg) == resolved_masked_tokens(cfg, predicts_masked=masked["bootstrap"]) == "drop"
+    assert resolved_masked_tokens(cfg, predicts_masked=True) == "mask_token"
+    assert resolved_masked_tokens(section("model", encoder="mamba"), predicts_masked=False) == "mask_token"
     params = REPO / "params.yaml"
     with pytest.raises(ConfigError, match="masked_tokens must be mask_token or auto, not drop"):
         load_config(params, {"pretrain.objective": "msm", "model.masked_tokens": "drop"})
@@ -179,10 +182,11 @@ def test_paper_settings_print_for_every_encoder(capsys, encoder):
     over = profile_overrides("overview_msm") | {"model.encoder": encoder}
     cfg = load_config(REPO / "params.yaml", over)
     crop = cfg.pretrain.crop_frames(cfg.features.frame_shift_ms)
-    assert crop == 200 and build_encoder(cfg.model, crop, cfg.features.num_mel_bins, "msm").num_patches == 250
+    assert crop == 200
+    assert build_encoder(cfg.model, crop, cfg.features.num_mel_bins, predicts_masked=True).num_patches == 250
     assert cfg.pretrain.stage1.lr == pytest.approx(1.5e-4 * cfg.pretrain.stage1.batch_size / 256)
     ssast = load_config(REPO / "params.yaml", profile_overrides("ssast") | {"model.encoder": encoder})
-    grid = build_encoder(ssast.model, ssast.features.target_frames, 128, "ssast").grid
+    grid = build_encoder(ssast.model, ssast.features.target_frames, 128, predicts_masked=True).grid
     assert grid == (64, 8) and ssast.pretrain.ssast.mask_count == 400 and ssast.pretrain.ssast.mse_weight == 10.0
 
 

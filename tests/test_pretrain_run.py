@@ -81,7 +81,7 @@ def test_two_processes_ddp_keep_identical_weights(tmp_path):
 
 def tiny_initial_student(params: Path) -> dict:
     from sslam.config.params import load_config
-    from sslam.models.student import Student
+    from sslam.pretrain.student import Student
 
     cfg = load_config(params)
     torch.manual_seed(cfg.pretrain.seed)
@@ -123,10 +123,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_non_finite_loss_names_step_term_and_checkpoint(tmp_path, monkeypatch):
     import sslam.pretrain.loop as L
+    import sslam.pretrain.objectives.bootstrap as bootstrap
     from sslam.config.params import load_config
 
     params, feats = tiny_setup(tmp_path, steps=8, checkpoint_every=2)
-    real = L.stage1_losses
+    real = bootstrap.stage1_losses
 
     def poisoned(student, teacher, x, mask, stage, seed, centring=None, _calls=[0]):  # noqa: B006  a call counter
         out = real(student, teacher, x, mask, stage, seed, centring)
@@ -136,7 +137,7 @@ def test_non_finite_loss_names_step_term_and_checkpoint(tmp_path, monkeypatch):
             out["loss"] = out["local"] + out["global"]
         return out
 
-    monkeypatch.setattr(L, "stage1_losses", poisoned)
+    monkeypatch.setattr(bootstrap, "stage1_losses", poisoned)
     with pytest.raises(
         L.NonFiniteLoss, match=r"stage1 step 3: loss term 'loss' is not finite .* last good checkpoint: .*step-0000002"
     ):

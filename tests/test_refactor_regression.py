@@ -13,8 +13,8 @@ import torch
 from conftest import REPO, section
 from pretrain_helpers import tiny_setup
 
-from sslam.models.student import Student, make_teacher
-from sslam.pretrain.objectives import stage1_losses, stage2_losses
+from sslam.pretrain.objectives.bootstrap import stage1_losses, stage2_losses
+from sslam.pretrain.student import Student, make_teacher
 from sslam.pretrain.targets import PositionCentring
 
 DATA = REPO / "tests" / "data"

@@ -25,8 +25,8 @@ from sslam.features.fbank import log_mel
 from sslam.features.reader import FeatureStore
 from sslam.features.store import build_features, clip_features, pad_or_crop
 from sslam.io import write_flac_atomic
-from sslam.models.student import Student
 from sslam.pretrain.mixing import mix_waveforms
+from sslam.pretrain.student import Student
 
 SR = 16000
 TEN_MS = "too short: 160 samples (10.0 ms) is shorter than one 25.0 ms analysis window (400 samples)"

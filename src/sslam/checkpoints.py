@@ -47,6 +47,7 @@ from sslam.config.model import ModelConfig
 from sslam.io import TMP_PREFIX, write_json_atomic
 from sslam.models.contract import PatchEncoder
 from sslam.models.registry import build_encoder
+from sslam.pretrain.objectives import get_objective
 
 # ----------------------------------------------------------------------------- layout and names
 
@@ -153,7 +154,7 @@ def read_encoder(folder: str | Path, frames: int, mel: int, weights: str = "stud
     if weights == "student":
         state = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     with torch.random.fork_rng(devices=[]):
-        encoder = build_encoder(model, frames, mel, objective)
+        encoder = build_encoder(model, frames, mel, predicts_masked=get_objective(objective).predicts_masked)
     encoder.load_state_dict(state)
     return encoder
 

@@ -55,11 +55,12 @@ from sslam.checkpoints import (
     staged_folder,
     write_encoder_folder,
 )
-from sslam.config.base import as_patch, merged
+from sslam.config.base import merged
 from sslam.config.model import ModelConfig
 from sslam.io import write_json_atomic
-from sslam.models.contract import PatchEncoder, sincos_2d
+from sslam.models.contract import PatchEncoder, as_patch, sincos_2d
 from sslam.models.registry import build_encoder, resolved_masked_tokens
+from sslam.pretrain.objectives import get_objective
 
 # The input the released EAT / SSLAM models were trained on (their fbank, window and AudioSet statistics).
 RELEASED_INPUT: dict[str, Any] = {
@@ -503,7 +504,7 @@ def export_encoder(folder: str | Path, out: str | Path, input_spec: dict) -> str
     else:
         layout = "sslam"
         weights = {"encoder.safetensors": {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}}
-        masked = resolved_masked_tokens(model_cfg, objective)
+        masked = resolved_masked_tokens(model_cfg, predicts_masked=get_objective(objective).predicts_masked)
         own = merged(model_cfg, {"masked_tokens": masked})
         config = {"format": OWN_FORMAT, "version": 1, "model": own.model_dump()} | input_spec
     with staged_folder(out) as tmp:

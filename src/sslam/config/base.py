@@ -79,12 +79,6 @@ def check_range(name: str, pair: list[int] | list[float]) -> None:
         raise ValueError(f"{name} must be [low, high] with low <= high, got {pair}")
 
 
-def as_patch(patch: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """A patch size as (time frames, mel bins): n means n x n (here so the encoders, which may import only
-    this module of the config, read ``model.patch_size`` as the config does)."""
-    return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
-
-
 def overrides_of(model: type[Section], name: str) -> type[Section]:
     """The same keys as ``model``, each optional (None: inherit): a task's partial recipe."""
     fields = {

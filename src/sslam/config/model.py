@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from sslam.config.base import NonNegative, Positive, Section, as_patch
+from sslam.config.base import NonNegative, Positive, Section
+from sslam.models.contract import as_patch
 from sslam.models.registry import ENCODERS
 
 EncoderName = Literal[tuple(ENCODERS)]  # the error for an unknown name lists the registered ones
 
-__all__ = ["ModelConfig", "ModelConfigBase", "as_patch"]
+__all__ = ["ModelConfig", "ModelConfigBase"]
 
 
 class ModelConfigBase(Section):

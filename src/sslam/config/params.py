@@ -41,8 +41,6 @@ from sslam.config.pretrain import (
 )
 from sslam.config.report import ReportConfig
 
-DATASETS_DIR = "data/datasets"  # the dataset@<name> stages' outputs: data/datasets/<name>/
-
 
 class Config(Section):
     data: DataConfig
@@ -80,23 +78,6 @@ class Config(Section):
     @property
     def finetuned_tasks(self) -> list[str]:
         return [*self.evaluate.finetune_tasks, *self.evaluate.finetune_datasets]
-
-    def task_location(self, key: str, features_dir: str = "data/features") -> tuple[str, str]:
-        """(corpus folder, features folder) of task ``key``: the synthetic / AudioSet corpus and the
-        features stage's cache, or the dataset's own folder ``data/datasets/<name>`` and its cache."""
-        if key in self.datasets:
-            return f"{DATASETS_DIR}/{key}", f"{DATASETS_DIR}/{key}/features"
-        return self.data.corpus_dir, features_dir
-
-    def task_features(self, key: str) -> FeaturesConfig:
-        """The log-mel settings of task ``key``'s cache: a real dataset has its own clip length and
-        (pinned or computed) statistics; everything else is the features stage's."""
-        if key not in self.datasets:
-            return self.features
-        ds = self.datasets[key]
-        return merged(
-            self.features, {"target_frames": ds.target_frames, "norm_mean": ds.norm_mean, "norm_std": ds.norm_std}
-        )
 
     def finetune_recipe(self, task: str) -> FinetuneConfig:
         """The base fine-tuning recipe with the task's overrides."""

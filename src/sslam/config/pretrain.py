@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sslam.config.base import BUILTIN_ENCODERS, FloatPair, Name, NonNegative, Positive, Section, merged
 from sslam.config.data import DataConfig
 from sslam.config.features import FeaturesConfig
 from sslam.config.model import ModelConfig
+
+Variant = Literal["mb_ua", "mb_pma", "mb_ua_pma", "sslam"]  # stage 2's variants: the rows of Tables 2 and 3
 
 
 class CloneBatch(Section):
@@ -82,7 +84,7 @@ class StageConfig(Section):
 class Stage2Config(StageConfig):
     """Stage 2: every key of a stage, and what only stage 2 has (the variant and the CLS targets)."""
 
-    variant: Literal["mb_ua", "mb_pma", "mb_ua_pma", "sslam"]  # the rows of Tables 2 and 3
+    variant: Variant
     global_top_k_layers: Positive  # teacher layers behind the CLS targets (reference: the last)
     global_unmixed: bool  # Table 5
     global_mixed: bool
@@ -104,14 +106,11 @@ class MsmConfig(Section):
     loss_on: Literal["masked", "all"]  # the paper: masked; the public code: all patches
 
 
-OBJECTIVES = ("bootstrap", "ssast", "msm")
-
-
 class Stage2Run(Section):
     """One more stage-2 run from the same stage-1 checkpoint: ``pretrain.stage2`` with this variant and
     seed (the paper's central comparison, SSLAM vs MB-UA, Tables 2 and 3, with a seed spread)."""
 
-    variant: Literal["mb_ua", "mb_pma", "mb_ua_pma", "sslam"] = "sslam"
+    variant: Variant = "sslam"
     seed: NonNegative = 0
 
 
@@ -126,15 +125,23 @@ class PretrainConfig(Section):
     # fp32 | bf16 | fp16 ('no' is accelerate's spelling, but YAML 1.1 writers turn a bare no into false)
     mixed_precision: Literal["fp32", "bf16", "fp16"]
     cpu_threads: NonNegative  # torch threads per process on the CPU; 0 = cores / processes (accelerate sets 1)
-    # bootstrap: masked latent bootstrapping (EAT) then SSLAM's stage 2 | ssast | msm: raw-patch objectives of stage
-    #   1 only (stage 2 passes the stage-1 checkpoint through)
-    objective: Literal["bootstrap", "ssast", "msm"]
-    ssast: SsastConfig
+    # a module of sslam/pretrain/objectives/ (objective_names()): bootstrap: masked latent bootstrapping (EAT)
+    #   then SSLAM's stage 2 | ssast | msm: raw-patch objectives of stage 1 only (stage 2 passes the stage-1
+    #   checkpoint through)
+    objective: str
+    ssast: SsastConfig  # the options sections of the objectives that have one (Objective.options)
     msm: MsmConfig
     crop_seconds: Annotated[float, Field(gt=0.0)] | None  # random crops in pretraining (the overview: 2 s)
     stage1: StageConfig
     stage2: Stage2Config
     stage2_runs: dict[Name, Stage2Run]
+
+    @field_validator("objective")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from sslam.pretrain.objectives import check_name  # the light registry: imports no objective module
+
+        return check_name(name)  # an UnknownObjectiveError (a ValueError) lists the registered objectives
 
     @model_validator(mode="after")
     def _check_runs(self) -> PretrainConfig:
@@ -160,7 +167,9 @@ class PretrainConfig(Section):
 
 def check_pretraining(model: ModelConfig, mix: MixConfig, pretrain: PretrainConfig) -> None:
     """The rules that span the model, mixing and pretraining sections."""
-    if pretrain.objective != "bootstrap" and model.masked_tokens == "drop":
+    from sslam.pretrain.objectives import get_objective  # imports the objective's module: asked only for drop
+
+    if model.masked_tokens == "drop" and get_objective(pretrain.objective).predicts_masked:
         raise ValueError(
             f"pretrain.objective {pretrain.objective} predicts the masked patches from the encoder's "
             "outputs at their positions: model.masked_tokens must be mask_token or auto, not drop"

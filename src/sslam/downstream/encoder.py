@@ -19,11 +19,11 @@ from torch import nn
 
 from sslam.checkpoints import folder_input, read_encoder, resolve
 from sslam.config.params import Config
-from sslam.downstream.tasks import TaskStore
+from sslam.downstream.tasks import TaskStore, task_features
 from sslam.interop import check_input
 from sslam.models.contract import PatchEncoder
 from sslam.models.pooling import pool_tokens, pooled_width, time_patch_mask
-from sslam.models.student import Student
+from sslam.pretrain.student import Student
 
 BATCH = 64  # clips per forward pass when embedding or predicting (no gradient)
 
@@ -75,7 +75,7 @@ def store_for_encoder(
         return store
     spec = folder_input(source.folder)
     section = f"datasets.{task}" if task in cfg.datasets else "features"
-    check_input(spec, cfg.data.sample_rate, cfg.task_features(task), f"encoder {name} on task {task} ({section})")
+    check_input(spec, cfg.data.sample_rate, task_features(cfg, task), f"encoder {name} on task {task} ({section})")
     if norm_stats == "task":
         return store
     return store.renormalised({"mean": spec["features"]["norm_mean"], "std": spec["features"]["norm_std"]})

@@ -16,11 +16,32 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sslam.config.base import merged
 from sslam.config.downstream import DatasetConfig, TaskConfig, metric_of
 from sslam.config.features import FeaturesConfig
+from sslam.config.params import Config
 from sslam.features.reader import FeatureStore
 from sslam.features.stats import valid_frame_stats
 from sslam.features.store import clip_features
+
+DATASETS_DIR = "data/datasets"  # the dataset@<name> stages' outputs: data/datasets/<name>/
+
+
+def task_location(cfg: Config, key: str, features_dir: str = "data/features") -> tuple[str, str]:
+    """(corpus folder, features folder) of task ``key``: the synthetic / AudioSet corpus and the features
+    stage's cache, or a real dataset's own folder ``data/datasets/<name>`` and its cache."""
+    if key in cfg.datasets:
+        return f"{DATASETS_DIR}/{key}", f"{DATASETS_DIR}/{key}/features"
+    return cfg.data.corpus_dir, features_dir
+
+
+def task_features(cfg: Config, key: str) -> FeaturesConfig:
+    """The log-mel settings of task ``key``'s cache: a real dataset has its own clip length and (pinned or
+    computed) statistics; everything else is the features stage's."""
+    if key not in cfg.datasets:
+        return cfg.features
+    ds = cfg.datasets[key]
+    return merged(cfg.features, {"target_frames": ds.target_frames, "norm_mean": ds.norm_mean, "norm_std": ds.norm_std})
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sslam.config.pretrain import OBJECTIVES, PretrainConfig
 from sslam.experiments.encoders import CONTROL, ENCODER_KEYS, ENCODER_PREFIXES, OLDEST_ENCODER
 from sslam.experiments.runs import (
     FLOOR,
@@ -46,16 +45,22 @@ from sslam.experiments.runs import (
     write_table,
 )
 from sslam.models.registry import ENCODERS
+from sslam.pretrain.objectives import get_objective, objective_names
 
-# the objective and its own section (pretrain.<objective>.*, for the objectives that have one)
+# the objective and the options sections of the objectives (pretrain.<options>.*, for the objectives that have one)
 OBJECTIVE_PREFIXES = (
     "pretrain.objective",
-    *(f"pretrain.{name}." for name in OBJECTIVES if name in PretrainConfig.model_fields),
+    *(f"pretrain.{o}." for o in sorted({get_objective(n).options for n in objective_names()} - {None})),
 )
 GRID_PREFIXES = (*ENCODER_PREFIXES, *ENCODER_KEYS, *OBJECTIVE_PREFIXES, "pretrain.seed")
 EVALUATION_PREFIXES = ("evaluate.", "pretrain.stage2_runs")
-TWO_STAGE = "bootstrap"  # the objective SSLAM's stage 2 builds on; the others pass stage 1 through
 OLDEST_OBJECTIVE = "bootstrap"  # what a run from before ``pretrain.objective`` existed trained
+
+
+def trains_stage2(objective: str) -> bool:
+    """Did a run of ``objective`` train a stage 2 (SSLAM's, on bootstrap), or pass stage 1 through? An
+    objective no longer registered counts as passing through."""
+    return objective in objective_names() and get_objective(objective).trains_stage2
 
 
 def is_grid_key(key: str) -> bool:
@@ -75,8 +80,8 @@ class GridRow:
 
     @property
     def label(self) -> str:
-        if self.objective == TWO_STAGE:
-            return "bootstrap + SSLAM stage 2" if self.checkpoint == "stage2" else "bootstrap (stage 1)"
+        if trains_stage2(self.objective):
+            return f"{self.objective} + SSLAM stage 2" if self.checkpoint == "stage2" else f"{self.objective} (stage 1)"
         return self.objective
 
     def task_mean(self, task: str) -> float:
@@ -109,7 +114,7 @@ def grid_rows(runs: list[Run], baseline: Run) -> list[GridRow]:
         obj = str(r.params.get("pretrain.objective", OLDEST_OBJECTIVE))
         seed = int(r.params.get("pretrain.seed", 0))
         training = {k: v for k, v in differs.items() if k.startswith(GRID_PREFIXES) and k != "pretrain.seed"}
-        checkpoints = ["stage2", "stage1"] if obj == TWO_STAGE else ["stage2"]
+        checkpoints = ["stage2", "stage1"] if trains_stage2(obj) else ["stage2"]
         for ck in checkpoints:
             per_task = {
                 key.split("/")[0]: v

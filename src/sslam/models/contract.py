@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from sslam.config.base import Section, as_patch
+from sslam.config.base import Section
 
 MASKED_TOKENS = ("drop", "mask_token")
 
@@ -50,6 +50,11 @@ class ModelSettings(Protocol):
 
     @property
     def patch(self) -> tuple[int, int]: ...
+
+
+def as_patch(patch: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """A patch size (``model.patch_size``) as (time frames, mel bins): n means n x n."""
+    return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:

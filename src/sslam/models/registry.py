@@ -26,8 +26,9 @@ from sslam.models.contract import MASKED_TOKENS, ModelSettings, PatchEncoder
 class EncoderEntry:
     """One registered encoder: ``model.encoder: <name>`` builds ``cls``; ``options`` is the schema of the
     section ``model.<name>`` (None: no section); ``masked_tokens`` is what ``masked_tokens: auto`` resolves to
-    under masked latent bootstrapping (``drop``: the clone batch of visible tokens; ``mask_token``: the
-    whole sequence in order, what a recurrent encoder needs)."""
+    under an objective that predicts from the visible tokens, as masked latent bootstrapping does (``drop``:
+    the clone batch of visible tokens; ``mask_token``: the whole sequence in order, what a recurrent encoder
+    needs)."""
 
     name: str
     cls: type[PatchEncoder]
@@ -55,8 +56,9 @@ def register_encoder(
 ) -> Callable[[type[PatchEncoder]], type[PatchEncoder]]:
     """Class decorator: ``model.encoder: <name>`` builds the class (``PatchEncoder.from_config``), sized by
     ``model`` and, when ``options`` is given, by the section ``model.<name>`` validated by it (values in
-    params.yaml only: the schema has no defaults). ``masked_tokens``: what ``auto`` means for it under
-    ``bootstrap`` (the raw-patch objectives always take ``mask_token``)."""
+    params.yaml only: the schema has no defaults). ``masked_tokens``: what ``auto`` means for it under an
+    objective that predicts from the visible tokens (one that predicts at the masked positions always takes
+    ``mask_token``)."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"encoder name {name!r}: a params key, lower case letters, digits and _")
     if masked_tokens not in MASKED_TOKENS:
@@ -127,17 +129,20 @@ def encoder_entry(name: str) -> EncoderEntry:
     return ENCODERS[name]
 
 
-def resolved_masked_tokens(cfg: ModelSettings, objective: str = "bootstrap") -> str:
-    """``model.masked_tokens``; ``auto``: what the encoder registered under masked latent bootstrapping
-    (``drop`` for the Transformer: the clone batch of EAT / SSLAM; ``mask_token`` for the recurrent encoders,
-    SSAMBA and the overview), ``mask_token`` for every encoder under the raw-patch objectives (``ssast``,
-    ``msm``: they predict at the masked positions)."""
+def resolved_masked_tokens(cfg: ModelSettings, *, predicts_masked: bool = False) -> str:
+    """``model.masked_tokens``; ``auto``: what the encoder registered, under an objective that predicts from
+    the visible tokens (masked latent bootstrapping: ``drop`` for the Transformer, the clone batch of EAT /
+    SSLAM; ``mask_token`` for the recurrent encoders, SSAMBA and the overview), and ``mask_token`` for every
+    encoder under one that ``predicts_masked`` (the raw-patch objectives: they predict from the encoder's
+    outputs at the masked positions; ``sslam.pretrain.objectives`` says which objective does)."""
     if cfg.masked_tokens != "auto":
         return cfg.masked_tokens
-    return encoder_entry(cfg.encoder).masked_tokens if objective == "bootstrap" else "mask_token"
+    return "mask_token" if predicts_masked else encoder_entry(cfg.encoder).masked_tokens
 
 
-def build_encoder(cfg: ModelSettings, frames: int, mel: int, objective: str = "bootstrap") -> PatchEncoder:
-    """The encoder ``model.encoder`` names, sized by ``model`` (``objective``: ``pretrain.objective``, which
-    decides ``masked_tokens: auto``)."""
-    return encoder_entry(cfg.encoder).build(cfg, frames, mel, resolved_masked_tokens(cfg, objective))
+def build_encoder(cfg: ModelSettings, frames: int, mel: int, *, predicts_masked: bool = False) -> PatchEncoder:
+    """The encoder ``model.encoder`` names, sized by ``model`` (``predicts_masked``: the objective predicts at
+    the masked positions, which decides ``masked_tokens: auto``)."""
+    return encoder_entry(cfg.encoder).build(
+        cfg, frames, mel, resolved_masked_tokens(cfg, predicts_masked=predicts_masked)
+    )

@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 
 from sslam.config.pretrain import MaskConfig, PretrainParams
 from sslam.features.reader import FeatureStore
-from sslam.models.student import Student, make_teacher
 from sslam.pretrain.losses import token_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
+from sslam.pretrain.student import Student, make_teacher
 from sslam.pretrain.targets import PositionCentring, average_top_layers, final_target
 
 

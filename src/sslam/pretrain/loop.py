@@ -32,16 +32,13 @@ from safetensors.torch import load_file
 from sslam.checkpoints import own_input
 from sslam.config.pretrain import PretrainParams, StageConfig
 from sslam.features.reader import FeatureStore, ShardedSampler
-from sslam.models.student import Student, make_teacher
 from sslam.pretrain.checkpoint import export_final, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
 from sslam.pretrain.ema import ema_decay, ema_update
-from sslam.pretrain.objectives import WaveformInputs, stage1_losses, stage2_losses
-from sslam.pretrain.raw_patch import msm_losses, ssast_losses
+from sslam.pretrain.objectives import LossSetup, StepLosses, get_objective
+from sslam.pretrain.student import Student, make_teacher
 from sslam.pretrain.targets import PositionCentring
 from sslam.provenance import data_digest
 from sslam.schedule import warmup_cosine_lr
-
-StepLosses = Callable[[torch.Tensor, list[int], int], dict[str, torch.Tensor]]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -135,34 +132,17 @@ def make_objective(
     teacher: torch.nn.Module,
     centring: PositionCentring,
 ) -> StepLosses:
-    """(clips, their store rows, seed) -> this stage's losses, the typed params sections passed whole:
-    ``pretrain.objective`` in stage 1 (masked latent bootstrapping, SSAST, the overview's MSM), SSLAM's
-    Algorithm 1 in stage 2 (bootstrap only)."""
-    scfg = getattr(cfg.pretrain, stage)
-    objective = cfg.pretrain.objective
-    if stage == "stage2" and objective != "bootstrap":
-        raise ValueError(f"stage 2 trains only the bootstrap objective, pretrain.objective is {objective!r}")
-    if objective == "ssast":
-        return lambda x, idx, seed: ssast_losses(student.encoder, student.heads, x, cfg.pretrain.ssast, seed)
-    if objective == "msm":
-        return lambda x, idx, seed: msm_losses(student.encoder, student.head, x, cfg.pretrain.msm, seed)
-    if stage == "stage1":
-        return lambda x, idx, seed: stage1_losses(student, teacher, x, cfg.mask, scfg, seed, centring)
-
-    def losses(x: torch.Tensor, idx: list[int], seed: int) -> dict[str, torch.Tensor]:
-        wave = None
-        if cfg.mix.strategy == "waveform" and scfg.variant != "mb_ua":
-            wave = WaveformInputs(
-                store.waves(idx).to(device),
-                store.wave_lengths(idx),
-                store.mean,
-                store.std,
-                cfg.data.sample_rate,
-                cfg.features,
-            )
-        return stage2_losses(student, teacher, x, cfg.mask, scfg, cfg.mix, cfg.srl, seed, wave, centring)
-
-    return losses
+    """(clips, their store rows, seed) -> this stage's losses: ``pretrain.objective``'s stage-1 step (masked
+    latent bootstrapping, SSAST, the overview's MSM, ...) or its stage 2 (SSLAM's Algorithm 1: bootstrap
+    only), each from its module of ``sslam.pretrain.objectives``, the typed params sections passed whole."""
+    objective = get_objective(cfg.pretrain.objective)
+    factory = objective.stage1 if stage == "stage1" else objective.stage2
+    if factory is None:
+        raise ValueError(
+            f"pretrain.objective {cfg.pretrain.objective!r} has no stage 2 to train (its stage 2 passes the "
+            "stage-1 checkpoint through)"
+        )
+    return factory(LossSetup(cfg, student, teacher, centring, store, device))
 
 
 def random_crops(x: torch.Tensor, valid: list[int], frames: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """What a pretraining stage leaves beside its checkpoints: the metrics summary of a trained stage, and for
-a stage 2 that does not train (a raw-patch objective), the stage-1 checkpoint handed on.
+a stage 2 that does not train (an objective without one: the raw-patch objectives), the stage-1 checkpoint
+handed on.
 
 The summary (``metrics/pretrain_<stage>.json``, ``metrics/stage2_runs/<run>.json``) holds only what the
 params, code and data decide; throughput is the machine's, so it is printed and kept in
@@ -18,7 +19,7 @@ from sslam.config.pretrain import PretrainParams
 from sslam.io import write_json_atomic
 from sslam.pretrain.checkpoint import pass_through_final
 from sslam.pretrain.curves import curve_summary, curves_folder, read_curve, read_curves
-from sslam.pretrain.diagnostics import checkpoint_diagnostics
+from sslam.pretrain.objectives import get_objective
 
 if TYPE_CHECKING:
     from sslam.pretrain.loop import RunResult
@@ -44,8 +45,9 @@ def stage_summary(
         "replicas_identical": result.replicas_identical,
         "global_batch": result.world_size * scfg.batch_size * scfg.grad_accum,
     }
-    if cfg.pretrain.objective == "bootstrap":  # what the teacher's targets hold: bootstrap only
-        summary["target_diagnostics"] = checkpoint_diagnostics(cfg, stage, features, final)
+    diagnostics = get_objective(cfg.pretrain.objective).target_diagnostics  # bootstrap: the teacher's targets
+    if diagnostics is not None:
+        summary["target_diagnostics"] = diagnostics(cfg, stage, features, final)
     if stage == "stage2":
         summary["variant"] = cfg.pretrain.stage2.variant
     return summary
@@ -58,8 +60,8 @@ def median_throughput(timings: Path) -> float:
 
 
 def pass_through(cfg: PretrainParams, init: Path, ckpt: Path, metrics_file: Path, live_dir: Path) -> None:
-    """Stage 2 of a raw-patch objective (``ssast``, ``msm``): SSLAM's stage 2 builds on the bootstrap
-    objective only, so the stage-1 checkpoint ``init`` goes on unchanged as ``ckpt/final``, the curves
+    """Stage 2 of an objective without one (``ssast``, ``msm``: SSLAM's stage 2 builds on the bootstrap
+    objective only): the stage-1 checkpoint ``init`` goes on unchanged as ``ckpt/final``, the curves
     folder (a declared output) is left empty, and the metrics say so. FileNotFoundError: no ``init``."""
     pass_through_final(init, ckpt, {"passed_through_from": str(init), "objective": cfg.pretrain.objective})
     curves = live_dir / "plots" / "metrics"  # no curve of an earlier run may stay

@@ -1,21 +1,16 @@
-"""The raw-patch objectives beside masked latent bootstrapping: SSAST's joint discriminative / generative
-masked patch modelling (also SSAMBA's) and the masked-spectrogram MSE of the Transformer / Mamba / xLSTM
-overview. Each paper step is one small function: the masks (:func:`cluster_mask`, :func:`random_mask`), the
-raw patch targets (:func:`raw_patches`, from the same normalised log-mel the encoder reads), the losses
-(:func:`info_nce`, :func:`patch_mse`), and the objectives (:func:`ssast_losses`, :func:`msm_losses`) that
-reach the encoder only through its contract (masked tokens kept in the sequence with the mask embedding).
-
-Selected by ``pretrain.objective`` (``ssast`` | ``msm``) in stage 1; the heads are in ``models/heads.py``.
+"""The math the raw-patch objectives share (SSAST's joint discriminative / generative masked patch modelling,
+also SSAMBA's, in ``objectives/ssast.py``; the overview's masked-spectrogram MSE in ``objectives/msm.py``): the
+masks (:func:`cluster_mask`, :func:`random_mask`), the raw patch targets (:func:`raw_patches`, from the same
+normalised log-mel the encoder reads) and the losses (:func:`info_nce`, :func:`patch_mse`). The objectives
+reach the encoder only through its contract (masked tokens kept in the sequence with the mask embedding,
+:func:`require_mask_tokens`); their heads are in ``models/heads.py``.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from sslam.config.pretrain import MsmConfig, SsastConfig
-from sslam.models.contract import PatchEncoder, gather_tokens
-from sslam.pretrain.masking import visible_indices
+from sslam.models.contract import PatchEncoder
 
 
 def raw_patches(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -91,52 +86,10 @@ def patch_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).mean()
 
 
-def _masked_tokens_only(encoder: PatchEncoder, objective: str) -> None:
+def require_mask_tokens(encoder: PatchEncoder, objective: str) -> None:
+    """The raw-patch objectives read the encoder's outputs at the masked positions: a ``drop`` encoder has none."""
     if encoder.masked_tokens != "mask_token":
         raise ValueError(
             f"pretrain.objective {objective} predicts the masked patches from the encoder's outputs there: it "
             f"needs model.masked_tokens mask_token (or auto), got {encoder.masked_tokens!r}"
         )
-
-
-def ssast_losses(
-    encoder: PatchEncoder,
-    heads: nn.ModuleDict,
-    x: torch.Tensor,
-    ssast: SsastConfig,
-    seed: int,
-) -> dict[str, torch.Tensor]:
-    """SSAST's joint objective: cluster-masked patches kept in the sequence with the mask embedding; the
-    ``discriminative`` head's InfoNCE against the clip's other masked patches and the ``generative`` head's
-    MSE, both to the raw (normalised log-mel) patch; loss = nce + ``mse_weight`` * mse. With
-    ``two_passes`` each head reads its own forward pass with its own mask (the reference), else one."""
-    _masked_tokens_only(encoder, "ssast")
-    g = torch.Generator().manual_seed(seed)
-    target = raw_patches(x.float(), encoder.patch_size)
-    passes = []
-    for _ in range(2 if ssast.two_passes else 1):
-        masked = cluster_mask(x.shape[0], encoder.grid, ssast.mask_count, tuple(ssast.cluster_sizes), g).to(x.device)
-        h, _ = encoder(x, keep=visible_indices(masked))
-        where = visible_indices(~masked)  # the masked patches' indices, sorted
-        passes.append((gather_tokens(h[:, 1:], where), gather_tokens(target, where)))
-    (tok_d, tgt_d), (tok_g, tgt_g) = passes[0], passes[-1]
-    nce, accuracy = info_nce(heads["discriminative"](tok_d), tgt_d)
-    mse = patch_mse(heads["generative"](tok_g), tgt_g)
-    return {"loss": nce + ssast.mse_weight * mse, "nce": nce, "mse": mse, "accuracy": accuracy}
-
-
-def msm_losses(
-    encoder: PatchEncoder, head: nn.Module, x: torch.Tensor, msm: MsmConfig, seed: int
-) -> dict[str, torch.Tensor]:
-    """The overview's masked spectrogram modelling: ``mask_ratio`` of the patches masked at random (kept in
-    the sequence with the mask embedding), a head to the raw patch, MSE on the masked patches (``loss_on:
-    all``: on every patch, as the public code)."""
-    _masked_tokens_only(encoder, "msm")
-    g = torch.Generator().manual_seed(seed)
-    masked = random_mask(x.shape[0], encoder.num_patches, msm.mask_ratio, g).to(x.device)
-    h, _ = encoder(x, keep=visible_indices(masked))
-    pred = head(h[:, 1:])
-    target = raw_patches(x.float(), encoder.patch_size)
-    chosen = masked if msm.loss_on == "masked" else torch.ones_like(masked)
-    mse = patch_mse(pred[chosen], target[chosen])
-    return {"loss": mse, "mse": mse}

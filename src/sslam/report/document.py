@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslam.config.params import Config
+from sslam.pretrain.objectives import get_objective
 from sslam.report.intervals import Predictions, Settings, encoder_intervals
 from sslam.report.tables import (
     floor_table,
@@ -46,9 +47,10 @@ def read_inputs(cfg: Config, metrics_dir: Path) -> ReportInputs:
     m = Path(metrics_dir)
     configured = {(t, "linear") for t in cfg.task_names} | {(t, "finetune") for t in cfg.finetuned_tasks}
     found = load_eval(m / "eval")
+    two_stages = get_objective(cfg.pretrain.objective).trains_stage2  # else stage 2 passes stage 1 through
     settings = {
         "pretrain.objective": cfg.pretrain.objective,
-        "variant": cfg.pretrain.stage2.variant if cfg.pretrain.objective == "bootstrap" else "none",
+        "variant": cfg.pretrain.stage2.variant if two_stages else "none",
         "mix.strategy": cfg.mix.strategy,
         "mix.partial": cfg.mix.partial,
         "mix.partial_mode": cfg.mix.partial_mode,
@@ -67,7 +69,7 @@ def read_inputs(cfg: Config, metrics_dir: Path) -> ReportInputs:
     runs = {"stage2": (cfg.pretrain.stage2.variant, cfg.pretrain.seed)} | {
         name: (r.variant, r.seed) for name, r in cfg.pretrain.stage2_runs.items()
     }
-    if cfg.pretrain.objective != "bootstrap":  # no stage 2 trained: every "variant" is the stage-1 checkpoint
+    if not two_stages:  # no stage 2 trained: every "variant" is the stage-1 checkpoint
         runs = {}
     return ReportInputs(
         evals={k: v for k, v in found.items() if k in configured},

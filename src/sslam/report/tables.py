@@ -279,11 +279,10 @@ def render_markdown(evals: dict, settings: dict, intervals: dict | None = None, 
             f"`{FLOOR}`: no network, the mean and standard deviation of the log-mel over the clip (the floor).",
             "",
         ]
-    objective = settings.get("pretrain.objective", "bootstrap")
-    if objective != "bootstrap":
+    if settings.get("variant") == "none":  # the objective has no stage 2 (sslam.report.document.read_inputs)
         lines += [
-            f"Pretraining objective `{objective}` has no stage 2: every pretrained encoder below (`stage2` and "
-            "the stage-2 runs) is the **stage-1 checkpoint**, passed through unchanged.",
+            f"Pretraining objective `{settings.get('pretrain.objective')}` has no stage 2: every pretrained encoder "
+            "below (`stage2` and the stage-2 runs) is the **stage-1 checkpoint**, passed through unchanged.",
             "",
         ]
     lines += [

@@ -1,27 +1,36 @@
-"""The pretraining objectives, one function per paper step; the typed params sections come in whole,
-so each key reaches the math under its own name (``mask.block_size``, ``stage.top_k_layers``, ...).
+"""``pretrain.objective: bootstrap``: masked latent bootstrapping (EAT / data2vec 2.0) in stage 1, then
+SSLAM's stage 2. One function per paper step; the typed params sections come in whole, so each key reaches
+the math under its own name (``mask.block_size``, ``stage.top_k_layers``, ...).
 
 - :func:`stage1_losses`: masked latent bootstrapping (Section 3.1, eqs. 1 and 2): the student predicts
   the EMA teacher's averaged top-k layer targets of the masked patches (local) and their mean (global).
 - :func:`stage2_losses`: SSLAM (Algorithm 1): the unmixed batch and its partial mixtures, with the
   source retention loss (eq. 4, :func:`srl_target`) on the mixed clips.
+
+The student trains a CNN ``decoder`` beside its encoder (:func:`build_heads`), to the teacher's targets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import nn
 
 from sslam.config.features import FeaturesConfig
-from sslam.config.pretrain import MaskConfig, MixConfig, SrlConfig, Stage2Config, StageConfig
+from sslam.config.model import ModelConfig
+from sslam.config.pretrain import MaskConfig, MixConfig, SrlConfig, Stage2Config, StageConfig, Variant
+from sslam.models.contract import PatchEncoder
+from sslam.models.decoder import CnnDecoder
+from sslam.pretrain.diagnostics import checkpoint_diagnostics
 from sslam.pretrain.losses import cls_loss, patch_loss
 from sslam.pretrain.masking import inverse_block_mask, visible_indices
 from sslam.pretrain.mixing import frames_mask, mix_spectrograms, mix_waveforms, mixed_time_patches, partner
+from sslam.pretrain.objectives import LossSetup, Objective, StepLosses
 from sslam.pretrain.targets import PositionCentring, average_top_layers, cls_target, final_target
 
-VARIANTS = ("mb_ua", "mb_pma", "mb_ua_pma", "sslam")  # the rows of Tables 2 and 3
+VARIANTS = get_args(Variant)  # the rows of Tables 2 and 3
 
 
 def clones_per_clip(mask: MaskConfig, stage: StageConfig, masked_tokens: str) -> int:
@@ -191,3 +200,59 @@ def stage2_losses(
     out["local"] = local
     out["loss"] = total
     return out
+
+
+# ----------------------------------------------------------------------------- the registered objective
+
+
+def build_heads(cfg: ModelConfig, encoder: PatchEncoder) -> dict[str, nn.Module]:
+    """The light CNN decoder from the encoder's tokens at their patch positions to the teacher's targets."""
+    return {
+        "decoder": CnnDecoder(
+            cfg.embed_dim,
+            encoder.grid,
+            cfg.decoder_layers,
+            cfg.decoder_kernel,
+            cfg.decoder_groups,
+            fill=cfg.decoder_fill,
+        )
+    }
+
+
+def stage1_step(setup: LossSetup) -> StepLosses:
+    cfg = setup.cfg
+    return lambda x, idx, seed: stage1_losses(
+        setup.student, setup.teacher, x, cfg.mask, cfg.pretrain.stage1, seed, setup.centring
+    )
+
+
+def stage2_step(setup: LossSetup) -> StepLosses:
+    """SSLAM's stage 2; waveform mixing reads the clips' waveforms from the store."""
+    cfg, store = setup.cfg, setup.store
+    scfg = cfg.pretrain.stage2
+
+    def losses(x: torch.Tensor, idx: list[int], seed: int) -> dict[str, torch.Tensor]:
+        wave = None
+        if cfg.mix.strategy == "waveform" and scfg.variant != "mb_ua":
+            wave = WaveformInputs(
+                store.waves(idx).to(setup.device),
+                store.wave_lengths(idx),
+                store.mean,
+                store.std,
+                cfg.data.sample_rate,
+                cfg.features,
+            )
+        return stage2_losses(
+            setup.student, setup.teacher, x, cfg.mask, scfg, cfg.mix, cfg.srl, seed, wave, setup.centring
+        )
+
+    return losses
+
+
+OBJECTIVE = Objective(
+    heads=build_heads,
+    stage1=stage1_step,
+    stage2=stage2_step,
+    predicts_masked=False,
+    target_diagnostics=checkpoint_diagnostics,
+)
