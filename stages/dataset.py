@@ -4,7 +4,8 @@ Lists the clips with the format's layout (``src/sslam/data/layouts/<format>.py``
 labels), converts each to mono FLAC at the corpus rate (``sslam.data.datasets``), then caches the log-mel
 at the dataset's target_frames (``sslam.features``) and writes data/datasets/<name>/ with its failures
 table. Resumable: converted clips and finished shards are kept (the output is persisted), each only while
-this stage's code and params, the layout's code and its source file's content are what made it.
+this stage's code (its layout modules included: the registry declares them, ``sslam.provenance``), its
+params and its source file's content are what made it.
 """
 
 from __future__ import annotations
@@ -65,17 +66,6 @@ def build_dataset(
     return {**converted.summary(), "stats": stats}
 
 
-def layout_digest(fmt: str) -> str:
-    """The code of format ``fmt``'s layout module and what it imports: found by name at run time, so the
-    stage's own import closure cannot see it."""
-    import inspect
-
-    from sslam.data.layouts import get_layout
-    from sslam.provenance import code_digest
-
-    return code_digest(inspect.getsourcefile(get_layout(fmt).list_clips))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
@@ -104,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data.sample_rate,
             corpus,
             workers=args.workers,
-            inputs=f"{digest['code']}:{layout_digest(dataset.format)}:{digest['params']}",
+            inputs=f"{digest['code']}:{digest['params']}",
             hash_cache=default_hash_cache(),
         )
     except (DatasetLayoutError, FileNotFoundError, ValueError) as err:

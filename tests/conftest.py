@@ -12,24 +12,13 @@ def section(dotted: str, **update):
     """The repository params.yaml's section ``dotted`` (e.g. ``model``, ``pretrain.stage1``) with ``update``
     applied and validated: the schema has no defaults, so a test states only what it changes. A mapping
     given for a nested section is merged into it key by key (``tasks={"mono": {"num_classes": 2}}``)."""
+    from sslam.config.base import merged
     from sslam.config.params import load_config
 
     node = load_config(REPO / "params.yaml")
     for part in dotted.split("."):
         node = node[part] if isinstance(node, dict) else getattr(node, part)
-    return _updated(node, update)
-
-
-def _updated(node, update: dict):
-    """``node`` (a section) with ``update`` merged in, nested sections key by key, validated."""
-    from sslam.config.base import Section, merged
-
-    nested = {
-        key: _updated(getattr(node, key), value)
-        for key, value in update.items()
-        if isinstance(value, dict) and isinstance(getattr(node, key, None), Section)
-    }
-    return merged(node, {**update, **nested})
+    return merged(node, update)
 
 
 @pytest.fixture

@@ -43,8 +43,14 @@ def test_the_installed_scripts_are_the_declared_ones():
 
 
 def test_a_script_runs_from_the_environments_bin():
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "sslam-profile"), "--help"], capture_output=True, text=True, timeout=120
+    """``sslam-profile ssast`` from the bin prints what ``python -m sslam.profile ssast`` does: the
+    profile's settings as ``dvc exp run -S`` flags."""
+    script = subprocess.run(
+        [str(Path(sys.executable).parent / "sslam-profile"), "ssast"], capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0, out.stderr
-    assert "usage: sslam-profile" in out.stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "sslam.profile", "ssast"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert script.returncode == 0 and module.returncode == 0, script.stderr + module.stderr
+    assert script.stdout == module.stdout
+    assert "-S 'pretrain.objective=ssast'" in script.stdout and "-S 'pretrain.ssast.mask_count=400'" in script.stdout

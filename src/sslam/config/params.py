@@ -5,7 +5,6 @@ with a message naming the key and what is allowed."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,14 +13,13 @@ from pydantic import Field, model_validator
 from sslam.config.base import (
     BUILTIN_ENCODERS,
     PARAMS_FILE,
-    ConfigError,
     Name,
-    Section,
+    exit_on_error,
     merged,
     read_params,
     validate,
 )
-from sslam.config.data import DataConfig, DownloadConfig, OntologyConfig
+from sslam.config.data import DownloadParams, OntologyParams
 from sslam.config.downstream import (
     DatasetConfig,
     EvaluateConfig,
@@ -30,28 +28,14 @@ from sslam.config.downstream import (
     LinearEvalConfig,
     TaskConfig,
 )
-from sslam.config.features import FeaturesConfig
-from sslam.config.model import ModelConfig
-from sslam.config.pretrain import (
-    MaskConfig,
-    MixConfig,
-    PretrainConfig,
-    SrlConfig,
-    check_pretraining,
-)
+from sslam.config.features import FeaturesParams
+from sslam.config.pretrain import PretrainParams
 from sslam.config.report import ReportConfig
 
 
-class Config(Section):
-    data: DataConfig
-    download: DownloadConfig
-    ontology: OntologyConfig
-    features: FeaturesConfig
-    model: ModelConfig
-    mask: MaskConfig
-    mix: MixConfig
-    srl: SrlConfig
-    pretrain: PretrainConfig
+class Config(DownloadParams, OntologyParams, FeaturesParams, PretrainParams):
+    """Every section: what each stage reads (the ``*Params`` roots, with their checks) and the evaluation's."""
+
     finetune: FinetuneConfig
     linear_eval: LinearEvalConfig
     tasks: Annotated[dict[Name, TaskConfig], Field(min_length=1)]
@@ -91,7 +75,6 @@ class Config(Section):
         both = sorted(set(self.tasks) & set(self.datasets))
         if both:
             raise ValueError(f"{both} name both a task and a dataset: a task name must be unique")
-        check_pretraining(self.model, self.mix, self.pretrain)
         unknown = [t for t in self.evaluate.finetune_tasks if t not in self.tasks]
         if unknown:
             raise ValueError(f"evaluate.finetune_tasks {unknown} are not in tasks ({sorted(self.tasks)})")
@@ -125,11 +108,7 @@ class Config(Section):
 
 def load_config_or_exit(path: str | Path = PARAMS_FILE) -> Config:
     """For stage scripts: the validated config, or the error on stderr and exit status 2."""
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        raise SystemExit(2) from None
+    return exit_on_error(load_config, path)
 
 
 def parse_config(raw: Any, source: str = PARAMS_FILE) -> Config:
