@@ -20,10 +20,10 @@ MAX_README_LINES = 260
 # Paths the pages may name although they exist only after `dvc repro` (or after a command the pages show).
 # Matched against the whole path; a .py path is never excused.
 GENERATED = [
-    r"data/.*",  # DVC outputs: the corpus, the feature cache, per-clip test scores, converted datasets
-    r"checkpoints/.*",  # pretraining and import outputs
-    r"metrics/datasets/.*",  # dataset@<name> metrics: only with a `datasets` entry in params.yaml
-    r"metrics/timings/.*",  # throughput logs, written by every run, not tracked
+    r"data(/.*)?",  # DVC outputs: the corpus, the feature cache, per-clip test scores, converted datasets
+    r"checkpoints(/.*)?",  # pretraining and import outputs
+    r"metrics/datasets(/.*)?",  # dataset@<name> metrics: only with a `datasets` entry in params.yaml
+    r"metrics/timings(/.*)?",  # throughput logs, written by every run, not tracked
     r"metrics/ablations\.(md|json)",  # written by `python -m sslam.experiments.ablations`
 ]
 
