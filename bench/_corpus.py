@@ -25,7 +25,7 @@ def synthetic_corpus(
     """Generate the AudioSet-shaped ``splits`` (clips per split; the others empty) and token-sized tasks;
     ``synthetic`` overrides other ``download.synthetic`` keys (e.g. ``clip_seconds``)."""
     sizes = {"unbalanced": 0, "balanced": 0, "eval": 0} | splits
-    base = load_sections(DownloadParams, Path(__file__).resolve().parent.parent / "params.yaml").download.synthetic
-    cfg = merged(base, {"clips": sizes, "tasks": TINY_TASKS, **synthetic})
-    generate_corpus(cfg, out_dir, sample_rate, workers=workers)
+    download = load_sections(DownloadParams, Path(__file__).resolve().parent.parent / "params.yaml").download
+    cfg = merged(download.synthetic, {"clips": sizes, "tasks": TINY_TASKS, **synthetic})
+    generate_corpus(cfg, out_dir, sample_rate, download.clips_per_shard, workers=workers)
     return out_dir

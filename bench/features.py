@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from _corpus import synthetic_corpus
 from torch.utils.data import DataLoader, Dataset
 
 from sslam.config.params import load_config
 from sslam.data.manifest import read_manifest
+from sslam.data.shards import read_audio
 from sslam.features.fbank import kaldi_fbank
 from sslam.features.reader import FeatureStore, ShardedSampler
 from sslam.features.store import build_features, pad_or_crop
@@ -38,14 +38,14 @@ REPO = Path(__file__).resolve().parents[1]
 class OnTheFly(Dataset):
     """The naive data path: decode the FLAC and compute fbank for every sample, every epoch."""
 
-    def __init__(self, corpus: Path, paths: list[str], target: int, mean: float, std: float):
-        self.corpus, self.paths, self.target, self.mean, self.std = corpus, paths, target, mean, std
+    def __init__(self, corpus: Path, clips: list[tuple[str, str]], target: int, mean: float, std: float):
+        self.corpus, self.clips, self.target, self.mean, self.std = corpus, clips, target, mean, std
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.clips)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        wav, sr = sf.read(self.corpus / self.paths[i], dtype="float32")
+        wav, sr = read_audio(self.corpus, *self.clips[i])
         fb = pad_or_crop(kaldi_fbank(torch.from_numpy(wav), sr), self.target)
         return (fb - self.mean) / (2 * self.std)
 
@@ -102,7 +102,7 @@ def main() -> None:
             corpus = synthetic_corpus(tmp / "generated", {"unbalanced": args.clips}, cfg.data.sample_rate, args.workers)
             print(f"generated a synthetic corpus in {time.perf_counter() - t0:.1f} s")
         manifest = read_manifest(corpus / "manifests" / "unbalanced.csv", only_ok=True).head(args.clips)
-        paths = list(manifest["path"])
+        paths = list(zip(manifest["path"], manifest["member"]))  # (shard, member), or (file, "")
         n = len(paths)
         # the unbalanced split alone, so the stage's build caches exactly the clips the plain loop does
         sub = tmp / "corpus"
@@ -116,7 +116,7 @@ def main() -> None:
         naive_dir = tmp / "naive"
         naive_dir.mkdir()
         for i, p in enumerate(paths):
-            wav, sr = sf.read(corpus / p, dtype="float32")
+            wav, sr = read_audio(corpus, *p)
             fb = pad_or_crop(kaldi_fbank(torch.from_numpy(wav), sr), cfg.features.target_frames)
             np.save(naive_dir / f"{i}.npy", fb.numpy().astype(np.float16))
         naive_s = time.perf_counter() - t0

@@ -43,7 +43,9 @@ def synthetic_data(cfg: Config, task: str, root: Path) -> tuple[Path, Path]:
         if name != ("poly" if poly_task else task):
             t[name].update(small)
     corpus, features = root / "corpus", root / "features"
-    generate_corpus(type(cfg.download.synthetic).model_validate(syn), corpus, cfg.data.sample_rate)
+    generate_corpus(
+        type(cfg.download.synthetic).model_validate(syn), corpus, cfg.data.sample_rate, cfg.download.clips_per_shard
+    )
     build_features(corpus, features, cfg.features, cfg.data.sample_rate)
     return corpus, features
 

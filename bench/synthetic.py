@@ -53,9 +53,9 @@ def main() -> None:
         f"-> {fir_s / fft_s:.1f}x faster"
     )
 
-    base = load_sections(DownloadParams, Path(__file__).resolve().parent.parent / "params.yaml").download.synthetic
+    download = load_sections(DownloadParams, Path(__file__).resolve().parent.parent / "params.yaml").download
     cfg = merged(
-        base,
+        download.synthetic,
         {
             "clips": {"unbalanced": args.clips, "balanced": 0, "eval": 0},
             "tasks": {
@@ -69,7 +69,7 @@ def main() -> None:
     for w in sorted({1, workers}):
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
-            summary = generate_corpus(cfg, d, sr, workers=w)
+            summary = generate_corpus(cfg, d, sr, download.clips_per_shard, workers=w)
             times[w] = time.perf_counter() - t0
         clips = summary["num_clips"]
         print(f"corpus of {clips} clips, {w} process(es): {times[w]:.2f} s = {clips / times[w]:.0f} clips/s")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from sslam.config.base import exit_on_error, load_sections
 from sslam.config.data import DownloadParams
-from sslam.data.manifest import write_failures
+from sslam.data.clip_lists import clip_list_summary
+from sslam.data.manifest import corpus_manifests, read_manifest, write_failures
 from sslam.io import write_json_atomic
 
 SOURCE_MARKER = "source.json"
@@ -54,13 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     if source == "synthetic":
         from sslam.data.synthetic import generate_corpus
 
-        summary = generate_corpus(cfg.download.synthetic, out, cfg.data.sample_rate, workers=args.workers)
+        summary = generate_corpus(
+            cfg.download.synthetic, out, cfg.data.sample_rate, cfg.download.clips_per_shard, workers=args.workers
+        )
         write_failures(failures_csv, [])  # the synthetic source cannot fail a clip; the table is still an output
     elif source == "folder":
         from sslam.data.folder import FolderSourceError, ingest_folder
 
         try:
-            summary = ingest_folder(cfg.download.folder, out, cfg.data.sample_rate, failures_csv, workers=args.workers)
+            summary = ingest_folder(
+                cfg.download.folder,
+                out,
+                cfg.data.sample_rate,
+                failures_csv,
+                cfg.download.clips_per_shard,
+                workers=args.workers,
+            )
         except FolderSourceError as err:
             print(err, file=sys.stderr)
             return 2
@@ -70,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             shard = parse_shard(args.shard)
-            summary, failures = download_audioset(cfg.download.audioset, out, cfg.data.sample_rate, shard)
+            summary, failures = download_audioset(
+                cfg.download.audioset, out, cfg.data.sample_rate, cfg.download.clips_per_shard, shard
+            )
         except (ValueError, FileNotFoundError, FormatError, OSError) as err:
             print(f"download (audioset): {err}", file=sys.stderr)
             return 2
         write_failures(failures_csv, failures)
+    summary["clip_lists"] = {  # which clips this corpus holds, per split and task (sslam.data.clip_lists)
+        name: clip_list_summary(read_manifest(path, only_ok=True)["clip_id"])
+        for name, path in corpus_manifests(out).items()
+    }
     write_json_atomic(args.metrics, summary)
     print(f"download ({source}): {summary['num_clips']} clips in {time.perf_counter() - t0:.1f}s -> {out}")
     return 0

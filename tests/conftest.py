@@ -67,3 +67,18 @@ def reference_kaldi_fbank(wave, sample_rate: int = 16000, num_mel_bins: int = 12
         frame_shift=10.0,
         frame_length=25.0,
     )
+
+
+def clip_audio(corpus: Path, path: str, member: str = "", dtype: str = "float64"):
+    """A corpus clip's (samples, rate), read with the standard library's tarfile (independently of the
+    project's shard reader) when ``member`` names it inside the tar shard at ``path``."""
+    import io
+    import tarfile
+
+    import soundfile as sf
+
+    if not member:
+        return sf.read(Path(corpus) / path, dtype=dtype)
+    with tarfile.open(Path(corpus) / path) as tar:
+        data = tar.extractfile(member).read()
+    return sf.read(io.BytesIO(data), dtype=dtype)

@@ -30,7 +30,7 @@ def tiny_setup(root: Path, steps: int = 12, checkpoint_every: int = 4) -> tuple[
                 "poly": {"environments": ["square"], "clips_train": 2, "clips_eval": 2},
             },
         )
-        generate_corpus(syn, corpus, 16000)
+        generate_corpus(syn, corpus, 16000, clips_per_shard=64)
         build_features(corpus, feats, section("features", target_frames=64, shard_size=16, store_waveforms=True), 16000)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["corpus_dir"] = str(corpus)

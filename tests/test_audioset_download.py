@@ -8,6 +8,7 @@ for a kill-and-resume test. The downloader reaches it through the documented URL
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import random
@@ -39,8 +40,17 @@ from sslam.data.audioset_download import (
     validate_segment,
 )
 from sslam.data.manifest import read_manifest
+from sslam.data.shards import ClipLocation, iter_shard, read_clip
 
 SR = 16000
+CLIPS_PER_SHARD = 3
+
+
+def shard_clips(corpus: Path) -> dict[str, bytes]:
+    """clip id -> FLAC bytes of every sealed shard of the corpus, in shard and member order."""
+    return {c.meta["clip_id"]: c.flac for p in sorted(corpus.rglob("*.tar")) for c in iter_shard(p)}
+
+
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -287,23 +297,32 @@ def test_cookies_proxy_and_format_reach_yt_dlp(tmp_path):
     ).ydl_options(tmp_path)
 
 
-def test_bounded_pool_runs_every_item_with_at_most_workers_at_once():
-    from sslam.data.audioset_download import _run_bounded
+def test_ordered_pool_keeps_input_order_with_bounded_window():
+    """Results come back in input order although they finish in another, with at most ``workers`` running
+    and at most ``window`` submitted ahead of the oldest one not yet yielded."""
+    from sslam.data.audioset_download import _run_ordered
 
-    live, peak = [0], [0]
+    live, peak, started = [0], [0], []
     lock = threading.Lock()
+    yielded = [0]
 
     def work(x):
         with lock:
             live[0] += 1
             peak[0] = max(peak[0], live[0])
-        time.sleep(0.001)
+            started.append((x, yielded[0]))
+        time.sleep(0.004 if x % 7 == 0 else 0.0005)  # every 7th is slow: later ones finish first
         with lock:
             live[0] -= 1
         return x * 2
 
-    assert sorted(_run_bounded(work, range(500), 3)) == [2 * x for x in range(500)]
+    out = []
+    for r in _run_ordered(work, range(300), 3, window=10):
+        out.append(r)
+        yielded[0] += 1
+    assert out == [2 * x for x in range(300)]
     assert peak[0] <= 3
+    assert all(x < done + 10 for x, done in started)  # never more than the window ahead
 
 
 def test_url_template_is_validated():
@@ -323,13 +342,15 @@ def test_download_cuts_and_converts(server, tmp_path, ext):
     labels = tmp_path / "labels"
     write_labels(labels, [(IDS["ok"], 4.0, 8.0, "/m/a,/m/b"), (IDS["dash"], 10.0, 14.0, "/m/b")])
     out = tmp_path / "corpus"
-    summary, failures = download_audioset(config(server, labels, ext), out, SR)
+    summary, failures = download_audioset(config(server, labels, ext), out, SR, CLIPS_PER_SHARD)
     assert failures == [] and summary["got"] == 2 and summary["failed"] == 0
 
     m = read_manifest(out / "manifests" / "balanced.csv").set_index("clip_id")
     row = m.loc[f"{IDS['ok']}_4000"]
-    x, sr = sf.read(out / row.path)
-    info = sf.info(out / row.path)
+    assert row.path == "audio/balanced/shard-000000.tar" and row.member == f"{IDS['ok']}_4000.flac"
+    flac = read_clip(out, ClipLocation(row.path, row.member))
+    info = sf.info(io.BytesIO(flac))
+    x, sr = sf.read(io.BytesIO(flac))
     assert (sr, info.channels, info.subtype) == (SR, 1, "PCM_16")
     assert abs(len(x) - 4 * SR) <= SR // 100 and row.duration == pytest.approx(len(x) / SR)
     # the cut [4, 8) straddles the switch at 6 s: 440 Hz first, then 1000 Hz
@@ -361,7 +382,7 @@ def test_faults_retries_and_the_failures_table(server, tmp_path):
     write_labels(labels, rows)
     out = tmp_path / "corpus"
     sleeps: list[float] = []
-    summary, failures = download_audioset(config(server, labels), out, SR, sleep=sleeps.append)
+    summary, failures = download_audioset(config(server, labels), out, SR, CLIPS_PER_SHARD, sleep=sleeps.append)
 
     table = {cid: (reason, attempts) for cid, _, reason, attempts in failures}
     assert set(table) == {f"{IDS['gone']}_0", "alwaysDrop1_0", "../../etc/p_0"}
@@ -374,15 +395,14 @@ def test_faults_retries_and_the_failures_table(server, tmp_path):
     assert m.loc[f"{IDS['flaky']}_0", "status"] == "ok" and m.loc[f"{IDS['drop']}_0", "status"] == "ok"
     assert m.loc["okOK_ok-OK1_5000", "status"] == "failed" and "unknown labels" in m.loc["okOK_ok-OK1_5000", "reason"]
     assert len(sleeps) == 1 + 1 + 2  # flaky once, drop once, always-drop twice: backoff between attempts
-    # no partial files anywhere, only complete FLACs of the good segments
-    assert sorted(p.name for p in out.rglob("*.flac")) == sorted(
-        [f"{IDS['ok']}_0.flac", f"{IDS['flaky']}_0.flac", f"{IDS['drop']}_0.flac", "okOK_ok-OK1_5000.flac"]
-    )
-    assert not list(out.rglob("*.part")) and not list(out.rglob(".tmp-*"))
+    # no partial files anywhere, only sealed shards of the good segments, in the list's order
+    assert list(shard_clips(out)) == [f"{IDS['ok']}_0", f"{IDS['flaky']}_0", f"{IDS['drop']}_0", "okOK_ok-OK1_5000"]
+    assert sorted(p.name for p in (out / "audio" / "balanced").iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
+    assert not list(out.rglob("*.part")) and not list(out.rglob(".tmp-*")) and not list(out.rglob("*.flac"))
 
     # a second run: done segments skipped, the permanent failure not asked again, the transient one retried
     before = Counter(server.requests)
-    summary2, failures2 = download_audioset(config(server, labels), out, SR, sleep=sleeps.append)
+    summary2, failures2 = download_audioset(config(server, labels), out, SR, CLIPS_PER_SHARD, sleep=sleeps.append)
     assert summary2["skipped_existing"] == 4 and summary2["got"] == 0
     assert server.requests[f"{IDS['gone']}.mp4"] == before[f"{IDS['gone']}.mp4"]
     assert server.requests[f"{IDS['ok']}.mp4"] == before[f"{IDS['ok']}.mp4"]
@@ -396,53 +416,122 @@ def test_corrupted_label_file_is_named(server, tmp_path):
     text = (labels / "balanced_train_segments.csv").read_text().replace("# YTID, start_seconds", "YTID,start_seconds")
     (labels / "balanced_train_segments.csv").write_text(text)
     with pytest.raises(fmt.FormatError, match=r"balanced_train_segments.csv:3"):
-        download_audioset(config(server, labels), tmp_path / "corpus", SR)
+        download_audioset(config(server, labels), tmp_path / "corpus", SR, CLIPS_PER_SHARD)
 
 
-def test_kill_mid_download_then_resume(server, tmp_path):
-    """SIGKILL while a segment streams: no FLAC for it; the rerun skips the done ones and finishes."""
-    for y in ("doneAAAAAA1", "doneBBBBBB2"):
-        publish(server, y)
-    publish(server, "slowSLOWss3", behaviour="slow")
-    labels = tmp_path / "labels"
-    write_labels(
-        labels,
-        [("doneAAAAAA1", 0.0, 3.0, "/m/a"), ("doneBBBBBB2", 1.0, 4.0, "/m/a"), ("slowSLOWss3", 0.0, 3.0, "/m/b")],
-    )
-    corpus = tmp_path / "corpus"
+def download_command(tmp_path: Path, corpus: Path, cfg: AudiosetConfig, clips_per_shard: int) -> list[str]:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["corpus_dir"] = str(corpus)
     params["download"]["source"] = "audioset"
-    params["download"]["audioset"].update(config(server, labels).model_dump())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [
+    params["download"]["clips_per_shard"] = clips_per_shard
+    params["download"]["audioset"].update(cfg.model_dump())
+    params_file = tmp_path / f"params-{corpus.name}.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    metrics = tmp_path / f"metrics-{corpus.name}" / "download.json"
+    return [
         sys.executable,
         str(REPO / "stages" / "download.py"),
         "--params",
-        str(tmp_path / "params.yaml"),
+        str(params_file),
         "--metrics",
-        str(tmp_path / "metrics" / "download.json"),
+        str(metrics),
     ]
+
+
+def test_kill_mid_download_then_resume(server, tmp_path):
+    """SIGKILL while a segment streams: the open shard keeps the clips done before it, nothing looks sealed;
+    the rerun fetches only the rest and ends with the same shards, byte for byte, as an uninterrupted run."""
+    ids = [("doneAAAAAA1", 0.0), ("doneBBBBBB2", 1.0), ("doneCCCCCC3", 0.0), ("slowSLOWss3", 0.0), ("lastLASTll4", 0.0)]
+    for y, _ in ids:
+        publish(server, y)
+    server.behaviour["slowSLOWss3.mp4"] = "slow"
+    labels = tmp_path / "labels"
+    write_labels(labels, [(y, start, start + 3.0, "/m/a") for y, start in ids])
+    corpus = tmp_path / "corpus"
+    cmd = download_command(tmp_path, corpus, config(server, labels, workers=1), clips_per_shard=2)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    split_dir = corpus / "audio" / "balanced"
     deadline = time.time() + 60
-    done = [corpus / "audio" / "balanced" / n for n in ("doneAAAAAA1_0.flac", "doneBBBBBB2_1000.flac")]
-    while time.time() < deadline and not (all(p.exists() for p in done) and server.requests["slowSLOWss3.mp4"] >= 2):
+    while time.time() < deadline and not (
+        server.requests["slowSLOWss3.mp4"] >= 2 and list(split_dir.glob("*.part")) and list(split_dir.glob("*.tar"))
+    ):
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()
     time.sleep(0.5)  # the slow segment is mid-stream now
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (corpus / "audio" / "balanced" / "slowSLOWss3_0.flac").exists()
-    leftovers = list(corpus.rglob("*.part")) + list((corpus / ".tmp-download").rglob("*"))
-    assert leftovers, "the kill should have interrupted a download in progress"
-    mtimes = [p.stat().st_mtime_ns for p in done]
+    # two clips sealed in the first shard, the third in the open one; no shard of the slow clip's
+    assert sorted(p.name for p in split_dir.iterdir()) == ["shard-000000.tar", "shard-000001.tar.part"]
+    assert list(shard_clips(corpus)) == ["doneAAAAAA1_0", "doneBBBBBB2_1000"]
+    sealed_bytes = (split_dir / "shard-000000.tar").read_bytes()
+    with open(split_dir / "shard-000001.tar.part", "ab") as f:  # a kill mid-append: half a member's header
+        f.write(b"slowSLOWss3_0.flac" + b"\0" * 100)
+    before = Counter(server.requests)
 
     server.behaviour["slowSLOWss3.mp4"] = "ok"
     subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-    summary = json.loads((tmp_path / "metrics" / "download.json").read_text())
-    assert (summary["skipped_existing"], summary["got"], summary["failed"]) == (2, 1, 0)
-    assert [p.stat().st_mtime_ns for p in done] == mtimes
-    assert sf.info(corpus / "audio" / "balanced" / "slowSLOWss3_0.flac").frames == 3 * SR
-    assert not (corpus / ".tmp-download").exists() and not list(corpus.rglob(".tmp-*"))
-    table = pd.read_csv(tmp_path / "metrics" / "download_failures.csv")
+    summary = json.loads((tmp_path / "metrics-corpus" / "download.json").read_text())
+    assert (summary["skipped_existing"], summary["got"], summary["failed"]) == (3, 2, 0)
+    for y, _ in ids[:3]:  # the done clips were not fetched again
+        assert server.requests[f"{y}.mp4"] == before[f"{y}.mp4"]
+    assert (split_dir / "shard-000000.tar").read_bytes() == sealed_bytes  # a sealed shard is never rewritten
+    assert not list(corpus.rglob("*.part")) and not (corpus / ".tmp-download").exists()
+    assert not list(corpus.rglob(".tmp-*"))
+
+    # the same list downloaded without interruption: the same shards, byte for byte
+    fresh = tmp_path / "fresh"
+    subprocess.run(
+        download_command(tmp_path, fresh, config(server, labels, workers=3), 2), check=True, capture_output=True
+    )
+    names = sorted(p.name for p in split_dir.iterdir())
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert names == sorted(p.name for p in (fresh / "audio" / "balanced").iterdir())
+    for name in names:
+        assert (split_dir / name).read_bytes() == (fresh / "audio" / "balanced" / name).read_bytes(), name
+    m = read_manifest(corpus / "manifests" / "balanced.csv")
+    assert list(m["member"]) == [f"{y}_{int(start * 1000)}.flac" for y, start in ids]
+    assert sf.info(io.BytesIO(read_clip(corpus, ClipLocation(m.path[3], m.member[3])))).frames == 3 * SR
+    table = pd.read_csv(tmp_path / "metrics-corpus" / "download_failures.csv")
     assert list(table.columns) == ["clip_id", "source", "reason", "attempts"] and len(table) == 0
+
+
+def test_corpus_of_per_file_flacs_is_packed_not_fetched_again(server, tmp_path):
+    """A corpus downloaded before shards (audio/<split>/<clip>.flac): its clips go into shards, unfetched."""
+    publish(server, IDS["ok"])
+    publish(server, IDS["flaky"])
+    labels = tmp_path / "labels"
+    write_labels(labels, [(IDS["ok"], 0.0, 3.0, "/m/a"), (IDS["flaky"], 0.0, 3.0, "/m/b")])
+    out = tmp_path / "corpus"
+    old = out / "audio" / "balanced" / f"{IDS['ok']}_0.flac"
+    old.parent.mkdir(parents=True)
+    sf.write(old, (0.1 * np.sin(np.arange(2 * SR) / 7)).astype(np.float32), SR, subtype="PCM_16")
+    legacy = old.read_bytes()
+    summary, _ = download_audioset(config(server, labels), out, SR, CLIPS_PER_SHARD)
+    assert (summary["skipped_existing"], summary["got"]) == (1, 1)
+    assert server.requests[f"{IDS['ok']}.mp4"] == 0
+    clips = shard_clips(out)
+    assert list(clips) == [f"{IDS['ok']}_0", f"{IDS['flaky']}_0"] and clips[f"{IDS['ok']}_0"] == legacy
+    assert not old.exists()
+    m = read_manifest(out / "manifests" / "balanced.csv").set_index("clip_id")
+    assert m.loc[f"{IDS['ok']}_0", "duration"] == pytest.approx(2.0)
+
+
+def test_permanent_failures_are_folded_in_not_appended(server, tmp_path):
+    """The permanent-failures log is rewritten by atomic rename (a new inode), never appended in place: a
+    linked DVC cache holds the committed one."""
+    publish(server, IDS["gone"], behaviour="gone")
+    publish(server, IDS["ok"])
+    labels = tmp_path / "labels"
+    write_labels(labels, [(IDS["gone"], 0.0, 3.0, "/m/a")])
+    out = tmp_path / "corpus"
+    download_audioset(config(server, labels), out, SR, CLIPS_PER_SHARD)
+    log = out / "state" / "permanent_failures.jsonl"
+    first = log.read_text()
+    inode = log.stat().st_ino
+    assert [json.loads(x)["clip_id"] for x in first.splitlines()] == [f"{IDS['gone']}_0"]
+    write_labels(labels, [(IDS["gone"], 0.0, 3.0, "/m/a"), ("goneGONE_g2", 0.0, 3.0, "/m/a")])
+    publish(server, "goneGONE_g2", behaviour="gone")
+    download_audioset(config(server, labels), out, SR, CLIPS_PER_SHARD)
+    assert [json.loads(x)["clip_id"] for x in log.read_text().splitlines()] == [f"{IDS['gone']}_0", "goneGONE_g2_0"]
+    assert first == log.read_text().splitlines(keepends=True)[0] and log.stat().st_ino != inode
+    assert not (out / "state" / "permanent_failures.journal.jsonl").exists()

@@ -147,7 +147,7 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
         tasks=tasks,
         clips={"unbalanced": 160, "balanced": 8, "eval": 8},
     )
-    generate_corpus(syn, corpus, SR)
+    generate_corpus(syn, corpus, SR, clips_per_shard=50)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["corpus_dir"] = str(corpus)
     params["features"].update(target_frames=208, shard_size=8)

@@ -218,7 +218,7 @@ def test_synthetic_truth_is_recovered_by_keep_specific(tmp_path):
             "poly": {"environments": ["square"], "clips_train": 1, "clips_eval": 1},
         },
     )
-    generate_corpus(cfg, tmp_path, 16000)
+    generate_corpus(cfg, tmp_path, 16000, clips_per_shard=64)
     res = analyse_folder(tmp_path, [1, 4])
     for split in ("unbalanced", "balanced", "eval"):
         e = res[split]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ def test_folder_source_fails_a_clip_shorter_than_one_window_after_resampling(tmp
     labels.write_text("filename,labels\ngood.wav,dog\nshort.wav,dog\nshort44k.wav,cat\n")
     cfg = section("download.folder", audio_dir=str(audio), labels_csv=str(labels), max_seconds=5.0, silence_dbfs=-70.0)
     out = tmp_path / "corpus"
-    summary = ingest_folder(cfg, out, SR, tmp_path / "failures.csv", workers=1)
+    summary = ingest_folder(cfg, out, SR, tmp_path / "failures.csv", 4, workers=1)
     rows = read_manifest(out / "manifests" / "unbalanced.csv").set_index("clip_id")
     assert rows.loc["good", "status"] == "ok" and (out / rows.loc["good", "path"]).is_file()
     assert rows.loc["short", "reason"] == TEN_MS
@@ -69,7 +70,11 @@ def test_folder_source_fails_a_clip_shorter_than_one_window_after_resampling(tmp
     assert summary["failed_by_reason"] == {"too short": 2} and summary["num_clips"] == 1
     fails = pd.read_csv(tmp_path / "failures.csv", dtype=str).set_index("clip_id")
     assert fails.loc["short", "reason"] == TEN_MS
-    assert sorted(p.name for p in out.rglob("*.flac")) == ["good.flac"]  # nothing written for a short clip
+    with tarfile.open(out / rows.loc["good", "path"]) as tar:  # nothing written for a short clip
+        assert [p.name for p in out.rglob("*.tar")] == ["shard-000000.tar"] and tar.getnames() == [
+            "good.flac",
+            "good.json",
+        ]
 
 
 def test_dataset_stage_records_a_10ms_clip_and_caches_the_others(tmp_path):

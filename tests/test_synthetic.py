@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,16 +12,18 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from conftest import section
+from conftest import clip_audio, section
 from test_audioset_format import independent_class_index, independent_ontology, independent_segments
 
 from sslam.config.data import SyntheticConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.catalogue import LEAVES, build_catalogue
 from sslam.data.manifest import read_manifest
+from sslam.data.shards import ClipLocation, iter_shard, read_clip
 from sslam.data.synthetic import SEGMENT_FILES, generate_corpus
 
 SR = 16000
+CLIPS_PER_SHARD = 8  # several shards per split
 
 
 def small_config(**overrides) -> SyntheticConfig:
@@ -57,22 +60,22 @@ def tree_digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("corpus")
-    summary = generate_corpus(small_config(), out, SR, workers=1)
+    summary = generate_corpus(small_config(), out, SR, CLIPS_PER_SHARD, workers=1)
     return out, summary
 
 
 def test_same_seed_same_bytes_whatever_the_worker_count(corpus, tmp_path):
     out, _ = corpus
-    generate_corpus(small_config(), tmp_path / "again", SR, workers=2)
+    generate_corpus(small_config(), tmp_path / "again", SR, CLIPS_PER_SHARD, workers=2)
     assert tree_digest(out) == tree_digest(tmp_path / "again")
-    generate_corpus(small_config(seed=8), tmp_path / "other", SR, workers=1)
+    generate_corpus(small_config(seed=8), tmp_path / "other", SR, CLIPS_PER_SHARD, workers=1)
     assert tree_digest(out) != tree_digest(tmp_path / "other")
 
 
 def test_a_split_size_change_leaves_other_clips_unchanged(corpus, tmp_path):
     out, _ = corpus
     cfg = small_config(clips={"unbalanced": 10, "balanced": 24, "eval": 24})
-    generate_corpus(cfg, tmp_path / "c", SR)
+    generate_corpus(cfg, tmp_path / "c", SR, CLIPS_PER_SHARD)
     a, b = tree_digest(out), tree_digest(tmp_path / "c")
     evals = [k for k in a if k.startswith("audio/eval/")]
     assert evals and all(a[k] == b[k] for k in evals)
@@ -119,12 +122,15 @@ def test_audio_files_match_the_manifest(corpus):
     for m in manifests:
         df = read_manifest(m)
         for row in df.itertuples():
-            info = sf.info(out / row.path)
+            info = sf.info(io.BytesIO(read_clip(out, ClipLocation(row.path, row.member))))
             assert (info.samplerate, info.channels, info.frames, info.subtype) == (SR, 1, 2 * SR, "PCM_16")
             assert row.duration == pytest.approx(2.0) and row.status == "ok"
             total += 1
-    assert total == len(list(out.rglob("*.flac")))
-    assert not list(out.rglob(".tmp-*"))
+    in_shards = [c.meta["clip_id"] for p in sorted(out.rglob("*.tar")) for c in iter_shard(p)]
+    assert total == len(in_shards) == len(set(in_shards))
+    assert not list(out.rglob(".tmp-*")) and not list(out.rglob("*.part")) and not list(out.rglob("*.flac"))
+    sizes = [len(list(iter_shard(p))) for p in sorted((out / "audio" / "unbalanced").glob("*.tar"))]
+    assert sizes == [8] * (len(sizes) - 1) + [sizes[-1]] and len(sizes) > 1
 
 
 def test_strong_labels_explain_the_weak_labels(corpus):
@@ -163,8 +169,8 @@ def test_balanced_splits_cover_every_class_evenly(corpus):
     assert len(per_class) == 12 and per_class.min() >= 2
 
 
-def _logmel_stats(path: Path) -> np.ndarray:
-    wav = torch.from_numpy(sf.read(path, dtype="float32")[0])[None]
+def _logmel_stats(corpus: Path, path: str, member: str) -> np.ndarray:
+    wav = torch.from_numpy(clip_audio(corpus, path, member, dtype="float32")[0])[None]
     fb = torchaudio.compliance.kaldi.fbank(
         wav,
         htk_compat=True,
@@ -182,7 +188,7 @@ def test_classes_are_distinguishable_on_log_mel(corpus):
     """Nearest class centroid on log-mel statistics, fold 1 held out, must be near perfect."""
     out, _ = corpus
     df = read_manifest(out / "tasks" / "mono" / "manifest.csv")
-    feats = np.stack([_logmel_stats(out / p) for p in df["path"]])
+    feats = np.stack([_logmel_stats(out, p, m) for p, m in zip(df["path"], df["member"])])
     labels = np.array([lab[0] for lab in df["labels"]])
     test = (df["split"] == "fold1").to_numpy()
     classes = sorted(set(labels))

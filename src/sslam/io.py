@@ -6,6 +6,7 @@ on POSIX file systems; a killed process leaves at most a ``.tmp-*`` file that no
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -52,14 +53,29 @@ def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
-def write_flac_atomic(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Write mono float audio in [-1, 1] as 16-bit FLAC (deterministic bytes for the same samples)."""
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """Mono float audio in [-1, 1] -> int16 samples (x 32767, rounded, clipped): the corpus's one quantiser."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
-        raise ValueError(f"{path}: expected mono audio (1-D), got shape {audio.shape}")
-    pcm = np.clip(np.round(audio.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+        raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
+    return np.clip(np.round(audio.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def flac_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float audio -> 16-bit FLAC bytes (deterministic: the same samples give the same bytes)."""
+    buf = io.BytesIO()
+    sf.write(buf, pcm16(audio), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def write_flac_atomic(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write mono float audio in [-1, 1] as 16-bit FLAC, byte for byte :func:`flac_bytes`."""
+    try:
+        data = flac_bytes(audio, sample_rate)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), pcm, sample_rate, format="FLAC", subtype="PCM_16")
+        tmp.write_bytes(data)
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:

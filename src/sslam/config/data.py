@@ -186,6 +186,7 @@ class AudiosetConfig(Section):
 
 class DownloadConfig(Section):
     source: Literal["synthetic", "folder", "audioset"]
+    clips_per_shard: Annotated[int, Field(ge=1)]
     synthetic: SyntheticConfig
     folder: FolderConfig
     audioset: AudiosetConfig

@@ -3,11 +3,17 @@
 Built for AS-2M scale (2 million segments on many machines, over days):
 - a thread pool (downloads wait on the network; ffmpeg runs as a subprocess), ``--shard i/N`` by a
   stable hash of the YouTube id so N machines split one list without overlap;
-- resume: a segment whose FLAC exists and reads back as 16 kHz mono is skipped; FLACs only ever appear
-  by atomic rename, so a killed run never leaves one that looks done;
+- clips go into the split's tar shards (src/sslam/data/shards.py) in the segment list's order, whatever
+  order the threads finish in, so a resumed download writes the same shards as an uninterrupted one;
+- resume: a segment already in a shard (sealed, or the complete clips of a killed run's open shard) is
+  skipped; a shard is sealed by atomic rename, so a killed run never leaves one that looks done; FLACs
+  of a corpus written before shards (``audio/<split>/<clip id>.flac``) are packed into shards, not
+  fetched again;
 - transient errors (HTTP 429 and 5xx, dropped connections, timeouts, bot checks) are retried with
   exponential backoff and jitter under a shared rate limit; permanent ones (unavailable, private,
-  removed, 404) are recorded once in ``state/permanent_failures.jsonl`` and never retried;
+  removed, 404) are recorded once in ``state/permanent_failures.jsonl`` and never retried (a run
+  appends to a journal beside it and folds it in by atomic rewrite at the end: a file DVC has cached,
+  and may have linked into the workspace, is never written in place);
 - ids come from an untrusted CSV: anything but an 11-character YouTube id is rejected before any tool
   sees it, ids only reach yt-dlp inside a URL built from the template, and every path handed to ffmpeg
   is absolute, so an id starting with '-' can never be read as an option.
@@ -19,6 +25,7 @@ extractor downloads like any direct media URL.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import random
@@ -29,8 +36,9 @@ import threading
 import time
 import urllib.request
 import zlib
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,12 +48,15 @@ from tqdm import tqdm
 from sslam.config.data import AudiosetConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.manifest import ManifestRow, write_manifest
-from sslam.io import TMP_PREFIX, atomic_path
+from sslam.data.shards import ShardWriter, add_clip
+from sslam.io import TMP_PREFIX, atomic_path, write_text_atomic
 
 YTID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 MAX_SEGMENT_SECONDS = 60.0
 STATE_DIR = "state"
 PERMANENT_LOG = "permanent_failures.jsonl"
+PERMANENT_JOURNAL = "permanent_failures.journal.jsonl"  # this run's additions; folded into PERMANENT_LOG at the end
+WINDOW_PER_WORKER = 64  # segments submitted ahead of the oldest unwritten one, per worker (bounds the reorder buffer)
 DOWNLOAD_TMP = ".tmp-download"
 
 # (pattern, reason, permanent) checked in order against yt-dlp's and ffmpeg's messages
@@ -77,6 +88,7 @@ class Outcome:
     reason: str  # failure reason code with detail, '' when ok
     attempts: int
     permanent: bool = False
+    flac: bytes = b""  # the converted segment, when ok
 
 
 def clip_id_of(seg: fmt.Segment) -> str:
@@ -166,21 +178,15 @@ class SegmentDownloader:
 
         self.ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
 
-    def target(self, split: str, seg: fmt.Segment) -> Path:
-        return self.out_dir / "audio" / split / f"{clip_id_of(seg)}.flac"
-
-    def fetch(self, split: str, seg: fmt.Segment) -> Outcome:
+    def fetch(self, seg: fmt.Segment) -> Outcome:
+        """Download and convert one segment, retrying transient errors; the FLAC bytes when ok."""
         cid = clip_id_of(seg)
-        target = self.target(split, seg)
-        if target.exists() and is_valid_clip(target, self.sample_rate):
-            return Outcome(cid, "skipped", "", 0)
         attempts = 0
         while True:
             attempts += 1
             self.limiter.wait()
             try:
-                self._download_and_convert(seg, target)
-                return Outcome(cid, "ok", "", attempts)
+                return Outcome(cid, "ok", "", attempts, flac=self._download_and_convert(seg))
             except _SegmentError as err:
                 reason, permanent = classify_error(err.message)
                 if err.stage == "ffmpeg" and reason == "other":
@@ -190,13 +196,15 @@ class SegmentDownloader:
                     return Outcome(cid, "failed", detail, attempts, permanent)
                 self.sleep(backoff_delay(attempts - 1, self.cfg.backoff_base_s, self.cfg.backoff_max_s, self.rng))
 
-    def _download_and_convert(self, seg: fmt.Segment, target: Path) -> None:
+    def _download_and_convert(self, seg: fmt.Segment) -> bytes:
         work = self.out_dir / DOWNLOAD_TMP / clip_id_of(seg)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
             media = self._download(seg, work)
+            target = work / "clip.flac"
             self._convert(media, seg, target)
+            return target.read_bytes()
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -305,35 +313,63 @@ def _http_get(url: str, dest: Path, proxy: str, timeout: float) -> None:
 # ----------------------------------------------------------------------------- the whole source
 
 
-def _read_permanent(path: Path) -> dict[str, dict]:
+def _read_permanent(*paths: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                out[rec["clip_id"]] = rec
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill: that segment is simply tried again
+    for path in paths:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    out[rec["clip_id"]] = rec
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut by a kill: that segment is simply tried again
     return out
 
 
-def _run_bounded(fn: Callable, items: Sequence, workers: int):
-    """Yield fn(item) results as they finish, with at most 4 x workers submitted at once: 2 million
-    futures created up front would cost gigabytes."""
-    limit = 4 * workers
+def _fold_journal(state: Path) -> dict[str, dict]:
+    """Every permanent failure known: the log plus a killed run's journal, folded into the log by atomic
+    rewrite (the journal is appended to while a run lasts and never outlives a finished one)."""
+    log, journal = state / PERMANENT_LOG, state / PERMANENT_JOURNAL
+    permanent = _read_permanent(log, journal)
+    if journal.exists():
+        write_text_atomic(log, "".join(json.dumps(r) + "\n" for r in permanent.values()))
+        journal.unlink()
+    return permanent
+
+
+def _run_ordered(fn: Callable, items: Sequence, workers: int, window: int):
+    """Yield fn(item) for every item in input order, run on ``workers`` threads with at most ``window``
+    items submitted but not yet yielded: 2 million futures created up front would cost gigabytes, and
+    the buffer of finished results waiting for a slow predecessor stays bounded."""
     it = iter(items)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = {pool.submit(fn, x) for x in itertools.islice(it, limit)}
+        pending = deque(pool.submit(fn, x) for x in itertools.islice(it, window))
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                yield fut.result()
-            pending |= {pool.submit(fn, x) for x in itertools.islice(it, len(finished))}
+            yield pending.popleft().result()
+            pending.extend(pool.submit(fn, x) for x in itertools.islice(it, 1))
 
 
-def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int, shard: tuple[int, int] = (0, 1),
-                      sleep: Callable[[float], None] = time.sleep) -> tuple[dict, list[tuple[str, str, str, int]]]:
-    """Fetch label files and segments; returns (summary, failures table rows)."""
+def _adopt_loose_clips(split_dir: Path, writer: ShardWriter, segments: Sequence[fmt.Segment], split: str,
+                       sample_rate: int) -> list[Path]:
+    """Pack the FLACs of a corpus written before shards (``audio/<split>/<clip id>.flac``) into the split's
+    shards, in list order; returns the files packed (removed once their shard is sealed)."""
+    packed = []
+    for seg in segments:
+        cid = clip_id_of(seg)
+        loose = split_dir / f"{cid}.flac"
+        if cid in writer.written or not loose.is_file() or not is_valid_clip(loose, sample_rate):
+            continue
+        frames = sf.info(str(loose)).frames
+        add_clip(writer, ManifestRow(cid, split, "", frames / sample_rate, sample_rate, seg.labels, "ok", ""),
+                 loose.read_bytes())
+        packed.append(loose)
+    return packed
+
+
+def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int, clips_per_shard: int,
+                      shard: tuple[int, int] = (0, 1), sleep: Callable[[float], None] = time.sleep
+                      ) -> tuple[dict, list[tuple[str, str, str, int]]]:
+    """Fetch label files and segments into ``audio/<split>/`` shards; returns (summary, failures table rows)."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir / DOWNLOAD_TMP, ignore_errors=True)
     for p in out_dir.rglob(TMP_PREFIX + "*"):
@@ -344,10 +380,10 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
 
     state = out_dir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    permanent_log = state / PERMANENT_LOG
-    permanent = _read_permanent(permanent_log)
-    log_lock = threading.Lock()
+    permanent = _fold_journal(state)
+    journal = state / PERMANENT_JOURNAL
     downloader = SegmentDownloader(cfg, out_dir, sample_rate, RateLimiter(cfg.rate_limit_per_s), sleep=sleep)
+    prefix = "shard" if shard[1] == 1 else f"shard-{shard[0]}of{shard[1]}"  # machines never share a shard name
 
     failures: list[tuple[str, str, str, int]] = []
     summary: dict = {"source": "audioset", "shard": f"{shard[0]}/{shard[1]}", "splits": {}}
@@ -358,6 +394,9 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
         if cfg.max_segments:
             segments = segments[: cfg.max_segments]
         mine = [s for s in segments if shard_of(s.ytid, shard[1]) == shard[0]]
+        split_dir = out_dir / "audio" / split
+        writer = ShardWriter(split_dir, out_dir, clips_per_shard, prefix)
+        loose = _adopt_loose_clips(split_dir, writer, mine, split, sample_rate)
         results: dict[str, Outcome] = {}
         todo = []
         for seg in mine:
@@ -365,22 +404,32 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
             problem = validate_segment(seg)
             if problem:
                 results[cid] = Outcome(cid, "failed", f"rejected: {problem}", 0, True)
+            elif cid in writer.written:
+                results[cid] = Outcome(cid, "skipped", "", 0)
             elif cid in permanent:
                 rec = permanent[cid]
                 results[cid] = Outcome(cid, "failed", rec["reason"], rec["attempts"], True)
             else:
                 todo.append(seg)
-        def record(outcome: Outcome) -> None:
-            results[outcome.clip_id] = outcome
-            if outcome.status == "failed" and outcome.permanent:
-                with log_lock, open(permanent_log, "a") as f:
-                    f.write(json.dumps({"clip_id": outcome.clip_id, "reason": outcome.reason, "attempts": outcome.attempts}) + "\n")
 
+        window = WINDOW_PER_WORKER * cfg.workers
         with tqdm(total=len(todo), desc=f"audioset {split} [{shard[0]}/{shard[1]}]", unit="seg", mininterval=1.0) as bar:
-            for outcome in _run_bounded(lambda seg: downloader.fetch(split, seg), todo, cfg.workers):
-                record(outcome)
+            for seg, outcome in zip(todo, _run_ordered(downloader.fetch, todo, cfg.workers, window)):
+                if outcome.status == "ok":
+                    frames = sf.info(io.BytesIO(outcome.flac)).frames
+                    row = ManifestRow(outcome.clip_id, split, "", frames / sample_rate, sample_rate, seg.labels, "ok", "")
+                    add_clip(writer, row, outcome.flac)
+                    outcome = replace(outcome, flac=b"")
+                elif outcome.permanent:
+                    with open(journal, "a") as f:  # this run's own file, folded into the log at the end
+                        f.write(json.dumps({"clip_id": outcome.clip_id, "reason": outcome.reason,
+                                            "attempts": outcome.attempts}) + "\n")
+                results[outcome.clip_id] = outcome
                 bar.update(1)
                 bar.set_postfix(failed=sum(o.status == "failed" for o in results.values()), refresh=False)
+        writer.close()
+        for f in loose:
+            f.unlink()
 
         rows: list[ManifestRow] = []
         for seg in mine:
@@ -393,11 +442,10 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
                 code = o.reason.split(":")[0]
                 by_reason[code] = by_reason.get(code, 0) + 1
             else:
-                path = downloader.target(split, seg)
-                frames = sf.info(str(path)).frames
+                entry = writer.written[cid]
                 reason = f"unknown labels {unknown}" if unknown else ""
-                rows.append(ManifestRow(cid, split, str(path.relative_to(out_dir)), frames / sample_rate, sample_rate,
-                                        seg.labels, "failed" if unknown else "ok", reason))
+                rows.append(ManifestRow(cid, split, entry.location.path, float(entry.meta["duration"]), sample_rate,
+                                        seg.labels, "failed" if unknown else "ok", reason, entry.location.member))
         write_manifest(out_dir / "manifests" / f"{split}.csv", rows)
         counts = {
             "requested": len(mine),
@@ -408,6 +456,7 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
         summary["splits"][split] = counts
         for k in totals:
             totals[k] += counts[k]
+    _fold_journal(state)
     shutil.rmtree(out_dir / DOWNLOAD_TMP, ignore_errors=True)
     summary.update(totals)
     summary["num_clips"] = totals["got"] + totals["skipped_existing"]

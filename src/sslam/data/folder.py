@@ -2,7 +2,7 @@
 
 Each file is decoded (soundfile, else the ffmpeg binary from imageio-ffmpeg), mixed down to mono BEFORE
 resampling (as the reference code does), truncated to ``max_seconds``, resampled to the corpus rate and
-written as 16-bit FLAC under a temporary name, then renamed. A file that cannot be used (missing, empty,
+appended as 16-bit FLAC to the split's tar shards (src/sslam/data/shards.py). A file that cannot be used (missing, empty,
 corrupt, shorter than one analysis window, silent, outside the folder, unknown label) becomes a ``failed``
 manifest row and a row in the failures table with the reason; one bad file never stops the stage.
 """
@@ -13,7 +13,8 @@ import re
 import shutil
 import subprocess
 from collections import Counter
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from sslam.data import audioset_format as fmt
 from sslam.data.clip_length import ClipTooShortError, check_clip_length
 from sslam.data.listing import FolderItem, clip_id_of
 from sslam.data.manifest import ManifestRow, write_failures, write_manifest
-from sslam.io import atomic_path, write_flac_atomic
+from sslam.data.shards import ShardWriter, add_clip
+from sslam.io import atomic_path, flac_bytes
 
 LABEL_COLUMNS = ("filename", "labels")
 DEFAULT_SPLIT = "unbalanced"
@@ -45,6 +47,7 @@ class FolderSourceError(ValueError):
 class IngestResult:
     row: ManifestRow
     notes: tuple[str, ...]  # conversions applied: resampled, downmixed, truncated, clipped
+    flac: bytes = b""  # the converted clip (16-bit mono FLAC), for an ``ok`` row of :func:`prepare_clip`
 
 
 def decode_audio(path: Path) -> tuple[np.ndarray, int]:
@@ -113,7 +116,7 @@ def to_mono(
 
 
 def clip_path(item: FolderItem) -> str:
-    """Where a converted clip lives in the corpus: ``audio/<split>/<clip id>.flac``."""
+    """Where a dataset's converted clip lives as its own file: ``audio/<split>/<clip id>.flac``."""
     return f"audio/{item.split}/{item.clip_id}.flac"
 
 
@@ -126,8 +129,27 @@ def convert_file(
     silence_dbfs: float,
     frame_length_ms: float = DEFAULT_FRAME_LENGTH_MS,
 ) -> IngestResult:
-    """Turn one listed file into a corpus clip, or a failed row saying why. A clip shorter than one
-    ``frame_length_ms`` analysis window at ``sample_rate`` has no log-mel frame: it fails here, unwritten."""
+    """:func:`prepare_clip`, written as its own FLAC at ``out_dir / clip_path(item)`` (a dataset's clips)."""
+    result = prepare_clip(item, audio_dir, sample_rate, max_seconds, silence_dbfs, frame_length_ms)
+    if result.row.status != "ok":
+        return result
+    rel = clip_path(item)
+    with atomic_path(out_dir / rel) as tmp:
+        tmp.write_bytes(result.flac)
+    return IngestResult(replace(result.row, path=rel), result.notes)
+
+
+def prepare_clip(
+    item: FolderItem,
+    audio_dir: Path,
+    sample_rate: int,
+    max_seconds: float,
+    silence_dbfs: float,
+    frame_length_ms: float = DEFAULT_FRAME_LENGTH_MS,
+) -> IngestResult:
+    """Turn one listed file into a corpus clip (FLAC bytes and its row, path not yet set), or a failed row
+    saying why. A clip shorter than one ``frame_length_ms`` analysis window at ``sample_rate`` has no
+    log-mel frame: it fails here."""
 
     def failed(reason: str) -> IngestResult:
         return IngestResult(
@@ -166,11 +188,10 @@ def convert_file(
     if over:  # float input beyond full scale: 16-bit FLAC cannot hold it, so it is clipped, and said so
         notes.append("clipped")
         detail = f" ({over} of {len(mono)} samples, {100 * over / len(mono):.1f}%, beyond full scale)"
-    rel = clip_path(item)
-    write_flac_atomic(out_dir / rel, np.clip(mono, -1.0, 1.0), sample_rate)
+    flac = flac_bytes(np.clip(mono, -1.0, 1.0), sample_rate)
     reason = f"converted: {', '.join(notes)}{detail}" if notes else ""
-    row = ManifestRow(item.clip_id, item.split, rel, len(mono) / sample_rate, sample_rate, item.labels, "ok", reason)
-    return IngestResult(row, tuple(notes))
+    row = ManifestRow(item.clip_id, item.split, "", len(mono) / sample_rate, sample_rate, item.labels, "ok", reason)
+    return IngestResult(row, tuple(notes), flac)
 
 
 def one_line(text: str) -> str:
@@ -217,8 +238,8 @@ def read_labels_csv(path: Path, audio_dir: Path, known: dict[str, str] | None) -
     return items
 
 
-def _convert_star(args: tuple) -> IngestResult:
-    return convert_file(*args)
+def _prepare_star(args: tuple) -> IngestResult:
+    return prepare_clip(*args)
 
 
 def ingest_folder(
@@ -226,9 +247,12 @@ def ingest_folder(
     out_dir: str | Path,
     sample_rate: int,
     failures_csv: str | Path,
+    clips_per_shard: int,
     workers: int = 1,
     frame_length_ms: float = DEFAULT_FRAME_LENGTH_MS,
 ) -> dict:
+    """Convert every listed file into the corpus's shards (``audio/<split>/shard-*.tar``, in the labels CSV's
+    order), write the manifests, ontology and class index; returns the summary for metrics."""
     out_dir = Path(out_dir)
     audio_dir, labels_csv = Path(cfg.audio_dir), Path(cfg.labels_csv)
     if not audio_dir.is_dir():
@@ -242,13 +266,25 @@ def ingest_folder(
         known = {n.id: n.id for n in nodes} | {n.name: n.id for n in nodes}
     items = read_labels_csv(labels_csv, audio_dir, known)
 
-    jobs = [(it, audio_dir, out_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs, frame_length_ms) for it in items]
+    jobs = [(it, audio_dir, sample_rate, cfg.max_seconds, cfg.silence_dbfs, frame_length_ms) for it in items]
     bar = dict(total=len(jobs), desc="ingesting files", unit="file", mininterval=1.0)
-    if workers > 1:
-        with get_context("fork").Pool(workers) as pool:  # inherit imports; no torch op ran in the parent
-            results = list(tqdm(pool.imap(_convert_star, jobs, chunksize=4), **bar))
-    else:
-        results = [convert_file(*j) for j in tqdm(jobs, **bar)]
+    results: list[IngestResult] = []
+    writers: dict[str, ShardWriter] = {}
+    with ExitStack() as stack:
+        if workers > 1:  # fork: inherit imports; no torch op ran in the parent
+            pool = stack.enter_context(get_context("fork").Pool(workers))
+            prepared = pool.imap(_prepare_star, jobs, chunksize=4)
+        else:
+            prepared = map(_prepare_star, jobs)
+        for result in tqdm(prepared, **bar):  # written as they come, in order: memory holds rows, not audio
+            row = result.row
+            if row.status == "ok":
+                if row.split not in writers:
+                    writers[row.split] = ShardWriter(out_dir / "audio" / row.split, out_dir, clips_per_shard)
+                row = add_clip(writers[row.split], row, result.flac)
+            results.append(IngestResult(row, result.notes))
+        for writer in writers.values():
+            writer.close()
 
     # ontology and class index: the given ontology, or a flat one made of the labels seen
     used = sorted({lab for r in results for lab in r.row.labels})

@@ -8,6 +8,7 @@ the same bytes.
 from __future__ import annotations
 
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,8 +21,9 @@ from sslam.config.data import SyntheticConfig
 from sslam.data import audioset_format as fmt
 from sslam.data.catalogue import MAX_CLASSES, Catalogue, build_catalogue
 from sslam.data.manifest import ManifestRow, write_manifest
+from sslam.data.shards import ShardWriter, add_clip
 from sslam.data.sounds import pink_noise
-from sslam.io import write_flac_atomic, write_json_atomic, write_text_atomic
+from sslam.io import flac_bytes, write_json_atomic, write_text_atomic
 
 AUDIOSET_SPLITS = ("unbalanced", "balanced", "eval")
 SEGMENT_FILES = fmt.SPLIT_FILES
@@ -57,7 +59,7 @@ class ClipPlan:
 
     clip_id: str
     split: str
-    rel_path: str
+    folder: str  # the clip set's audio folder in the corpus (its shards: src/sslam/data/shards.py)
     seed: tuple[int, ...]
     events: tuple[Event, ...]
     labels: tuple[str, ...]
@@ -156,7 +158,7 @@ def plan_audioset_split(cfg: SyntheticConfig, cat: Catalogue, split: str, used_i
         )
         labels = weak_labels(rng, cat, events, cfg.ancestor_label_prob)
         plans.append(
-            ClipPlan(ytid, split, f"audio/{split}/{ytid}.flac", (cfg.seed, zlib.crc32(split.encode()), i), events, labels, start)
+            ClipPlan(ytid, split, f"audio/{split}", (cfg.seed, zlib.crc32(split.encode()), i), events, labels, start)
         )
     return plans
 
@@ -180,7 +182,7 @@ def plan_mono_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str]) -> 
                 events = draw_events(rng, classes, None, 1, cfg.clip_seconds, 0.6, 1.0, (-6.0, 0.0), label)
                 plans.append(
                     ClipPlan(
-                        clip_id, f"fold{fold}", f"tasks/{MONO_TASK}/audio/{clip_id}.flac",
+                        clip_id, f"fold{fold}", f"tasks/{MONO_TASK}/audio",
                         (cfg.seed, zlib.crc32(MONO_TASK.encode()), i), events, (label,), 0.0,
                     )
                 )
@@ -203,7 +205,7 @@ def plan_keywords_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str])
                 dur = float(rng.uniform(*t.event_seconds))
                 onset = float(rng.uniform(0.0, cfg.clip_seconds - dur))
                 events = (Event(label, round(onset, 3), round(onset + dur, 3), float(rng.uniform(-12.0, 0.0))),)
-                plans.append(ClipPlan(clip_id, split, f"tasks/{KEYWORDS_TASK}/audio/{clip_id}.flac",
+                plans.append(ClipPlan(clip_id, split, f"tasks/{KEYWORDS_TASK}/audio",
                                       (cfg.seed, zlib.crc32(KEYWORDS_TASK.encode()), i), events, (label,), 0.0))
                 i += 1
     return plans
@@ -231,7 +233,7 @@ def plan_poly_task(cfg: SyntheticConfig, cat: Catalogue, env: str, used_ids: set
             order = {c: k for k, c in enumerate(classes)}
             labels = tuple(sorted({e.label for e in events}, key=order.__getitem__))
             plans.append(
-                ClipPlan(clip_id, split, f"tasks/{env}/audio/{clip_id}.flac", (cfg.seed, zlib.crc32(env.encode()), i), events, labels, 0.0)
+                ClipPlan(clip_id, split, f"tasks/{env}/audio", (cfg.seed, zlib.crc32(env.encode()), i), events, labels, 0.0)
             )
             i += 1
     return plans
@@ -258,7 +260,7 @@ def plan_masked_task(cfg: SyntheticConfig, cat: Catalogue, used_ids: set[str]) -
                     target = Event(label, onset, round(onset + dur, 3), MASKER_DB + float(tmr))
                     seed = (cfg.seed, zlib.crc32(MASKED_TASK.encode()), i)
                     plans.append(
-                        ClipPlan(clip_id, split, f"tasks/{MASKED_TASK}/audio/{clip_id}.flac", seed,
+                        ClipPlan(clip_id, split, f"tasks/{MASKED_TASK}/audio", seed,
                                  (masker, target), (label,), 0.0, rms_levels=True)
                     )
                     i += 1
@@ -298,19 +300,15 @@ def _unique_ytid(rng: np.random.Generator, used: set[str]) -> str:
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(out_dir: str, sr: int, clip_seconds: float, background_db: float) -> None:
+def _init_worker(sr: int, clip_seconds: float, background_db: float) -> None:
     """Rendering reads the whole catalogue (a class renders the same whatever ``num_classes``): the
     masker task's sounds need not be among the corpus's classes."""
-    _WORKER_STATE.update(
-        cat=build_catalogue(MAX_CLASSES), out_dir=Path(out_dir), sr=sr, clip_seconds=clip_seconds, bg=background_db
-    )
+    _WORKER_STATE.update(cat=build_catalogue(MAX_CLASSES), sr=sr, clip_seconds=clip_seconds, bg=background_db)
 
 
-def _render_and_write(plan: ClipPlan) -> str:
+def _render_flac(plan: ClipPlan) -> bytes:
     s = _WORKER_STATE
-    audio = render_clip(plan, s["cat"], s["sr"], s["clip_seconds"], s["bg"])
-    write_flac_atomic(s["out_dir"] / plan.rel_path, audio, s["sr"])
-    return plan.clip_id
+    return flac_bytes(render_clip(plan, s["cat"], s["sr"], s["clip_seconds"], s["bg"]), s["sr"])
 
 
 def write_conditions(path: Path, rows: Sequence[tuple[str, str]]) -> None:
@@ -320,7 +318,7 @@ def write_conditions(path: Path, rows: Sequence[tuple[str, str]]) -> None:
 
 def _manifest_rows(plans: Sequence[ClipPlan], sr: int, clip_seconds: float) -> list[ManifestRow]:
     n = int(round(clip_seconds * sr))
-    return [ManifestRow(p.clip_id, p.split, p.rel_path, n / sr, sr, p.labels, "ok", "") for p in plans]
+    return [ManifestRow(p.clip_id, p.split, p.folder, n / sr, sr, p.labels, "ok", "") for p in plans]
 
 
 def _strong(plans: Sequence[ClipPlan], with_start: bool) -> list[fmt.StrongEvent]:
@@ -331,9 +329,13 @@ def _strong(plans: Sequence[ClipPlan], with_start: bool) -> list[fmt.StrongEvent
     return out
 
 
-def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int, workers: int = 1) -> dict:
-    """Write the whole corpus under ``out_dir``; returns summary statistics for metrics."""
+def generate_corpus(
+    cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int, clips_per_shard: int, workers: int = 1
+) -> dict:
+    """Write the whole corpus under ``out_dir`` (audio in shards of ``clips_per_shard`` clips, written in
+    plan order, so the same seed gives the same bytes); returns summary statistics for metrics."""
     out_dir = Path(out_dir)
+    manifests: dict[Path, list[ClipPlan]] = {}
     cat = build_catalogue(cfg.num_classes)
     fmt.write_ontology(out_dir / "ontology.json", cat.nodes)
     fmt.write_class_labels(out_dir / "class_labels_indices.csv", [(i, cat.names[i]) for i in cat.labelled_ids()])
@@ -347,7 +349,7 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
         segments = [fmt.Segment(p.clip_id, p.start_seconds, p.start_seconds + cfg.clip_seconds, p.labels) for p in plans]
         fmt.write_segments_csv(out_dir / "segments" / SEGMENT_FILES[split], segments, CREATED)
         fmt.write_strong_labels(out_dir / "strong" / f"{split}.tsv", _strong(plans, with_start=True))
-        write_manifest(out_dir / "manifests" / f"{split}.csv", _manifest_rows(plans, sample_rate, cfg.clip_seconds))
+        manifests[out_dir / "manifests" / f"{split}.csv"] = plans
         summary["splits"][split] = _split_summary(plans, cat)
 
     u = cfg.tasks.urban
@@ -383,22 +385,34 @@ def generate_corpus(cfg: SyntheticConfig, out_dir: str | Path, sample_rate: int,
                 "class_names": [names[c] for c in classes],
             },
         )
-        write_manifest(task_dir / "manifest.csv", _manifest_rows(plans, sample_rate, cfg.clip_seconds))
+        manifests[task_dir / "manifest.csv"] = plans
         fmt.write_strong_labels(task_dir / "strong.tsv", _strong(plans, with_start=False))
         if name == MASKED_TASK:
             write_conditions(task_dir / "conditions.csv", masked_conditions(plans))
         summary["splits"][f"task/{name}"] = _split_summary(plans, cat)
 
-    init = (str(out_dir), sample_rate, cfg.clip_seconds, cfg.background_db)
+    init = (sample_rate, cfg.clip_seconds, cfg.background_db)
     bar = dict(total=len(all_plans), desc="synthesising clips", unit="clip", mininterval=1.0)
-    if workers > 1:
-        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=init) as pool:  # inherit imports
-            for _ in tqdm(pool.imap_unordered(_render_and_write, all_plans, chunksize=8), **bar):
-                pass
-    else:
-        _init_worker(*init)
-        for plan in tqdm(all_plans, **bar):
-            _render_and_write(plan)
+    rows = iter(_manifest_rows(all_plans, sample_rate, cfg.clip_seconds))
+    written: dict[str, ManifestRow] = {}
+    writer: ShardWriter | None = None
+    with ExitStack() as stack:
+        if workers > 1:  # fork: workers inherit the imports
+            pool = stack.enter_context(get_context("fork").Pool(workers, initializer=_init_worker, initargs=init))
+            encoded = pool.imap(_render_flac, all_plans, chunksize=8)
+        else:
+            _init_worker(*init)
+            encoded = map(_render_flac, all_plans)
+        for row, flac in zip(rows, tqdm(encoded, **bar)):
+            if writer is None or writer.folder != out_dir / row.path:
+                if writer is not None:
+                    writer.close()
+                writer = ShardWriter(out_dir / row.path, out_dir, clips_per_shard)
+            written[row.clip_id] = add_clip(writer, row, flac)
+        if writer is not None:
+            writer.close()
+    for manifest, plans in manifests.items():
+        write_manifest(manifest, [written[p.clip_id] for p in plans])
     summary["num_clips"] = len(all_plans)
     return summary
 

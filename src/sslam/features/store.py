@@ -30,7 +30,7 @@ import hashlib
 import io
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -41,7 +41,9 @@ import torch
 from tqdm import tqdm
 
 from sslam.config.features import FeaturesConfig
-from sslam.data.manifest import read_manifest
+from sslam.data.clip_lists import clip_list_summary
+from sslam.data.manifest import corpus_manifests, read_manifest
+from sslam.data.shards import read_members
 from sslam.features.fbank import ClipTooShortError, log_mel
 from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
@@ -76,7 +78,7 @@ class ShardJob:
     set_dir: str
     shard: int
     corpus: str
-    rows: tuple[tuple[str, str, str, str], ...]  # clip_id, split, path, labels
+    rows: tuple[tuple[str, str, str, str, str], ...]  # clip_id, split, path, member, labels: all of one corpus shard
     sample_rate: int
     cfg: FeaturesConfig
     inputs: str = ""  # the stage's code and params digest
@@ -84,20 +86,23 @@ class ShardJob:
 
 
 def shard_inputs(job: ShardJob) -> str:
-    """What decides a shard: the stage's code and params, the shard's rows and its audio files' content."""
+    """What decides a shard: the stage's code and params, the shard's rows and the content of the files
+    holding its audio (the corpus shard, or each clip's own file in the per-file layout)."""
     cache = hash_cache_at(job.hash_cache)
     parts = [job.inputs, str(job.sample_rate)]
-    for clip_id, split, rel, labels in job.rows:
-        try:
-            content = cache.file(Path(job.corpus) / rel)
-        except OSError:  # a missing file: a failure row now, a recompute once it exists
-            content = "missing"
-        parts += [clip_id, split, rel, labels, content]
+    contents: dict[str, str] = {}
+    for clip_id, split, rel, member, labels in job.rows:
+        if rel not in contents:
+            try:
+                contents[rel] = cache.file(Path(job.corpus) / rel)
+            except OSError:  # a missing file: a failure row now, a recompute once it exists
+                contents[rel] = "missing"
+        parts += [clip_id, split, rel, member, labels, contents[rel]]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
-def _decode(path: Path, sample_rate: int) -> np.ndarray:
-    data, sr = sf.read(str(path), dtype="int16", always_2d=True)
+def _decode(source: Path | bytes, sample_rate: int) -> np.ndarray:
+    data, sr = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source), dtype="int16", always_2d=True)
     if sr != sample_rate:
         raise ValueError(f"sample rate {sr} Hz, expected {sample_rate} Hz")
     if data.shape[1] != 1:
@@ -134,9 +139,13 @@ def _compute_shard(job: ShardJob, digest: str) -> dict:
     n_samples = num_samples_for(cfg.target_frames, job.sample_rate, cfg.frame_shift_ms, cfg.frame_length_ms)
     feats, waves, rows, failures = [], [], [], []
     stats = RunningStats()
-    for clip_id, split, rel, labels in job.rows:
+    members = _read_corpus_shard(job)
+    for clip_id, split, rel, member, labels in job.rows:
         try:
-            pcm = _decode(Path(job.corpus) / rel, job.sample_rate)
+            source = members.get(member, OSError(f"{rel}: no member {member!r}")) if member else Path(job.corpus) / rel
+            if isinstance(source, Exception):
+                raise source
+            pcm = _decode(source, job.sample_rate)
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as err:
             failures.append((clip_id, " ".join(str(err).split())[:200]))
             continue
@@ -178,16 +187,43 @@ def _compute_shard(job: ShardJob, digest: str) -> dict:
     return meta
 
 
+def _read_corpus_shard(job: ShardJob) -> dict[str, bytes | Exception]:
+    """The audio members of the job's rows, read in one sequential pass over their corpus shard (the
+    access pattern tar shards are made for); an unreadable shard fails each of its clips, not the stage."""
+    wanted = [member for *_, member, _ in job.rows if member]
+    if not wanted:
+        return {}
+    path = Path(job.corpus) / job.rows[0][2]
+    try:
+        return dict(read_members(path, wanted))
+    except (OSError, ValueError) as err:
+        found: dict[str, bytes | Exception] = {}
+        for member in wanted:  # one member at a time: a cut shard still yields the clips before the cut
+            try:
+                found.update(read_members(path, [member]))
+            except (OSError, ValueError):
+                found[member] = err
+        return found
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
 
 
-def feature_sets(corpus: Path) -> dict[str, Path]:
-    """Every manifest of a corpus, by set name: AudioSet splits and ``tasks/<task>``."""
-    sets = {p.stem: p for p in sorted((corpus / "manifests").glob("*.csv"))}
-    sets.update({f"tasks/{p.parent.name}": p for p in sorted((corpus / "tasks").glob("*/manifest.csv"))})
-    return sets
+def shard_batches(rows: Sequence[tuple[str, str, str, str, str]], shard_size: int) -> Iterator[tuple]:
+    """Manifest rows cut into feature shards of at most ``shard_size`` clips, a new one wherever the corpus
+    shard changes: each job reads one region of one corpus shard, front to back. Rows of the per-file
+    layout (no member) are cut by size alone."""
+    batch: list = []
+    for row in rows:
+        tar = row[2] if row[3] else None
+        if batch and (len(batch) == shard_size or tar != (batch[-1][2] if batch[-1][3] else None)):
+            yield tuple(batch)
+            batch = []
+        batch.append(row)
+    if batch:
+        yield tuple(batch)
 
 
 def build_features(
@@ -204,7 +240,7 @@ def build_features(
     corpus, out_dir = Path(corpus), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    sets = feature_sets(corpus)
+    sets = corpus_manifests(corpus)
     if not sets:
         raise FileNotFoundError(f"{corpus}: no manifests (run the download stage first)")
     present = {p.parent for p in out_dir.glob("**/shard-*.json")} | {p.parent for p in out_dir.glob("**/index.csv")}
@@ -218,13 +254,11 @@ def build_features(
         set_dir.mkdir(parents=True, exist_ok=True)
         (set_dir / "fingerprint.json").unlink(missing_ok=True)  # an older cache's set-wide fingerprint
         df = read_manifest(manifest, only_ok=True)
-        rows = [(r.clip_id, r.split, r.path, ",".join(r.labels)) for r in df.itertuples()]
-        shards = range(0, len(rows), cfg.shard_size)
-        for k in shards:
-            batch = tuple(rows[k : k + cfg.shard_size])
-            jobs.append(
-                ShardJob(str(set_dir), k // cfg.shard_size, str(corpus), batch, sample_rate, cfg, inputs, cache_path)
-            )
+        rows = [(r.clip_id, r.split, r.path, r.member, ",".join(r.labels)) for r in df.itertuples()]
+        batches = list(shard_batches(rows, cfg.shard_size))
+        shards = range(len(batches))
+        for k, batch in enumerate(batches):
+            jobs.append(ShardJob(str(set_dir), k, str(corpus), batch, sample_rate, cfg, inputs, cache_path))
         for f in set_dir.glob("*-[0-9][0-9][0-9][0-9][0-9].*"):  # shards past the end of a set that shrank
             if int(f.stem.rsplit("-", 1)[1]) >= len(shards):
                 f.unlink()
@@ -256,6 +290,7 @@ def build_features(
             "failed": sum(len(m["failures"]) for m in metas),
             "shards": len(metas),
         }
+        summary.setdefault("clip_lists", {})[name] = clip_list_summary(r["clip_id"] for m in metas for r in m["rows"])
     summary["stats"] = _stats(cfg, all_stats)
     write_json_atomic(out_dir / "stats.json", summary["stats"])
     return summary

@@ -10,17 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from sslam.data import audioset_format as fmt  # noqa: E402
 from sslam.data.manifest import read_manifest  # noqa: E402
+from sslam.data.shards import read_audio  # noqa: E402
 from sslam.features.fbank import kaldi_fbank  # noqa: E402
 from sslam.io import atomic_path  # noqa: E402
 
 
-def _logmel(path: Path) -> tuple[np.ndarray, float]:
-    wave, sr = sf.read(path, dtype="float32")
+def _logmel(corpus: Path, row) -> tuple[np.ndarray, float]:
+    wave, sr = read_audio(corpus, row.path, row.member)
     return kaldi_fbank(torch.from_numpy(wave), sr).numpy().T, len(wave) / sr
 
 
@@ -52,14 +52,14 @@ def plot_corpus_overview(
     grid = fig.add_gridspec(rows_top + len(poly), cols, height_ratios=[1.0] * rows_top + [1.3] * len(poly))
     for k, row in enumerate(firsts.itertuples()):
         ax = fig.add_subplot(grid[k // cols, k % cols])
-        mel, dur = _logmel(corpus / row.path)
+        mel, dur = _logmel(corpus, row)
         ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=(0, dur, 0, mel.shape[0]))
         ax.set_title(names.get(row.labels[0], row.labels[0]), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     for k, row in enumerate(poly.itertuples()):
         ax = fig.add_subplot(grid[rows_top + k, :])
-        mel, dur = _logmel(corpus / row.path)
+        mel, dur = _logmel(corpus, row)
         ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=(0, dur, 0, mel.shape[0]))
         events = strong[strong["clip_id"] == row.clip_id].reset_index(drop=True)
         for j, ev in events.iterrows():
