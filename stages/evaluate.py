@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     from sslam.downstream.linear import linear_eval
     from sslam.downstream.tasks import (
         WaveFeatures,
+        fold_clip_lists,
         load_task,
+        read_clip_lists,
         task_conditions,
         task_event_counts,
         task_features,
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus, features = task_location(cfg, args.task, args.features)
     try:
         task, store = load_task(corpus, args.task, task_cfg, features)
+        clip_lists = fold_clip_lists(task, store)  # ValueError: a fold left empty by min_labels
     except (FileNotFoundError, ValueError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": task.protocol,
         "data": f"datasets/{args.task}" if args.task in cfg.datasets else task_cfg.feature_set(args.task),
         "recipe": recipe.model_dump(),
+        "clip_lists": clip_lists,  # per split, the clips the folds used (after min_labels)
+        "clip_lists_read": read_clip_lists(store),  # per features set read, whole
         "encoders": {},
     }
     predictions: dict[str, np.ndarray] = {}

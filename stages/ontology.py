@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
         "paper_as2m_percent": {str(k): v for k, v in PAPER_PERCENT.items()},
         "splits": {
-            s: {k: v for k, v in e.items() if k != "histogram"}
+            s: {k: v for k, v in e.items() if k not in ("histogram", "clip_list")}
             | {"polyphonic_percent": {str(lv): e["percent"][rule][str(lv)] for lv in levels}}
             for s, e in result.items()
         },
         "histogram": {s: e["histogram"][rule] for s, e in result.items()},
+        # per split, the segments analysed (ids <ytid>_<start ms>, downloaded or not): sslam.data.clip_lists
+        "clip_lists": {s: e["clip_list"] for s, e in result.items()},
     }
     write_json_atomic(f"{args.metrics_dir}/polyphony.json", summary)
     write_outputs(result, rule, levels, args.metrics_dir)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from sslam.report.tables import plot_loss_curves, plot_mixture, plot_polyphony
 
     m = Path(args.metrics_dir)
-    inputs = read_inputs(cfg, m)
+    inputs = read_inputs(cfg, m, Path(args.features))
     for task, regime in inputs.stale:  # a task removed from params leaves its file
         print(f"report: ignoring metrics/eval/{task}_{regime}.json (not in tasks / datasets / evaluate.finetune_*)")
     md, report = build_report(inputs, load_predictions(args.predictions, inputs.evals), interval_settings(cfg))

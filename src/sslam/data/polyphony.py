@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
-from sslam.data.audioset_format import SPLIT_FILES, OntologyNode, read_ontology, read_segments_csv, read_strong_labels
+from sslam.data.audioset_format import (
+    SPLIT_FILES,
+    OntologyNode,
+    Segment,
+    read_ontology,
+    read_segments_csv,
+    read_strong_labels,
+)
+from sslam.data.clip_lists import clip_list_summary
 
 Rule = Literal["components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete"]
 RULES: tuple[Rule, ...] = ("components", "drop_both", "keep_general", "keep_specific", "drop_both_concrete")
@@ -190,6 +198,11 @@ def strong_distinct_counts(strong_tsv: str | Path) -> dict[str, int]:
     return df.groupby("segment_id")["label"].nunique().to_dict()
 
 
+def segment_id(seg: Segment) -> str:
+    """A segment's id, ``<ytid>_<start ms>``: AudioSet's clip id (the download's) and the strong labels'."""
+    return f"{seg.ytid}_{int(round(seg.start_seconds * 1000))}"
+
+
 def analyse_folder(folder: str | Path, levels: Sequence[int], rules: Sequence[Rule] = RULES) -> dict:
     """Every split of a corpus or AudioSet label folder, with the truth from strong labels where kept."""
     folder = Path(folder)
@@ -208,10 +221,11 @@ def analyse_folder(folder: str | Path, levels: Sequence[int], rules: Sequence[Ru
             "percent": {r: {str(k): v for k, v in p.items()} for r, p in res.percent.items()},
             "histogram": {r: {str(k): {str(c): n for c, n in h.items()} for k, h in hs.items()} for r, hs in res.histogram.items()},
         }
+        ids = [segment_id(s) for s in segments]
+        entry["clip_list"] = clip_list_summary(ids)  # the segments whose labels were analysed
         strong = folder / "strong" / f"{split}.tsv"
         if strong.is_file():
             truth = strong_distinct_counts(strong)
-            ids = [f"{s.ytid}_{int(round(s.start_seconds * 1000))}" for s in segments]
             entry["strong_label_percent"] = round(100.0 * sum(truth.get(i, 0) >= 2 for i in ids) / max(1, len(ids)), 2)
         out[split] = entry
     return out

@@ -20,6 +20,7 @@ from sslam.config.base import merged
 from sslam.config.downstream import DatasetConfig, TaskConfig, metric_of
 from sslam.config.features import FeaturesConfig
 from sslam.config.params import Config
+from sslam.data.clip_lists import clip_list_summary
 from sslam.features.reader import FeatureStore
 from sslam.features.stats import valid_frame_stats
 from sslam.features.store import clip_features
@@ -228,6 +229,23 @@ def folds(task: Task, store: TaskStore) -> list[Fold]:
                     f"({len(keep)} of {len(store)} clips kept with min_labels={task.min_labels})"
                 )
     return out
+
+
+def fold_clip_lists(task: Task, store: TaskStore) -> dict[str, dict]:
+    """Per split of the task (``train``, ``eval``, a cross-validation fold's name, ...), the clips its folds
+    train on, select on or test on, after ``min_labels``: ``{split: {"clips": n, "sha256": ...}}``
+    (:mod:`sslam.data.clip_lists`). Each fold's train and test lists are unions of these splits."""
+    used = np.unique(
+        np.concatenate([r for f in folds(task, store) for r in (f.train, f.test, f.valid) if r is not None])
+    )
+    ids, split = store.index["clip_id"].to_numpy().astype(str)[used], store.split[used]
+    return {s: clip_list_summary(ids[split == s]) for s in sorted(set(split))}
+
+
+def read_clip_lists(store: TaskStore) -> dict[str, dict]:
+    """Per features set the task read, its whole clip list (before any filter): what the report compares
+    with the features stage's sets."""
+    return {name: clip_list_summary(part.index["clip_id"]) for name, part in zip(store.sets, store.parts, strict=True)}
 
 
 def normalised_for_fold(store: TaskStore, fold: Fold, norm_stats: str) -> TaskStore:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,7 +31,9 @@ from safetensors.torch import load_file
 
 from sslam.checkpoints import own_input
 from sslam.config.pretrain import PretrainParams, StageConfig
+from sslam.data.clip_lists import clip_list_summary
 from sslam.features.reader import FeatureStore, ShardedSampler
+from sslam.io import writable_in_place, write_text_atomic
 from sslam.pretrain.checkpoint import export_final, fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
 from sslam.pretrain.ema import ema_decay, ema_update
 from sslam.pretrain.objectives import LossSetup, StepLosses, get_objective
@@ -52,6 +54,7 @@ class RunResult:
     resumed_from: int
     world_size: int = 1
     replicas_identical: bool = True  # every rank ended with the same student and teacher weights
+    clip_lists: dict[str, dict] = field(default_factory=dict)  # the features set trained on: clips, sha256
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
@@ -193,7 +196,7 @@ class MicroBatches:
         self._log = None
         if read_log is not None:
             Path(read_log).mkdir(parents=True, exist_ok=True)
-            self._log = open(Path(read_log) / f"rank{self.rank}.tsv", "a", buffering=1)
+            self._log = open(writable_in_place(Path(read_log) / f"rank{self.rank}.tsv"), "a", buffering=1)
 
     def order(self, epoch: int) -> list[int]:
         """This process's clips of ``epoch``, in order (the last two epochs kept)."""
@@ -265,7 +268,7 @@ class LiveLog:
             path = Path(timings)
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = start == 0 or not path.is_file()
-            self.timings = path.open("w" if fresh else "a", buffering=1)  # line-buffered: one open per run
+            self.timings = writable_in_place(path).open("w" if fresh else "a", buffering=1)  # one open per run
             if fresh:
                 self.timings.write("step\tsamples_per_s\tmemory_mb\n")
         self.t_last, self.clips = time.perf_counter(), 0
@@ -302,7 +305,7 @@ def _truncate_live(live_dir: Path, step: int) -> None:
         head, rows = lines[0], lines[1:]
         col = head.split("\t").index("step")
         kept = [r for r in rows if int(r.split("\t")[col]) < step]
-        tsv.write_text("\n".join([head, *kept]) + "\n")
+        write_text_atomic(tsv, "\n".join([head, *kept]) + "\n")
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -365,6 +368,7 @@ def train_stage(
     acc = make_accelerator(cfg, cpu)
     ckpt_dir = Path(ckpt_dir)
     store = FeatureStore(features_dir, cfg.pretrain.train_set)
+    clip_lists = {cfg.pretrain.train_set: clip_list_summary(store.index["clip_id"])}  # what the metrics record
     torch.manual_seed(cfg.pretrain.seed)  # identical initial weights on every rank
     frames, mel = store.raw(0).shape
     crop = cfg.pretrain.crop_frames(cfg.features.frame_shift_ms)
@@ -444,4 +448,4 @@ def train_stage(
         end_hook(acc.unwrap_model(student), teacher)
     batches.close()
     log.end()
-    return RunResult(end, sums, start, acc.num_processes, replicas_identical)
+    return RunResult(end, sums, start, acc.num_processes, replicas_identical, clip_lists)

@@ -44,6 +44,7 @@ def stage_summary(
         "world_size": result.world_size,
         "replicas_identical": result.replicas_identical,
         "global_batch": result.world_size * scfg.batch_size * scfg.grad_accum,
+        "clip_lists": result.clip_lists,  # the train set actually read (sslam.data.clip_lists)
     }
     diagnostics = get_objective(cfg.pretrain.objective).target_diagnostics  # bootstrap: the teacher's targets
     if diagnostics is not None:

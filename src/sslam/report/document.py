@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslam.config.params import Config
 from sslam.pretrain.objectives import get_objective
+from sslam.report.clip_lists import feature_set_lists, render_clip_lists
 from sslam.report.intervals import Predictions, Settings, encoder_intervals
 from sslam.report.tables import (
     floor_table,
@@ -36,6 +37,7 @@ class ReportInputs:
     settings: dict[str, object]  # the run's stage-2 settings, shown atop the tables
     pretrain: dict[str, dict]  # stage or stage-2 run -> its pretraining metrics
     runs: dict[str, tuple[str, int]]  # stage-2 run -> (variant, seed); empty when no stage 2 trained
+    feature_sets: dict[str, dict] = field(default_factory=dict)  # the features stage's sets: clips, sha256
 
 
 def interval_settings(cfg: Config) -> Settings:
@@ -43,7 +45,8 @@ def interval_settings(cfg: Config) -> Settings:
     return Settings(r.bootstrap_samples, r.confidence, r.seed, r.interval)
 
 
-def read_inputs(cfg: Config, metrics_dir: Path) -> ReportInputs:
+def read_inputs(cfg: Config, metrics_dir: Path, features_dir: Path | None = None) -> ReportInputs:
+    """The metrics the report renders; with ``features_dir``, the clip lists of the features stage's sets."""
     m = Path(metrics_dir)
     configured = {(t, "linear") for t in cfg.task_names} | {(t, "finetune") for t in cfg.finetuned_tasks}
     found = load_eval(m / "eval")
@@ -77,6 +80,7 @@ def read_inputs(cfg: Config, metrics_dir: Path) -> ReportInputs:
         settings=settings,
         pretrain=pretrain,
         runs=runs,
+        feature_sets=feature_set_lists(features_dir) if features_dir is not None else {},
     )
 
 
@@ -91,6 +95,8 @@ def build_report(inputs: ReportInputs, preds: dict[tuple[str, str], Predictions]
         + render_comparison(comparison, st)
         + render_masker(preds, comparison, st)
         + render_pretrain(inputs.pretrain)
+        + "\n"
+        + render_clip_lists(inputs.feature_sets, inputs.pretrain, inputs.evals)
     )
     report = {
         "intervals": {
