@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,3 +87,17 @@ def remove_stale_temporaries(folder: str | Path) -> int:
             p.unlink()
             removed += 1
     return removed
+
+
+def writable_in_place(path: str | Path) -> Path:
+    """``path``, made safe to append to or rewrite in place: a symlink, or a file with other hard links (a
+    DVC output under ``cache.type`` hardlink / symlink IS the cache object), is first replaced by a copy of
+    its own (atomic rename), so the write reaches no other name. For small append logs; everything else is
+    written whole by :func:`atomic_path`. Returns ``path``."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        path.unlink()  # a dangling link: nothing to keep
+    elif path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1):
+        with atomic_path(path) as tmp:
+            shutil.copyfile(path, tmp)
+    return path

@@ -23,7 +23,7 @@ from sslam.config.downstream import DatasetConfig
 from sslam.data.folder import convert_file
 from sslam.data.layouts import DatasetLayoutError, Listing, get_layout
 from sslam.data.manifest import ManifestRow, write_failures, write_manifest
-from sslam.io import write_json_atomic, write_text_atomic
+from sslam.io import writable_in_place, write_json_atomic, write_text_atomic
 from sslam.provenance import HashCache, hash_cache_at
 
 
@@ -133,7 +133,7 @@ def convert_dataset(
     bar = dict(total=len(jobs), desc=f"dataset {name}", unit="clip", mininterval=1.0)
     rows: list[ManifestRow] = []
     records: list[dict] = []
-    with open(journal, "a", buffering=1) as log:  # appended as clips finish: a killed stage resumes from it
+    with open(writable_in_place(journal), "a", buffering=1) as log:  # a killed stage resumes from it
         pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
         results = pool.imap(_convert_or_reuse, jobs, chunksize=8) if pool is not None else map(_convert_or_reuse, jobs)
         try:
