@@ -444,7 +444,7 @@ def download_audioset(cfg: AudiosetConfig, out_dir: str | Path, sample_rate: int
             else:
                 entry = writer.written[cid]
                 reason = f"unknown labels {unknown}" if unknown else ""
-                rows.append(ManifestRow(cid, split, entry.location.path, float(entry.meta["duration"]), sample_rate,
+                rows.append(ManifestRow(cid, split, entry.location.path, entry.duration, sample_rate,
                                         seg.labels, "failed" if unknown else "ok", reason, entry.location.member))
         write_manifest(out_dir / "manifests" / f"{split}.csv", rows)
         counts = {

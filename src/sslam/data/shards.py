@@ -40,7 +40,7 @@ AUDIO_EXT = "flac"
 META_EXT = "json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClipLocation:
     """Where a clip's audio is: a tar shard (relative to the corpus) and its member, or a plain file
     (``member`` empty: a corpus of the per-file layout)."""
@@ -56,13 +56,14 @@ class ShardClip:
     flac: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShardEntry:
-    """One clip found in a shard, without its audio."""
+    """One clip found in (or just written to) a shard, without its audio: what a resumed source needs.
+    Kept per clip for a whole split, so it is small (the shard's path string is shared)."""
 
     clip_id: str
     location: ClipLocation
-    meta: dict
+    duration: float
 
 
 def member_key(clip_id: str) -> str:
@@ -143,8 +144,8 @@ def scan_shard(path: Path, corpus_root: Path) -> tuple[list[ShardEntry], int]:
                 continue
             f.seek(info.offset_data)
             meta = json.loads(f.read(info.size))
-            clip_id = meta.pop("clip_id", clip_id_of_key(key))
-            entries.append(ShardEntry(clip_id, ClipLocation(rel, audio.name), meta))
+            clip_id = meta.get("clip_id", clip_id_of_key(key))
+            entries.append(ShardEntry(clip_id, ClipLocation(rel, audio.name), float(meta.get("duration", 0.0))))
             end = info.offset_data + info.size + (-info.size % BLOCK)
     return entries, end
 
@@ -174,6 +175,7 @@ class ShardWriter:
             self._remember(scan_shard(p, self.root)[0])
         self._next = max((i for i, _ in sealed), default=-1) + 1
         self._open: Path | None = None
+        self._rel = ""  # the open shard's path relative to the corpus, as manifests name it
         self._count = 0
         for i, p in sorted(parts):  # a killed writer's open shard: keep its whole clips, go on appending
             entries, end = scan_shard(p, self.root)
@@ -185,6 +187,7 @@ class ShardWriter:
             self._remember(entries)
             if self._open is None and len(entries) < clips_per_shard:
                 self._open, self._count = p, len(entries)
+                self._rel = entries[0].location.path
             else:
                 self._seal(p)
 
@@ -200,11 +203,11 @@ class ShardWriter:
             self._open = self.folder / (shard_name(self.prefix, self._next) + OPEN_SUFFIX)
             self._next += 1
             self._count = 0
+            self._rel = self._open.relative_to(self.root).as_posix()[: -len(OPEN_SUFFIX)]  # one string per shard
         with open(self._open, "ab") as f:
             f.write(clip_bytes(clip_id, flac, meta))
-        rel = self._open.relative_to(self.root).as_posix()[: -len(OPEN_SUFFIX)]
-        location = ClipLocation(rel, f"{member_key(clip_id)}.{AUDIO_EXT}")
-        self.written[clip_id] = ShardEntry(clip_id, location, dict(meta))
+        location = ClipLocation(self._rel, f"{member_key(clip_id)}.{AUDIO_EXT}")
+        self.written[clip_id] = ShardEntry(clip_id, location, float(meta.get("duration", 0.0)))
         self._count += 1
         if self._count >= self.clips_per_shard:
             self._seal(self._open)
