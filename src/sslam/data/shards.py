@@ -1,6 +1,6 @@
 """The corpus's audio in tar shards of the WebDataset layout: a few thousand clips per file, so DVC
-tracks a 2-million-clip corpus as a thousand files, and webdataset, lhotse or Hugging Face's loader
-read the shards as they are.
+tracks a 2-million-clip corpus as a thousand files, and the ``webdataset`` library (and loaders built
+on its layout) reads the shards as they are.
 
 A clip is two consecutive members sharing a key: ``<key>.flac`` (16-bit mono FLAC) and ``<key>.json``
 (clip id, split, labels, duration, sample rate, conversions). The key is the clip id with ``%`` and

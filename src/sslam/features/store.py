@@ -43,7 +43,7 @@ from tqdm import tqdm
 from sslam.config.features import FeaturesConfig
 from sslam.data.clip_lists import clip_list_summary
 from sslam.data.manifest import corpus_manifests, read_manifest
-from sslam.data.shards import read_members
+from sslam.data.shards import ClipLocation, read_clip
 from sslam.features.fbank import ClipTooShortError, log_mel
 from sslam.features.stats import RunningStats, clip_stats
 from sslam.io import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
@@ -188,22 +188,17 @@ def _compute_shard(job: ShardJob, digest: str) -> dict:
 
 
 def _read_corpus_shard(job: ShardJob) -> dict[str, bytes | Exception]:
-    """The audio members of the job's rows, read in one sequential pass over their corpus shard (the
-    access pattern tar shards are made for); an unreadable shard fails each of its clips, not the stage."""
-    wanted = [member for *_, member, _ in job.rows if member]
-    if not wanted:
-        return {}
-    path = Path(job.corpus) / job.rows[0][2]
-    try:
-        return dict(read_members(path, wanted))
-    except (OSError, ValueError) as err:
-        found: dict[str, bytes | Exception] = {}
-        for member in wanted:  # one member at a time: a cut shard still yields the clips before the cut
+    """The audio members of the job's rows, in file order, from their one corpus shard: its member index is
+    read once per process (``read_clip``), then each clip is a forward seek, so the jobs of one shard never
+    rescan its headers. An unreadable or cut shard fails its missing clips, not the stage."""
+    found: dict[str, bytes | Exception] = {}
+    for _, _, rel, member, _ in job.rows:
+        if member:
             try:
-                found.update(read_members(path, [member]))
-            except (OSError, ValueError):
+                found[member] = read_clip(job.corpus, ClipLocation(rel, member))
+            except (OSError, ValueError) as err:
                 found[member] = err
-        return found
+    return found
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
