@@ -252,28 +252,6 @@ def iter_shard(path: str | Path) -> Iterator[ShardClip]:
                 audio = None
 
 
-def read_members(path: str | Path, members: Iterable[str]) -> dict[str, bytes]:
-    """The data of the named members of one shard, in one sequential pass that stops once all are read.
-    A missing member raises, naming the shard and the member."""
-    path = Path(path)
-    if path.name.endswith(OPEN_SUFFIX):
-        raise ValueError(f"{path}: an open shard (a source is writing it or was killed); only sealed shards are read")
-    wanted = set(members)
-    out: dict[str, bytes] = {}
-    with open(path, "rb") as f:
-        for info in _complete_members(path):
-            if info.name in wanted:
-                f.seek(info.offset_data)
-                out[info.name] = f.read(info.size)
-                if len(out) == len(wanted):
-                    break
-    missing = sorted(wanted - set(out))
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise FileNotFoundError(f"{path}: no member {missing[0]!r}{more}")
-    return out
-
-
 @functools.lru_cache(maxsize=64)
 def _member_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int]]:
     """member name -> (data offset, size) of a shard, kept for the shard's current version (mtime, size)."""

@@ -142,7 +142,7 @@ def _compute_shard(job: ShardJob, digest: str) -> dict:
     members = _read_corpus_shard(job)
     for clip_id, split, rel, member, labels in job.rows:
         try:
-            source = members.get(member, OSError(f"{rel}: no member {member!r}")) if member else Path(job.corpus) / rel
+            source = members[member] if member else Path(job.corpus) / rel  # every member is read or an error
             if isinstance(source, Exception):
                 raise source
             pcm = _decode(source, job.sample_rate)
